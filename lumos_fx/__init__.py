@@ -1,0 +1,37 @@
+"""lumos_fx: automatic model surgery on torch.fx.
+
+L0-regularised hard-concrete gates learn, during ordinary training, which input features
+and which channels a model needs; prune() then cuts the rest out and returns a smaller
+model, verified to compute the same function, as readable Python::
+
+    wrapped = lumos_fx.instrument(model, example_inputs=(x,))
+    # train wrapped, adding lumos_fx.complexity_loss(wrapped) to the loss
+    pruned = lumos_fx.prune(wrapped)
+    print(pruned.code); lumos_fx.export(pruned, "out/model")
+"""
+
+from .complexity import complexity_loss, expected_alive, param_groups
+from .config import Config
+from .errors import (
+    ExportError,
+    GateError,
+    InputError,
+    LumosError,
+    NotInstrumentedError,
+    PruneError,
+    TraceError,
+)
+from .export import export, load
+from .gate import Gate
+from .instrument import gates, instrument
+from .prune import prune
+from .report import Summary, summary
+from .rules import ModuleRule, Rule, Unsupported, register_rule
+
+__all__ = [
+    "Config", "Gate", "Summary", "ModuleRule", "Rule", "Unsupported",
+    "instrument", "gates", "param_groups", "complexity_loss", "expected_alive", "prune", "summary",
+    "export", "load", "register_rule",
+    "LumosError", "TraceError", "InputError", "NotInstrumentedError", "GateError", "PruneError", "ExportError",
+]
+__version__ = "0.1.0"

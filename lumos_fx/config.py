@@ -1,0 +1,68 @@
+"""Everything tunable in lumos_fx, in one dataclass."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, Union
+
+import torch
+
+LeafSpec = Union[str, type, Callable[[torch.nn.Module, str], bool]]
+
+
+@dataclass
+class Config:
+    """Settings of the gates, the regulariser and the tracer.
+
+    Gate constants (Louizos, Welling & Kingma 2018; Lumos eq. 1-3):
+
+    * ``beta`` -- temperature of the concrete distribution.
+    * ``gamma < 0 < 1 < zeta`` -- the stretch interval; stretching past [0, 1] and clamping
+      back gives the gate exact zeros and ones.
+    * ``noise_range = (t_l, t_u)`` -- the range of the uniform noise ``u``. The paper anneals
+      it toward 0.5, which makes the training gate semi-stochastic, then deterministic.
+    * ``init_log_alpha`` -- initial ``log_alpha`` of every gate. The eval gate is exactly 1
+      for ``log_alpha >= open_threshold`` (2.398 with the default constants), so the
+      default 3.0 makes a freshly instrumented model compute what the original computes.
+
+    Regulariser: ``lam`` multiplies the expected fraction of prunable parameters still alive
+    in :func:`lumos_fx.complexity_loss`; ``gate_lr`` is the default learning rate of the
+    gates in :func:`lumos_fx.param_groups` (gates take no weight decay).
+
+    Tracer: ``leaf_modules`` are modules torch.fx must not trace into, given as qualified
+    names (``"encoder.block1"``), classes, or a predicate ``f(module, qualified_name)``.
+    A leaf with no registered rule keeps every channel it touches.
+    """
+
+    beta: float = 2.0 / 3.0
+    gamma: float = -0.1
+    zeta: float = 1.1
+    noise_range: tuple[float, float] = (1e-6, 1.0 - 1e-6)
+    init_log_alpha: float = 3.0
+    lam: float = 1.0
+    gate_lr: float = 0.1
+    leaf_modules: Sequence[LeafSpec] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not (self.gamma < 0.0 < 1.0 < self.zeta):
+            raise ValueError(f"Config needs gamma < 0 < 1 < zeta, got gamma={self.gamma}, zeta={self.zeta}")
+        if self.beta <= 0:
+            raise ValueError(f"Config.beta must be positive, got {self.beta}")
+        t_l, t_u = self.noise_range
+        if not (0.0 < t_l <= t_u < 1.0):
+            raise ValueError(f"Config.noise_range must satisfy 0 < t_l <= t_u < 1, got {self.noise_range}")
+        if not math.isfinite(self.init_log_alpha):
+            raise ValueError("Config.init_log_alpha must be finite")
+
+    @property
+    def open_threshold(self) -> float:
+        """``log_alpha`` at and above which the eval gate is exactly 1."""
+        q = (1.0 - self.gamma) / (self.zeta - self.gamma)
+        return math.log(q / (1.0 - q))
+
+    @property
+    def closed_threshold(self) -> float:
+        """``log_alpha`` at and below which the eval gate is exactly 0."""
+        q = -self.gamma / (self.zeta - self.gamma)
+        return math.log(q / (1.0 - q))

@@ -1,0 +1,181 @@
+"""Stage 5 (export): the pruned model as a standalone ``model.py`` plus ``weights.pt``.
+
+``model.py`` imports only torch (and torch_geometric where the model uses it): its class
+builds every layer with literal sizes in ``__init__``; ``forward`` is the code torch.fx
+generates for the pruned graph. ``weights.pt`` is a plain state_dict, readable with
+``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import importlib.util
+import math
+import pprint
+import re
+import textwrap
+import types
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+
+from .errors import ExportError
+from .rules import REGISTRY
+from .rules.registry import generic_module_source
+
+_IMPORTABLE = ("torch", "torch_geometric", "math", "operator", "builtins")
+
+
+def _flat(name: str, taken: set[str]) -> str:
+    flat = re.sub(r"\W", "_", name)
+    if flat[0].isdigit():
+        flat = "m_" + flat
+    while flat in taken:
+        flat += "_"
+    taken.add(flat)
+    return flat
+
+
+def _module_source(name: str, module: nn.Module) -> str:
+    rule = REGISTRY.module_rule(module)
+    if rule is not None:
+        return rule.source(module)
+    source = generic_module_source(module)
+    # A torch.nn module without children whose repr rebuilds it (ReLU(), LayerNorm(...)).
+    try:
+        rebuilt = eval(source, {"nn": nn, "torch": torch})
+        same = (type(rebuilt) is type(module) and rebuilt.extra_repr() == module.extra_repr()
+                and {k: v.shape for k, v in rebuilt.state_dict().items()}
+                == {k: v.shape for k, v in module.state_dict().items()})
+    except Exception:
+        same = False
+    if not same or not type(module).__module__.startswith("torch.nn") or any(True for _ in module.children()):
+        raise ExportError(
+            f"cannot write module '{name}' ({type(module).__name__}) as Python source. "
+            "Register a rule that knows its constructor: "
+            "lumos_fx.register_rule(MyRule(), type(module)) with MyRule(lumos_fx.ModuleRule).source()."
+        )
+    return source
+
+
+def _tensor_source(tensor: torch.Tensor) -> str:
+    return f"torch.empty({tuple(tensor.shape)}, dtype={tensor.dtype})"
+
+
+def _imports(python_code) -> list[str]:
+    """Import lines for the globals fx's generated forward refers to."""
+    lines = []
+    for name, obj in python_code.globals.items():
+        if not re.search(rf"\b{re.escape(name)}\b", python_code.src):
+            continue
+        if obj is torch:
+            continue
+        if isinstance(obj, types.ModuleType):
+            lines.append(f"import {obj.__name__} as {name}")
+        elif isinstance(obj, float) and (math.isinf(obj) or math.isnan(obj)):
+            lines.append(f"from math import {name}")
+        elif obj is type(None):
+            lines.append(f"{name} = type(None)")
+        elif getattr(builtins, name, None) is obj:
+            continue
+        else:
+            module = getattr(obj, "__module__", "") or ""
+            if not module.split(".")[0] in _IMPORTABLE:
+                raise ExportError(f"the forward calls {name} from {module or 'an unknown module'}; "
+                                  "model.py may import only torch and torch_geometric")
+            lines.append(f"from {module} import {obj.__qualname__} as {name}")
+    return lines
+
+
+def export(pruned: fx.GraphModule, path) -> Path:
+    """Write ``model.py`` and ``weights.pt`` into the folder `path`; returns the folder.
+
+    ``lumos_fx.load(path)`` (or ``import model; model.load()`` with only torch installed)
+    rebuilds the module.
+    """
+    if not isinstance(pruned, fx.GraphModule):
+        raise ExportError(f"export() takes the GraphModule returned by lumos_fx.prune(), got {type(pruned).__name__}")
+    if "lumos" in pruned.meta:
+        raise ExportError("export() takes a pruned model; call lumos_fx.prune(wrapped) first")
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    graph = fx.Graph()
+    env = {}
+    taken: set[str] = set()
+    flat_of: dict[str, str] = {}
+    init, state = [], {}
+    for node in pruned.graph.nodes:
+        new = graph.node_copy(node, env.__getitem__)
+        env[node] = new
+        if node.op not in ("call_module", "get_attr"):
+            continue
+        if node.target not in flat_of:
+            flat = flat_of[node.target] = _flat(node.target, taken)
+            if node.op == "call_module":
+                module = pruned.get_submodule(node.target)
+                init.append(f"self.{flat} = {_module_source(node.target, module)}")
+                state.update({f"{flat}.{k}": v for k, v in module.state_dict().items()})
+            else:
+                tensor = getattr(pruned.get_submodule(node.target.rpartition(".")[0]), node.target.rpartition(".")[2])
+                if isinstance(tensor, nn.Parameter):
+                    init.append(f"self.{flat} = nn.Parameter({_tensor_source(tensor)})")
+                else:
+                    init.append(f"self.register_buffer({flat!r}, {_tensor_source(tensor)})")
+                state[flat] = tensor
+        new.target = flat_of[node.target]
+    code = graph.python_code("self")
+
+    class_name = re.sub(r"\W", "_", pruned.meta.get("lumos_class_name", "PrunedModel"))
+    kept = pprint.pformat(getattr(pruned, "kept_features", {}), width=100, compact=True)
+    kept_idx = pprint.pformat(getattr(pruned, "kept_feature_indices", {}), width=100, compact=True)
+    init_body = textwrap.indent("\n".join(["super().__init__()"] + init), " " * 8)
+    forward = textwrap.indent(code.src.strip("\n"), " " * 4)
+    source = f'''"""{class_name}, pruned by lumos_fx. Its weights are in weights.pt next to this file.
+
+Load it with only torch installed:
+    import model; net = model.load()
+"""
+import os
+
+import torch
+from torch import nn
+{chr(10).join(_imports(code))}
+
+# Input features the model reads, per input (by name and by index in the original input).
+KEPT_FEATURES = {kept}
+KEPT_FEATURE_INDICES = {kept_idx}
+
+
+class {class_name}(nn.Module):
+    def __init__(self):
+{init_body}
+
+{forward}
+
+
+def load(weights=None, map_location="cpu"):
+    """Build the model and load weights.pt (or `weights`)."""
+    model = {class_name}()
+    path = weights or os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights.pt")
+    model.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+    return model.eval()
+'''
+    (folder / "model.py").write_text(source)
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, folder / "weights.pt")
+    return folder
+
+
+def load(path) -> nn.Module:
+    """Rebuild an exported model from its folder (imports its ``model.py``)."""
+    folder = Path(path)
+    source = folder / "model.py"
+    if not source.exists():
+        raise FileNotFoundError(f"{source} not found: pass the folder lumos_fx.export() wrote")
+    name = "lumos_export_" + hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(name, source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.load(folder / "weights.pt")

@@ -1,0 +1,74 @@
+"""The hard-concrete gate of Louizos, Welling & Kingma (2018), Lumos eq. 1-6."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import Config
+
+
+class Gate(nn.Module):
+    r"""A vector of ``n`` hard-concrete gates, one per channel unit of a group.
+
+    Training (one sample per gate per forward call, shared by the whole batch):
+
+    .. math::
+        u \sim \mathcal{U}(t_l, t_u), \quad
+        s = \sigma\!\left(\frac{\log u - \log(1-u) + \log\alpha}{\beta}\right), \quad
+        z = \min(1, \max(0, s(\zeta - \gamma) + \gamma))
+
+    Evaluation (deterministic):
+
+    .. math::
+        z = \min(1, \max(0, \sigma(\log\alpha)(\zeta - \gamma) + \gamma))
+
+    Probability that a gate is non-zero, the L0 norm's differentiable surrogate:
+
+    .. math::
+        P(z \neq 0) = \sigma\!\left(\log\alpha - \beta \log\frac{-\gamma}{\zeta}\right)
+
+    Args:
+        n: number of gates.
+        config: the gate constants ``beta, gamma, zeta, noise_range`` and ``init_log_alpha``.
+        group: name of the channel group the gate controls (for reports).
+    """
+
+    def __init__(self, n: int, config: Config, group: str = "") -> None:
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.full((n,), float(config.init_log_alpha)))
+        self.beta = float(config.beta)
+        self.gamma = float(config.gamma)
+        self.zeta = float(config.zeta)
+        self.noise_range = tuple(float(t) for t in config.noise_range)
+        self.group = group
+
+    @property
+    def n(self) -> int:
+        return self.log_alpha.shape[0]
+
+    def _stretch(self, s: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(s * (self.zeta - self.gamma) + self.gamma, 0.0, 1.0)
+
+    def sample(self) -> torch.Tensor:
+        """A training sample of ``z``: one noise draw per gate."""
+        t_l, t_u = self.noise_range
+        u = torch.empty_like(self.log_alpha).uniform_(t_l, t_u)
+        s = torch.sigmoid((torch.logit(u) + self.log_alpha) / self.beta)
+        return self._stretch(s)
+
+    def eval_value(self) -> torch.Tensor:
+        """The deterministic gate used in eval mode and folded into weights by prune()."""
+        return self._stretch(torch.sigmoid(self.log_alpha))
+
+    def prob_nonzero(self) -> torch.Tensor:
+        """Closed-form ``P(z != 0)`` per gate (differentiable in ``log_alpha``)."""
+        return torch.sigmoid(self.log_alpha - self.beta * math.log(-self.gamma / self.zeta))
+
+    def forward(self) -> torch.Tensor:
+        return self.sample() if self.training else self.eval_value()
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, group={self.group!r}, beta={self.beta:.4g}, gamma={self.gamma}, zeta={self.zeta}"

@@ -1,0 +1,169 @@
+"""Stage 3: put one hard-concrete gate per prunable group in front of the group's consumers."""
+
+from __future__ import annotations
+
+import operator
+import re
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from .analyze import Plan, analyze
+from .costs import CostModel
+from .config import Config
+from .errors import InputError, NotInstrumentedError
+from .gate import Gate
+from .trace import normalize_example_inputs, trace
+
+GATES = "lumos_gates"
+
+
+def instrument(model: nn.Module, example_inputs, *, feature_names=None, config: Config | None = None) -> fx.GraphModule:
+    """Trace `model`, find its channel groups and gate them.
+
+    Args:
+        model: any ``nn.Module``; it is not modified (the result owns a copy of its weights).
+        example_inputs: a tuple of the forward's positional arguments, e.g. ``(x,)``.
+        feature_names: names of the input features: a list for a model with one input, or a
+            dict ``{argument name: list}``. Defaults to ``x[0], x[1], ...``.
+        config: a :class:`lumos_fx.Config`.
+
+    Returns:
+        a ``torch.fx.GraphModule`` with the model's call signature. Its gates start open, so
+        in eval mode it computes what `model` computes. It trains with any optimizer (see
+        :func:`lumos_fx.param_groups`), moves with ``.to()``, and saves with ``state_dict()``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"instrument() takes an nn.Module, got {type(model).__name__}")
+    config = config or Config()
+    gm = trace(model, example_inputs, config)
+    plan = analyze(gm)
+    plan.config = config
+    plan.example_inputs = tuple(x.detach() if isinstance(x, torch.Tensor) else x
+                                for x in normalize_example_inputs(example_inputs))
+    plan.feature_names = _feature_names(gm, plan, feature_names)
+    _insert_gates(gm, plan, config)
+    plan.cost = CostModel(plan)
+    gm.meta["lumos"] = plan
+    gm.meta["lumos_class_name"] = type(model).__name__
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def plan_of(module) -> Plan:
+    """The plan of an instrumented module; a clear error for anything else."""
+    plan = getattr(module, "meta", {}).get("lumos") if isinstance(module, fx.GraphModule) else None
+    if plan is None:
+        raise NotInstrumentedError(
+            f"expected a model returned by lumos_fx.instrument(), got {type(module).__name__}. "
+            "Call wrapped = lumos_fx.instrument(model, example_inputs=(x,)) first, train wrapped, "
+            "then pass wrapped here."
+        )
+    return plan
+
+
+def gates(wrapped: fx.GraphModule) -> dict[str, Gate]:
+    """Every gate of an instrumented model, by the name of the group it controls."""
+    plan = plan_of(wrapped)
+    return {plan.groups[gid].name: gate for gid, gate in gate_modules(wrapped).items()}
+
+
+def gate_modules(wrapped: fx.GraphModule) -> dict[int, Gate]:
+    """Every gate of an instrumented model, by group id."""
+    plan = plan_of(wrapped)
+    modules = wrapped.get_submodule(GATES)
+    return {gid: modules[key] for gid, key in plan.gate_keys.items()}
+
+
+def _feature_names(gm: fx.GraphModule, plan: Plan, feature_names) -> dict[str, list[str]]:
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder" and plan.space_of(n.name) is not None]
+    if feature_names is not None and not isinstance(feature_names, dict):
+        if len(inputs) != 1:
+            raise InputError(
+                f"the model has {len(inputs)} tensor inputs; give feature_names as a dict "
+                f"{{input name: [names]}} with input names from {[n.target for n in inputs]}"
+            )
+        feature_names = {inputs[0].target: feature_names}
+    feature_names = dict(feature_names or {})
+    unknown = set(feature_names) - {n.target for n in inputs}
+    if unknown:
+        raise InputError(f"feature_names names inputs {sorted(unknown)}; the model's inputs are "
+                         f"{[n.target for n in inputs]}")
+    out = {}
+    for node in inputs:
+        size = plan.space_of(node.name).size
+        names = [str(n) for n in feature_names.get(node.target, [f"{node.target}[{j}]" for j in range(size)])]
+        if len(names) != size:
+            raise InputError(f"feature_names for input '{node.target}' has {len(names)} names; "
+                             f"the input has {size} features")
+        out[node.name] = names
+    return out
+
+
+def _gate_key(name: str, taken: set[str]) -> str:
+    key = re.sub(r"\W", "_", name) or "group"
+    base, i = key, 1
+    while key in taken:
+        i += 1
+        key = f"{base}_{i}"
+    taken.add(key)
+    return key
+
+
+def _insert_gates(gm: fx.GraphModule, plan: Plan, config: Config) -> None:
+    """One gate call per group right after the inputs (one sample per forward, shared by all
+    its consumers), and ``input * z`` in front of each consumer.
+
+    Every inserted node carries ``meta["lumos_gate"]`` so prune() can take them out again.
+    """
+    if hasattr(gm, GATES):
+        raise InputError(f"the model already has an attribute '{GATES}'; lumos_fx needs that name")
+    modules = nn.ModuleDict()
+    gm.add_submodule(GATES, modules)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    position = {n: i for i, n in enumerate(gm.graph.nodes)}
+    last_input = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
+    taken: set[str] = set()
+    gate_value: dict[int, fx.Node] = {}
+    gated: dict[tuple[str, int], fx.Node] = {}
+    insert_at = last_input
+    for group in plan.groups:
+        if not group.prunable:
+            continue
+        key = _gate_key(group.name, taken)
+        modules[key] = Gate(group.n_units, config, group.name)
+        plan.gate_keys[group.id] = key
+        with gm.graph.inserting_after(insert_at):
+            insert_at = gate_value[group.id] = gm.graph.call_module(f"{GATES}.{key}")
+        insert_at.meta["lumos_gate"] = "value"
+
+    consumers = [(c, g) for g in plan.groups if g.prunable for c in g.consumers]
+    consumers.sort(key=lambda cg: position[nodes[cg[0].node]])
+    for consumer, group in consumers:
+        node, inp = nodes[consumer.node], nodes[consumer.input]
+        if (inp.name, group.id) not in gated:
+            with gm.graph.inserting_before(node):
+                gated[inp.name, group.id] = _gate_input(gm, plan, group.id, inp, gate_value[group.id],
+                                                         plan.spaces[consumer.space])
+        node.replace_input_with(inp, gated[inp.name, group.id])
+
+
+def _gate_input(gm, plan, gid, inp: fx.Node, z: fx.Node, space) -> fx.Node:
+    """``inp * z[units]``, with ``z`` shaped to broadcast along the space's channel dim."""
+    graph = gm.graph
+    gate = gm.get_submodule(f"{GATES}.{plan.gate_keys[gid]}")
+    if not np.array_equal(space.units, np.arange(gate.n)):
+        name = f"units_{space.node}"
+        gate.register_buffer(name, torch.as_tensor(space.units, dtype=torch.long), persistent=False)
+        index = graph.get_attr(f"{GATES}.{plan.gate_keys[gid]}.{name}")
+        z = graph.call_function(torch.index_select, (z, 0, index))
+        index.meta["lumos_gate"] = z.meta["lumos_gate"] = "index"
+    ndim = len(inp.meta["tensor_meta"].shape)
+    if space.dim != ndim - 1:
+        z = graph.call_method("view", (z, -1, *([1] * (ndim - 1 - space.dim))))
+        z.meta["lumos_gate"] = "view"
+    out = graph.call_function(operator.mul, (inp, z))
+    out.meta["lumos_gate"] = "mul"
+    return out

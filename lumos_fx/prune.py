@@ -1,0 +1,414 @@
+"""Stage 4: cut the closed channels out and check the cut model against the gated one.
+
+The pass, on a deep copy of the instrumented model:
+
+1. masks from the eval gates (``z > 0`` keeps a unit);
+2. the gate nodes come out of the graph;
+3. each group's eval gate values are folded into its consumers' weights (exact: the
+   consumers are linear in the gated input);
+4. every node gets a status: *empty* (all its channels closed: removed), *const* (its
+   value no longer depends on the inputs: the branch becomes the constant it computes), or
+   *live*; the node's rule rewrites it (literal sizes, split points, slice bounds) and
+   constants that meet live data are folded into the op (``h + const``) or expanded to the
+   live batch shape;
+5. parameters are sliced to the kept channels and modules resized;
+6. dead nodes and submodules are removed, the graph is linted and recompiled;
+7. the result is compared with ``wrapped.eval()`` on the example inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+
+import numpy as np
+import torch
+from torch import fx, nn
+from torch.fx.graph_module import _USER_PRESERVED_ATTRIBUTES_KEY
+from torch.fx.node import map_arg
+
+from .analyze import Plan
+from .channels import Space
+from .errors import GateError, PruneError
+from .fxutil import describe, fetch_attr, shape_of
+from .instrument import GATES, gate_modules, plan_of
+from .rules import REGISTRY
+from .report import build_summary
+from .verify import eval_mode, on_device_of, output_error, within_tolerance
+
+LIVE, EMPTY, CONST = "live", "empty", "const"
+
+
+class PruneContext:
+    """What a rule sees while it cuts one node: masks, node statuses, constants, and the
+    graph edits it may make."""
+
+    EMPTY = EMPTY
+
+    def __init__(self, gm: fx.GraphModule, plan: Plan, keep: dict[int, np.ndarray], shrink_inputs: bool) -> None:
+        self.gm = gm
+        self.plan = plan
+        self.keep = keep
+        self.shrink_inputs = shrink_inputs
+        self.original = set(gm.graph.nodes)
+        self.status: dict[fx.Node, str] = {}
+        self.consts: dict[fx.Node, torch.Tensor] = {}
+        self._const_attr: dict[fx.Node, str] = {}
+        self._expanded: dict[fx.Node, fx.Node] = {}
+
+    # ---- masks ---------------------------------------------------------------------
+    def space(self, node) -> Space | None:
+        if not isinstance(node, fx.Node) or node not in self.original:
+            return None
+        return self.plan.space_of(node.name)
+
+    def prunable(self, space: Space) -> bool:
+        return self.plan.group_of(space).prunable
+
+    def kept(self, space: Space) -> np.ndarray:
+        """Original indices of the channels of `space` that stay, in order."""
+        if not self.prunable(space):
+            return np.arange(space.size)
+        return np.flatnonzero(self.keep[space.group][space.units])
+
+    def n_kept(self, space: Space) -> int:
+        return len(self.kept(space))
+
+    # ---- statuses ------------------------------------------------------------------
+    def is_empty(self, node) -> bool:
+        return self.status.get(node) == EMPTY
+
+    def is_const(self, node) -> bool:
+        return self.status.get(node) == CONST
+
+    def is_live(self, node) -> bool:
+        return self.status.get(node, LIVE) == LIVE
+
+    def const(self, node: fx.Node) -> torch.Tensor:
+        return self.consts[node]
+
+    def is_static(self, node) -> bool:
+        """True for values that do not depend on the inputs: constants and attributes."""
+        return self.is_const(node) or (isinstance(node, fx.Node) and node.op == "get_attr")
+
+    def value(self, node: fx.Node):
+        """The value of a static node."""
+        return self.consts[node] if self.is_const(node) else fetch_attr(self.gm, node.target)
+
+    def module(self, node: fx.Node) -> nn.Module:
+        return self.gm.get_submodule(node.target)
+
+    def evaluate(self, node: fx.Node) -> torch.Tensor:
+        """Run `node`'s op on the values of its inputs (all inputs must be static)."""
+        args = map_arg(node.args, self.value)
+        kwargs = map_arg(node.kwargs, self.value)
+        with torch.no_grad():
+            if node.op == "call_module":
+                return self.module(node)(*args, **kwargs)
+            if node.op == "call_method":
+                return getattr(args[0], node.target)(*args[1:], **kwargs)
+            return node.target(*args, **kwargs)
+
+    def broadcast_form(self, node: fx.Node, vector: torch.Tensor) -> torch.Tensor:
+        """`vector` (one value per channel) shaped like `node`'s output with every other dim 1."""
+        space = self.space(node)
+        shape = [1] * len(shape_of(node))
+        shape[space.dim] = -1
+        return vector.reshape(shape)
+
+    # ---- graph edits ---------------------------------------------------------------
+    def replace_input(self, node: fx.Node, old: fx.Node, new: fx.Node) -> None:
+        node.replace_input_with(old, new)
+
+    def const_attr(self, node: fx.Node, user: fx.Node) -> fx.Node:
+        """A buffer holding `node`'s constant, kept channels only, leading unit dims dropped
+        (broadcasting restores them), read by a get_attr inserted before `user`."""
+        if node not in self._const_attr:
+            space = self.space(node)
+            value = self.consts[node].index_select(space.dim, torch.as_tensor(self.kept(space)))
+            lead = next((d for d in range(space.dim) if value.shape[d] != 1), space.dim)
+            value = value.reshape(value.shape[lead:]).detach().clone()
+            name = f"{node.name}_const"
+            while hasattr(self.gm, name):
+                name += "_"
+            self.gm.register_buffer(name, value)
+            self._const_attr[node] = name
+        with self.gm.graph.inserting_before(user):
+            return self.gm.graph.get_attr(self._const_attr[node])
+
+    def materialize(self, node: fx.Node, user: fx.Node) -> fx.Node:
+        """`node`'s constant expanded to the runtime shape of a live tensor of the same batch."""
+        if node not in self._expanded:
+            space = self.space(node)
+            ref = self.reference(node)
+            graph = self.gm.graph
+            attr = self.const_attr(node, user)
+            with graph.inserting_before(user):
+                sizes = [-1 if d == space.dim else graph.call_method("size", (ref, d))
+                         for d in range(len(shape_of(node)))]
+                expanded = graph.call_method("expand", (attr, *sizes))
+                self._expanded[node] = graph.call_method("contiguous", (expanded,))
+        return self._expanded[node]
+
+    def materialize_dead_inputs(self, node: fx.Node) -> None:
+        for arg in list(node.all_input_nodes):
+            if self.is_const(arg):
+                self.replace_input(node, arg, self.materialize(arg, node))
+            elif self.is_empty(arg) and arg.op != "placeholder":
+                raise PruneError(f"internal: {describe(node, self.gm)} reads {arg.name}, whose channels are all "
+                                 "closed, and has no rule for that; please report this model")
+
+    def runtime_shape(self, node: fx.Node) -> tuple[int, ...] | None:
+        shape = shape_of(node)
+        space = self.space(node)
+        if shape is None or space is None or (node.op == "placeholder" and not self.shrink_inputs):
+            return shape
+        shape = list(shape)
+        shape[space.dim] = self.n_kept(space)
+        return tuple(shape)
+
+    def reference(self, node: fx.Node) -> fx.Node:
+        """A live tensor whose runtime shape equals `node`'s on every dim but its channel dim:
+        a model input (free to read), else the nearest such ancestor."""
+        space = self.space(node)
+        target = list(shape_of(node))
+
+        def fits(cand: fx.Node) -> bool:
+            shape = self.runtime_shape(cand)
+            if shape is None or len(shape) != len(target) or cand not in self.original:
+                return False
+            if not (self.is_live(cand) or cand.op == "placeholder"):
+                return False
+            return all(a == b for d, (a, b) in enumerate(zip(shape, target)) if d != space.dim)
+
+        for cand in self.gm.graph.nodes:
+            if cand.op == "placeholder" and fits(cand):
+                return cand
+        seen, queue = {node}, deque(node.all_input_nodes)
+        while queue:
+            cand = queue.popleft()
+            if cand in seen:
+                continue
+            seen.add(cand)
+            if fits(cand):
+                return cand
+            queue.extend(cand.all_input_nodes)
+        raise PruneError(f"{describe(node, self.gm)} became a constant, and no live tensor has its batch "
+                         "shape to expand it to; please report this model")
+
+
+def eval_gate_values(wrapped: fx.GraphModule) -> dict[int, torch.Tensor]:
+    values = {}
+    for gid, gate in gate_modules(wrapped).items():
+        la = gate.log_alpha.detach()
+        bad = ~torch.isfinite(la)
+        if bad.any():
+            raise GateError(
+                f"gate of group '{gate.group}' has {int(bad.sum())} non-finite log_alpha values "
+                f"(of {la.numel()}): training diverged. Lower the gate learning rate "
+                "(lumos_fx.param_groups(wrapped, lr, gate_lr=...)) or check the loss for NaN."
+            )
+        values[gid] = gate.eval_value().detach().cpu()
+    return values
+
+
+def _strip_gates(gm: fx.GraphModule) -> None:
+    nodes = [n for n in gm.graph.nodes if "lumos_gate" in n.meta]
+    for node in nodes:
+        if node.meta["lumos_gate"] == "mul":
+            node.replace_all_uses_with(node.args[0])
+    for node in reversed(nodes):
+        gm.graph.erase_node(node)
+    gm.delete_submodule(GATES)
+
+
+def _fold_gates(gm: fx.GraphModule, plan: Plan, z: dict[int, torch.Tensor]) -> None:
+    done = set()
+    with torch.no_grad():
+        for gid in z:
+            for consumer in plan.groups[gid].consumers:
+                for key in consumer.fold:
+                    if key in done:
+                        continue
+                    done.add(key)
+                    space = plan.spaces[key]
+                    tensor = fetch_attr(gm, space.param)
+                    shape = [1] * tensor.dim()
+                    shape[space.dim] = -1
+                    scale = z[gid][torch.as_tensor(space.units)].reshape(shape)
+                    tensor.mul_(scale.to(tensor.dtype).to(tensor.device))
+
+
+def _slice_parameters(gm: fx.GraphModule, plan: Plan, pc: PruneContext) -> None:
+    for name, spaces in plan.param_spaces().items():
+        cuts = [(s.dim, pc.kept(s)) for s in spaces if pc.prunable(s) and pc.n_kept(s) < s.size]
+        if not cuts:
+            continue
+        old = fetch_attr(gm, name)
+        new = old.detach()
+        for dim, idx in cuts:
+            new = new.index_select(dim, torch.as_tensor(idx, device=new.device))
+        new = nn.Parameter(new.clone(), requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new.clone()
+        for alias in plan.param_names[name]:
+            owner, _, attr = alias.rpartition(".")
+            module = gm.get_submodule(owner)
+            (module._parameters if attr in module._parameters else module._buffers)[attr] = new
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            rule = REGISTRY.module_rule(module)
+            if rule is not None:
+                rule.resize(module)
+
+
+def _select_inputs(gm: fx.GraphModule, plan: Plan, pc: PruneContext) -> tuple[dict, dict]:
+    """Kept feature names and indices per input; without shrink_inputs, the model selects
+    the kept columns itself (``torch.index_select``) and still takes every feature."""
+    names, indices = {}, {}
+    placeholders = {n.name: n for n in gm.graph.nodes if n.op == "placeholder"}
+    last = list(placeholders.values())[-1]
+    for input_name in plan.input_groups():
+        node = placeholders[input_name]
+        space = plan.space_of(input_name)
+        kept = pc.kept(space)
+        indices[node.target] = kept.tolist()
+        names[node.target] = [plan.feature_names[input_name][i] for i in kept]
+        if pc.shrink_inputs or len(kept) in (0, space.size) or not node.users:
+            continue
+        buffer = f"{node.target}_kept"
+        while hasattr(gm, buffer):
+            buffer += "_"
+        gm.register_buffer(buffer, torch.as_tensor(kept, dtype=torch.long))
+        with gm.graph.inserting_after(last):
+            index = gm.graph.get_attr(buffer)
+        with gm.graph.inserting_after(index):
+            selected = gm.graph.call_function(torch.index_select, (node, space.dim, index))
+        node.replace_all_uses_with(selected, delete_user_cb=lambda user, sel=selected: user is not sel)
+        last = selected
+    return names, indices
+
+
+def _has_side_effects(node: fx.Node) -> bool:
+    if node.is_impure():
+        return True
+    if node.op == "call_method" and node.target.endswith("_") and not node.target.endswith("__"):
+        return True
+    return bool(node.kwargs.get("inplace"))
+
+
+def _delete_unused_attributes(gm: fx.GraphModule) -> None:
+    """Parameters and buffers neither read by get_attr nor owned by a called module (those
+    folded into constants) leave the model."""
+    used_modules = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    read = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for name, _ in list(gm.named_parameters()) + list(gm.named_buffers()):
+        owner, _, attr = name.rpartition(".")
+        if name in read or any(owner == m or owner.startswith(m + ".") for m in used_modules):
+            continue
+        module = gm.get_submodule(owner)
+        module._parameters.pop(attr, None)
+        module._buffers.pop(attr, None)
+
+
+def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch.Tensor],
+        shrink_inputs: bool) -> fx.GraphModule:
+    """The pruned GraphModule for masks `keep` and folded gate values `z` (no verification)."""
+    plan = plan_of(wrapped)
+    gm = copy.deepcopy(wrapped)
+    gm.eval()
+    _strip_gates(gm)
+    _fold_gates(gm, plan, z)
+    pc = PruneContext(gm, plan, keep, shrink_inputs)
+    for node in list(gm.graph.nodes):
+        space = pc.space(node)
+        if space is not None and pc.prunable(space) and pc.n_kept(space) == 0:
+            pc.status[node] = EMPTY
+            continue
+        rule = REGISTRY.lookup(node, gm) if node.name not in plan.unruled else None
+        result = rule.prune(node, pc) if rule is not None else pc.materialize_dead_inputs(node)
+        if result is EMPTY:
+            pc.status[node] = EMPTY
+        elif result is not None:
+            pc.status[node], pc.consts[node] = CONST, result
+    _slice_parameters(gm, plan, pc)
+    names, indices = _select_inputs(gm, plan, pc)
+    for node in reversed(list(gm.graph.nodes)):
+        if pc.status.get(node, LIVE) != LIVE and node.op != "placeholder":
+            if node.users:
+                raise PruneError(f"internal: removed node {node.name} is still read by {list(node.users)}")
+            gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code(is_impure_node=_has_side_effects)
+    gm.delete_all_unused_submodules()
+    _delete_unused_attributes(gm)
+    gm.graph.lint()
+    gm.recompile()
+    gm.meta.pop("lumos", None)
+    preserved = {"kept_features": names, "kept_feature_indices": indices}
+    gm.meta[_USER_PRESERVED_ATTRIBUTES_KEY] = preserved
+    for key, value in preserved.items():
+        setattr(gm, key, value)
+    return gm
+
+
+def _verify_inputs(plan: Plan, pruned: fx.GraphModule, shrink_inputs: bool) -> tuple:
+    inputs = on_device_of(pruned, plan.example_inputs)
+    if not shrink_inputs:
+        return inputs
+    out = list(inputs)
+    placeholders = [n for n in pruned.graph.nodes if n.op == "placeholder"]
+    for i, node in enumerate(placeholders[: len(out)]):
+        if node.target in pruned.kept_feature_indices:
+            space = plan.space_of(node.name)
+            idx = torch.as_tensor(pruned.kept_feature_indices[node.target], dtype=torch.long, device=out[i].device)
+            out[i] = out[i].index_select(space.dim, idx)
+    return tuple(out)
+
+
+def _error(wrapped: fx.GraphModule, pruned: fx.GraphModule, shrink_inputs: bool) -> tuple[float, float]:
+    plan = plan_of(wrapped)
+    with torch.no_grad(), eval_mode(wrapped):
+        reference = wrapped(*on_device_of(wrapped, plan.example_inputs))
+        try:
+            candidate = pruned(*_verify_inputs(plan, pruned, shrink_inputs))
+        except Exception as e:
+            raise PruneError(f"the pruned model fails on example_inputs: {type(e).__name__}: {e}") from e
+    return output_error(reference, candidate)
+
+
+def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphModule:
+    """The compact model: every closed channel physically removed, verified on example_inputs.
+
+    Args:
+        wrapped: a model returned by :func:`lumos_fx.instrument` (trained or not).
+        shrink_inputs: by default the pruned model still takes every input feature and
+            selects the kept ones itself (a drop-in replacement). With ``True`` it takes only
+            the kept features; ``pruned.kept_features`` / ``pruned.kept_feature_indices`` say
+            which, per input.
+
+    Returns:
+        a ``torch.fx.GraphModule`` in eval mode with ``prune(w)(*x) == w.eval()(*x)``; its
+        ``.code`` is the compact model as Python; ``lumos_fx.summary(pruned)`` reports the cut.
+
+    Raises:
+        NotInstrumentedError: `wrapped` did not come from instrument().
+        GateError: a gate holds NaN or inf.
+        PruneError: the cut model does not reproduce the gated model (names the groups).
+    """
+    plan = plan_of(wrapped)
+    z = eval_gate_values(wrapped)
+    keep = {gid: (values > 0).numpy() for gid, values in z.items()}
+    pruned = cut(wrapped, keep, z, shrink_inputs)
+    err, scale = _error(wrapped, pruned, shrink_inputs)
+    if not within_tolerance(err, scale):
+        offenders = []
+        for gid in keep:
+            alone = {g: (k if g == gid else np.ones_like(k)) for g, k in keep.items()}
+            if not within_tolerance(*_error(wrapped, cut(wrapped, alone, z, shrink_inputs), shrink_inputs)):
+                offenders.append(plan.groups[gid].name)
+        raise PruneError(
+            f"the pruned model differs from the gated model by {err:.3g} (output scale {scale:.3g}); "
+            f"groups whose cut alone breaks it: {offenders or 'none alone (an interaction)'}. "
+            "This is a bug in a lumos_fx rule; please report it with the model."
+        )
+    pruned.meta["lumos_summary"] = build_summary(wrapped, pruned, keep, _verify_inputs(plan, pruned, shrink_inputs))
+    return pruned

@@ -1,0 +1,118 @@
+"""Stage 5 (report): what the cut removed, per group, in parameters, FLOPs and features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import fx
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import NotInstrumentedError
+from .instrument import GATES, plan_of
+from .verify import eval_mode, on_device_of
+
+
+@dataclass
+class GroupRow:
+    name: str
+    before: int
+    after: int
+    layers: list[str]
+
+
+@dataclass
+class Summary:
+    """The result of :func:`summary`: print it for a table, or read its fields."""
+
+    groups: list[GroupRow]
+    kept_whole: dict[str, str]  # group name -> why it cannot be pruned
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    features: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)  # input -> (kept, removed)
+
+    def __str__(self) -> str:
+        width = max([len(r.name) for r in self.groups] + [5])
+        lines = [f"{'group':<{width}}  {'channels':>13}  layers"]
+        for r in self.groups:
+            lines.append(f"{r.name:<{width}}  {r.before:>6} -> {r.after:<4}  {', '.join(r.layers)}")
+        lines.append("")
+        lines.append(f"parameters  {self.params_before:>12,} -> {self.params_after:,} "
+                     f"({_ratio(self.params_after, self.params_before)})")
+        lines.append(f"FLOPs       {self.flops_before:>12,} -> {self.flops_after:,} "
+                     f"({_ratio(self.flops_after, self.flops_before)}, forward on example_inputs)")
+        for name, (kept, removed) in self.features.items():
+            lines.append(f"input '{name}': kept {len(kept)} of {len(kept) + len(removed)} features: {', '.join(kept)}")
+            if removed:
+                lines.append(f"  removed: {', '.join(removed)}")
+        if self.kept_whole:
+            lines.append("kept whole:")
+            lines.extend(f"  {name}: {why}" for name, why in self.kept_whole.items())
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _ratio(after: int, before: int) -> str:
+    return f"{after / before:.1%} kept" if before else "n/a"
+
+
+def count_flops(model: torch.nn.Module, inputs: tuple) -> int:
+    """Forward FLOPs of `model` on `inputs`, as torch.utils.flop_counter counts them."""
+    with torch.no_grad(), eval_mode(model), FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    return int(counter.get_total_flops())
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith(GATES + "."))
+
+
+def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[int, np.ndarray],
+                  pruned_inputs: tuple) -> Summary:
+    plan = plan_of(wrapped)
+    rows = []
+    kept_whole = {}
+    for group in plan.groups:
+        spaces = [plan.spaces[k] for k in group.spaces]
+        producers = [s.label for s in spaces if s.producer and s.param is None]
+        if group.prunable:
+            layers = list(dict.fromkeys(producers + [_title(plan, c.node) for c in group.consumers]))
+            rows.append(GroupRow(group.name, group.n_units, int(keep[group.id].sum()), layers))
+        elif producers and group.blocked:
+            kept_whole[group.name] = group.blocked[0]
+    features = {}
+    for input_name, group in plan.input_groups().items():
+        names = plan.feature_names[input_name]
+        mask = keep[group.id][plan.space_of(input_name).units]
+        features[input_name] = ([n for n, k in zip(names, mask) if k], [n for n, k in zip(names, mask) if not k])
+    return Summary(
+        rows, kept_whole,
+        params_before=count_params(wrapped), params_after=count_params(pruned),
+        flops_before=count_flops(wrapped, on_device_of(wrapped, plan.example_inputs)),
+        flops_after=count_flops(pruned, pruned_inputs),
+        features=features,
+    )
+
+
+def _title(plan, node_name: str) -> str:
+    space = plan.space_of(node_name)
+    return space.label if space is not None else node_name
+
+
+def summary(module) -> Summary:
+    """Per group channels before -> after, parameters and FLOPs before -> after, and the
+    kept input features by name, for an instrumented model (as prune() would cut it now)
+    or a pruned one."""
+    if isinstance(module, fx.GraphModule) and "lumos_summary" in module.meta:
+        return module.meta["lumos_summary"]
+    if isinstance(module, fx.GraphModule) and "lumos" in module.meta:
+        from .prune import prune  # prune builds its summary with this module
+
+        return prune(module).meta["lumos_summary"]
+    raise NotInstrumentedError(
+        f"summary() takes a model from lumos_fx.instrument() or lumos_fx.prune(), got {type(module).__name__}"
+    )

@@ -1,0 +1,418 @@
+"""Ops that move channels around without mixing them: cat, split, indexing, reshape,
+permute, reductions over other dims, and reads of a tensor's shape."""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..fxutil import normalize_dim, shape_of
+from .registry import REGISTRY, ModuleRule, Rule, Unsupported
+
+
+def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    """Argument `name` of `node`, given positionally at `index` or as a keyword."""
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def set_arg(node: fx.Node, index: int, name: str, value: Any) -> None:
+    if len(node.args) > index:
+        args = list(node.args)
+        args[index] = value
+        node.args = tuple(args)
+    else:
+        node.kwargs = {**node.kwargs, name: value}
+
+
+def kept_in_range(kept: np.ndarray, start: int, stop: int) -> int:
+    return int(((kept >= start) & (kept < stop)).sum())
+
+
+def joined_spaces(node: fx.Node, an):
+    """The spaces of the tensors a cat or stack joins (channels on one dim), and its dim."""
+    spaces = [an.space(t) for t in arg(node, 0, "tensors")]
+    if any(s is None for s in spaces) or len({s.dim for s in spaces}) != 1:
+        raise Unsupported("inputs carry channels on different dims")
+    return spaces, normalize_dim(arg(node, 1, "dim", 0), len(an.shape(node)))
+
+
+class Cat(Rule):
+    r"""``torch.cat(xs, dim)``. On the channel dim, input ``i``'s channel ``j`` is output
+    channel ``o_i + j`` with ``o_i = \sum_{k<i} C_k`` (the paper's Fig. 7: 50 + 47 kept
+    channels become 97 at the consumer). On another dim, every input shares the output's
+    channels."""
+
+    def connect(self, node: fx.Node, an) -> None:
+        spaces, dim = joined_spaces(node, an)
+        out = an.new_space(node, spaces[0].dim)
+        offset = 0
+        for s in spaces:
+            if out.dim == dim:
+                an.tie(s, out, None, offset + np.arange(s.size))
+                offset += s.size
+            else:
+                an.tie(s, out)
+
+    def prune(self, node: fx.Node, pc):
+        tensors = arg(node, 0, "tensors")
+        out = pc.space(node)
+        on_channels = normalize_dim(arg(node, 1, "dim", 0), len(shape_of(node))) == out.dim
+        nonempty = [t for t in tensors if not pc.is_empty(t)]
+        if on_channels and all(pc.is_const(t) for t in nonempty):
+            # Constants in broadcast form concatenate along the channel dim exactly; an empty
+            # input's channels are all cut, so zeros stand in for them.
+            return torch.cat([pc.const(t) if pc.is_const(t) else pc.broadcast_form(t, torch.zeros(pc.space(t).size))
+                              for t in tensors], dim=out.dim)
+        if on_channels:
+            set_arg(node, 0, "tensors", nonempty)
+        return super().prune(node, pc)
+
+
+class Stack(Rule):
+    """``torch.stack(xs, dim)``: inputs share the output's channels, shifted by the new dim."""
+
+    def connect(self, node: fx.Node, an) -> None:
+        spaces, dim = joined_spaces(node, an)
+        out = an.new_space(node, spaces[0].dim + (1 if dim <= spaces[0].dim else 0))
+        for s in spaces:
+            an.tie(s, out)
+
+
+class Split(Rule):
+    """``torch.split`` / ``torch.chunk`` and their Tensor methods, read through ``[i]``.
+
+    On the channel dim, piece ``i`` holds channels ``o_i .. o_i + n_i`` of the input; the
+    pruned model splits at the kept counts (always as ``split`` with explicit sizes, since
+    kept pieces need not be equal).
+    """
+
+    def connect(self, node: fx.Node, an) -> None:
+        x = node.args[0]
+        src = an.space(x)
+        pieces = node.meta.get("tensor_meta")
+        if src is None or not isinstance(pieces, (tuple, list)):
+            raise Unsupported("splits a value lumos_fx does not follow")
+        users = list(node.users)
+        if not all(u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)
+                   for u in users):
+            raise Unsupported("its pieces are used other than by indexing with a number")
+        dim = normalize_dim(arg(node, 2, "dim", 0), len(an.shape(x)))
+        sizes = [p.shape[dim] for p in pieces]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        for user in users:
+            i = user.args[1] % len(sizes)
+            if dim == src.dim:
+                out = an.new_space(user, dim)
+                an.tie(src, out, offsets[i] + np.arange(sizes[i]), None)
+            else:
+                an.follow(user, src, src.dim)
+            an.handled.add(user)
+
+    def prune(self, node: fx.Node, pc):
+        x = node.args[0]
+        if pc.is_empty(x):
+            return pc.EMPTY
+        src = pc.space(x)
+        dim = normalize_dim(arg(node, 2, "dim", 0), len(shape_of(x)))
+        if dim == src.dim and pc.is_const(x):
+            return pc.evaluate(node)  # a tuple of constant pieces, read by the getitem rule
+        super().prune(node, pc)
+        if dim != src.dim:
+            return None
+        kept = pc.kept(src)
+        sizes = [p.shape[dim] for p in node.meta["tensor_meta"]]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        new_sizes = [kept_in_range(kept, offsets[i], offsets[i + 1]) for i in range(len(sizes))]
+        node.target = "split" if node.op == "call_method" else torch.split
+        node.args = (node.args[0], new_sizes)
+        node.kwargs = {"dim": dim}
+        return None
+
+
+def _index_items(index, ndim: int):
+    """For ``x[index]``: (item position, input dim, output dim, item) of every input dim.
+
+    ``item`` is an int, a slice, or None for a dim the index leaves whole.
+    """
+    items = index if isinstance(index, tuple) else (index,)
+    for item in items:
+        if isinstance(item, (fx.Node, torch.Tensor, list)) or (
+            isinstance(item, slice) and any(isinstance(v, fx.Node) for v in (item.start, item.stop, item.step))
+        ):
+            raise Unsupported("indexes with values computed in forward")
+    consumed = sum(1 for it in items if isinstance(it, (int, slice)))
+    out = []
+    in_dim = out_dim = 0
+    for pos, item in enumerate(items):
+        if item is None:
+            out_dim += 1
+        elif item is Ellipsis:
+            for _ in range(ndim - consumed):
+                out.append((None, in_dim, out_dim, None))
+                in_dim += 1
+                out_dim += 1
+        elif isinstance(item, int):
+            out.append((pos, in_dim, None, item))
+            in_dim += 1
+        else:
+            out.append((pos, in_dim, out_dim, item))
+            in_dim += 1
+            out_dim += 1
+    while in_dim < ndim:
+        out.append((None, in_dim, out_dim, None))
+        in_dim += 1
+        out_dim += 1
+    return out
+
+
+class GetItem(Rule):
+    """``x[...]`` with ints, slices, None and Ellipsis. A slice ``a:b`` of the channel dim
+    maps output channel ``j`` to input channel ``a + j`` and is rewritten to the kept
+    bounds; an int that picks one channel, a strided slice or advanced indexing is refused."""
+
+    def _channel_item(self, node: fx.Node, src, ndim: int):
+        for pos, in_dim, out_dim, item in _index_items(node.args[1], ndim):
+            if in_dim == src.dim:
+                return pos, out_dim, item
+        raise AssertionError("channel dim not visited")
+
+    def connect(self, node: fx.Node, an) -> None:
+        x = node.args[0]
+        src = an.space(x)
+        if src is None:
+            raise Unsupported("indexes a value lumos_fx does not follow")
+        pos, out_dim, item = self._channel_item(node, src, len(an.shape(x)))
+        if item is None:
+            an.follow(node, src, out_dim)
+            return
+        if isinstance(item, int):
+            raise Unsupported("picks a single channel by its index")
+        start, stop, step = item.indices(src.size)
+        if step != 1:
+            raise Unsupported("takes a strided slice of the channels")
+        out = an.new_space(node, out_dim)
+        an.tie(src, out, start + np.arange(out.size), None)
+
+    def prune(self, node: fx.Node, pc):
+        x = node.args[0]
+        if pc.space(x) is None and pc.is_const(x):
+            return pc.evaluate(node)  # a piece of a split constant
+        super().prune(node, pc)
+        src = pc.space(x)
+        if src is None:
+            return None
+        pos, _, item = self._channel_item(node, src, len(shape_of(x)))
+        if isinstance(item, slice):
+            start, stop, _ = item.indices(src.size)
+            kept = pc.kept(src)
+            items = list(node.args[1]) if isinstance(node.args[1], tuple) else [node.args[1]]
+            items[pos] = slice(kept_in_range(kept, 0, start), kept_in_range(kept, 0, stop))
+            node.args = (node.args[0], tuple(items) if isinstance(node.args[1], tuple) else items[0])
+        return None
+
+
+def _preserved_dim(in_shape, d: int, out_shape) -> int | None:
+    """Where a reshape puts input dim `d` when it keeps it whole, else None."""
+    before, size = math.prod(in_shape[:d]), in_shape[d]
+    acc = 1
+    for k, s in enumerate(out_shape):
+        if acc == before and s == size:
+            return k
+        acc *= s
+    return None
+
+
+class Reshape(Rule):
+    """view / reshape / flatten / unflatten / squeeze / unsqueeze that keep the channel dim
+    whole (only the dims around it change). A literal channel count in the target shape is
+    rewritten to the kept count. Merging channels with other dims is refused here."""
+
+    def _shape_args(self, node: fx.Node):
+        """The target shape of view/reshape as a list, or None for the other ops."""
+        if node.op == "call_method" and node.target in ("view", "reshape"):
+            rest = node.args[1:]
+            return list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else list(rest)
+        if node.op == "call_function" and node.target is torch.reshape:
+            return list(arg(node, 1, "shape"))
+        return None
+
+    def connect(self, node: fx.Node, an) -> None:
+        x = node.args[0]
+        src = an.space(x)
+        if src is None:
+            return
+        k = _preserved_dim(an.shape(x), src.dim, an.shape(node))
+        if k is None:
+            raise Unsupported("merges or splits the channel dim with other dims")
+        shape = self._shape_args(node)
+        if shape is not None and isinstance(shape[k], fx.Node):
+            raise Unsupported("its channel count is computed in forward")
+        an.follow(node, src, k)
+
+    def prune(self, node: fx.Node, pc):
+        super().prune(node, pc)
+        shape = self._shape_args(node)
+        out = pc.space(node)
+        if shape is None or out is None or shape[out.dim] == -1:
+            return None
+        shape[out.dim] = pc.n_kept(out)
+        node.args = (node.args[0], tuple(shape)) if node.op == "call_function" else (node.args[0], *shape)
+        return None
+
+
+class ReshapeModule(Reshape, ModuleRule):
+    """``nn.Flatten`` / ``nn.Unflatten`` (no literal shape to rewrite)."""
+
+
+_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+
+
+def run_on(node: fx.Node, an, x: torch.Tensor):
+    """Run `node`'s op with `x` in place of its first argument (other args must be constants)."""
+    rest = list(node.args[1:])
+    if any(isinstance(a, fx.Node) for a in rest + list(node.kwargs.values())):
+        raise Unsupported("takes arguments computed in forward")
+    if node.op == "call_module":
+        return an.module(node)(x, *rest, **node.kwargs)
+    if node.op == "call_method":
+        return getattr(x, node.target)(*rest, **node.kwargs)
+    return node.target(x, *rest, **node.kwargs)
+
+
+class Rearrange(Rule):
+    """Ops that move dims or reduce some of them: permute, transpose, ``.T``, movedim, and
+    sum / mean / amax / amin / prod / std / var / norm / logsumexp.
+
+    Where the channel dim goes is found by running the op on a meta tensor whose dims all
+    have different sizes. If it does not come out whole (it was reduced), the op mixes
+    channels and is refused.
+    """
+
+    def connect(self, node: fx.Node, an) -> None:
+        x = node.args[0]
+        src = an.space(x)
+        if src is None:
+            return
+        ndim = len(an.shape(x))
+        probe = run_on(node, an, torch.empty(_PRIMES[:ndim], device="meta"))
+        tag = _PRIMES[src.dim]
+        where = [i for i, s in enumerate(probe.shape) if s == tag] if isinstance(probe, torch.Tensor) else []
+        if len(where) != 1:
+            raise Unsupported("reduces or mixes the channel dim")
+        an.follow(node, src, where[0])
+
+
+class AlongDim(Rule):
+    """softmax / log_softmax / cumsum / cumprod along one dim: independent per channel when
+    that dim is not the channel dim; across channels it couples them and is refused."""
+
+    def _dim(self, node: fx.Node, an) -> int:
+        if node.op == "call_module":
+            return an.module(node).dim
+        return arg(node, 1, "dim")
+
+    def connect(self, node: fx.Node, an) -> None:
+        x = node.args[0]
+        src = an.space(x)
+        if src is None:
+            return
+        dim = self._dim(node, an)
+        if dim is None or normalize_dim(dim, len(an.shape(x))) == src.dim:
+            raise Unsupported("normalises or accumulates across the channels")
+        an.follow(node, src, src.dim)
+
+
+class AlongDimModule(AlongDim, ModuleRule):
+    """``nn.Softmax(dim)``, ``nn.LogSoftmax(dim)``."""
+
+
+class ShapeRead(Rule):
+    """Reads of a tensor's shape: ``x.shape``, ``x.size()``, ``x.size(d)``, ``x.dim()``,
+    ``x.dtype`` ... Reading a non-channel size is fine; reading the channel count (whose
+    value pruning changes) keeps the channels."""
+
+    _HARMLESS = {"dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "dim", "ndimension"}
+
+    def connect(self, node: fx.Node, an) -> None:
+        x = node.args[0]
+        src = an.space(x)
+        if src is None:
+            return
+        what = node.target if node.op == "call_method" else node.args[1]
+        if what in self._HARMLESS:
+            an.accept(src)
+        elif what == "size" and len(node.args) + len(node.kwargs) > 1:
+            self._read_dims(an, src, node, [arg(node, 1, "dim")], len(an.shape(x)))
+        elif what in ("size", "shape"):
+            self._read_shape_value(an, src, node)
+        else:
+            an.block(src, f"its channel count is read by {an.describe(node)}")
+
+    def _read_dims(self, an, src, node: fx.Node, dims, ndim: int) -> None:
+        if any(not isinstance(d, int) or normalize_dim(d, ndim) == src.dim for d in dims):
+            an.block(src, f"its channel count is read by {an.describe(node)}")
+        else:
+            an.accept(src)
+
+    def _read_shape_value(self, an, src, node: fx.Node) -> None:
+        ndim = len(an.shape(node.args[0]))
+        for user in node.users:
+            index = user.args[1] if user.op == "call_function" and user.target is operator.getitem else None
+            if isinstance(index, int):
+                self._read_dims(an, src, user, [index], ndim)
+            elif isinstance(index, slice):
+                self._read_dims(an, src, user, list(range(ndim))[index], ndim)
+            else:
+                an.block(src, f"its whole shape is used by {an.describe(user)}")
+            an.handled.add(user)
+        an.accept(src)
+
+    def prune(self, node: fx.Node, pc):
+        x = node.args[0]
+        if pc.is_empty(x) or pc.is_const(x):
+            pc.replace_input(node, x, pc.reference(x))
+        return None
+
+
+class Couples(Rule):
+    """An op that mixes all channels in a way no rule here describes yet (LayerNorm's
+    statistics over the channels, a normalisation). Its channels are kept, with `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def connect(self, node: fx.Node, an) -> None:
+        raise Unsupported(self.reason)
+
+
+class CouplesModule(Couples, ModuleRule):
+    pass
+
+
+REGISTRY.register(Cat(), torch.cat, torch.concat, torch.concatenate)
+REGISTRY.register(Stack(), torch.stack)
+REGISTRY.register(Split(), torch.split, torch.functional.split, torch.chunk, "split", "chunk")
+REGISTRY.register(GetItem(), operator.getitem)
+REGISTRY.register(Reshape(), "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze",
+                  torch.reshape, torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze)
+REGISTRY.register(ReshapeModule(), nn.Flatten, nn.Unflatten)
+REGISTRY.register(Rearrange(), "permute", "transpose", "swapaxes", "swapdims", "t", "movedim",
+                  torch.permute, torch.transpose, torch.swapaxes, torch.t, torch.movedim,
+                  "sum", "mean", "amax", "amin", "prod", "std", "var", "logsumexp", "norm", "nansum", "nanmean",
+                  torch.sum, torch.mean, torch.amax, torch.amin, torch.prod, torch.std, torch.var,
+                  torch.logsumexp, torch.norm, torch.nansum, torch.nanmean)
+REGISTRY.register(AlongDim(), F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, torch.cumsum,
+                  torch.cumprod, "softmax", "log_softmax", "cumsum", "cumprod")
+REGISTRY.register(AlongDimModule(), nn.Softmax, nn.LogSoftmax)
+REGISTRY.register(ShapeRead(), getattr, "size", "dim", "ndimension", "numel")
+_NORMALISES = "normalises over the channels, which couples them (lumos_fx keeps them)"
+REGISTRY.register(CouplesModule(f"LayerNorm {_NORMALISES}"), nn.LayerNorm, nn.RMSNorm)
+REGISTRY.register(Couples(f"layer_norm {_NORMALISES}"), F.layer_norm, F.normalize)
