@@ -1,0 +1,91 @@
+"""complexity_loss: the expected fraction of prunable parameters alive, checked against
+Monte-Carlo samples of the gates; and the optimizer groups."""
+
+import pytest
+import torch
+from torch import nn
+
+import lumos_fx
+from lumos_fx import Config
+
+
+class ResidualMLP(nn.Module):
+    """A residual stream (fc_in, fc_b out) and a square layer on it (in and out: one group)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc_in = nn.Linear(5, 12)
+        self.fc_a = nn.Linear(12, 20)
+        self.fc_b = nn.Linear(20, 12)
+        self.square = nn.Linear(12, 12)
+        self.out = nn.Linear(12, 2)
+
+    def forward(self, x):
+        h = self.fc_in(x)
+        h = h + self.fc_b(torch.relu(self.fc_a(h)))
+        h = h + self.square(h)
+        return self.out(h)
+
+
+def alive_params(masks: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Alive weights for sampled masks, counted by hand from the architecture."""
+    x, h, a = masks["x"].sum(-1), masks["fc_in"].sum(-1), masks["fc_a"].sum(-1)
+    return (h * x + h) + (a * h + a) + (h * a + h) + (h * h + h) + (2 * h)
+
+
+def test_expected_alive_matches_monte_carlo_of_the_gates():
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(ResidualMLP(), (torch.randn(4, 5),))
+    gates = lumos_fx.gates(wrapped)
+    assert set(gates) == {"x", "fc_in", "fc_a"}
+    with torch.no_grad():
+        for g in gates.values():
+            g.log_alpha.uniform_(-3, 3)
+    expected, total = lumos_fx.expected_alive(wrapped)
+    assert total == 5 * 12 + 12 + 12 * 20 + 20 + 20 * 12 + 12 + 12 * 12 + 12 + 12 * 2
+    samples = 20_000
+    masks = {}
+    for name, g in gates.items():
+        # One gate of n * samples entries draws `samples` independent masks in one call.
+        many = lumos_fx.Gate(g.n * samples, Config()).train()
+        with torch.no_grad():
+            many.log_alpha.copy_(g.log_alpha.repeat(samples))
+        masks[name] = many().reshape(samples, g.n) > 0
+    monte_carlo = alive_params({k: v.double() for k, v in masks.items()})
+    assert expected.item() == pytest.approx(monte_carlo.mean().item(), rel=4 * monte_carlo.std().item()
+                                            / (monte_carlo.mean().item() * samples ** 0.5) + 1e-3)
+
+
+def test_complexity_loss_is_lambda_times_the_alive_fraction_and_trains_the_gates():
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(ResidualMLP(), (torch.randn(4, 5),), config=Config(lam=0.3))
+    expected, total = lumos_fx.expected_alive(wrapped)
+    loss = lumos_fx.complexity_loss(wrapped)
+    assert loss.item() == pytest.approx(0.3 * expected.item() / total)
+    assert 0.29 < loss.item() < 0.3  # gates start open: P(z != 0) is just under 1
+    loss.backward()
+    assert all((g.log_alpha.grad > 0).all() for g in lumos_fx.gates(wrapped).values())
+
+
+def test_a_model_with_nothing_to_prune_costs_nothing():
+    wrapped = lumos_fx.instrument(nn.Sequential(nn.Linear(3, 2)), (torch.randn(4, 3),))
+    assert lumos_fx.expected_alive(wrapped)[1] == 6  # only the input features are prunable
+    single = lumos_fx.instrument(nn.Sequential(nn.LayerNorm(3), nn.Linear(3, 2)), (torch.randn(4, 3),))
+    assert lumos_fx.gates(single) == {}
+    assert lumos_fx.complexity_loss(single).item() == 0.0
+
+
+def test_param_groups_split_weights_and_gates():
+    model = ResidualMLP()
+    model.fc_in.weight.requires_grad_(False)
+    wrapped = lumos_fx.instrument(model, (torch.randn(4, 5),))
+    weights, gates = lumos_fx.param_groups(wrapped, lr=1e-3, gate_lr=0.2, weight_decay=0.01)
+    assert (weights["lr"], weights["weight_decay"], gates["lr"], gates["weight_decay"]) == (1e-3, 0.01, 0.2, 0.0)
+    gate_ids = {id(g.log_alpha) for g in lumos_fx.gates(wrapped).values()}
+    assert {id(p) for p in gates["params"]} == gate_ids
+    trainable = {id(p) for p in wrapped.parameters() if p.requires_grad}
+    assert {id(p) for p in weights["params"]} | gate_ids == trainable
+    assert not {id(p) for p in weights["params"]} & gate_ids
+    assert id(wrapped.fc_in.weight) not in {id(p) for p in weights["params"]}
+    default = lumos_fx.param_groups(wrapped, lr=1e-3)[1]["lr"]
+    assert default == Config().gate_lr

@@ -1,0 +1,89 @@
+"""export()/load(): readable standalone source, weights without pickle, a fresh process."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import lumos_fx
+from test_prune_rules import Residual, close
+
+
+def pruned_residual(shrink=False, branch_closed=False):
+    torch.manual_seed(0)
+    model = nn.Sequential()  # named submodules and a Sequential inside, as users write them
+    model.add_module("net", Residual())
+    wrapped = lumos_fx.instrument(model, (torch.randn(8, 5),), feature_names=list("abcde"))
+    close(wrapped, "net.inp", [0, 3, 4])
+    close(wrapped, "x" if "x" in lumos_fx.gates(wrapped) else "input", [1])
+    if branch_closed:
+        close(wrapped, "net.hidden", slice(None))
+    return wrapped, lumos_fx.prune(wrapped, shrink_inputs=shrink)
+
+
+@pytest.mark.parametrize("shrink,branch_closed", [(False, False), (True, False), (False, True)])
+def test_export_loads_in_a_fresh_process_with_only_torch(tmp_path, shrink, branch_closed):
+    wrapped, pruned = pruned_residual(shrink, branch_closed)
+    folder = lumos_fx.export(pruned, tmp_path / "model")
+    source = (folder / "model.py").read_text()
+    assert "nn.Linear(4, 13, bias=True)" in source  # literal sizes: 5 - 1 inputs, 16 - 3 channels
+    assert "import lumos_fx" not in source and "lumos_fx." not in source.replace("pruned by lumos_fx", "")
+    compile(source, "model.py", "exec")
+
+    x = torch.randn(6, 5)
+    x_in = x[:, pruned.kept_feature_indices["input"]] if shrink else x
+    torch.save({"x": x_in, "y": wrapped.eval()(x).detach()}, tmp_path / "io.pt")
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.modules["lumos_fx"] = None  # the export must not need lumos_fx
+        sys.path.insert(0, {str(folder)!r})
+        import model
+        net = model.load()
+        io = torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True)
+        err = (net(io["x"]) - io["y"]).abs().max().item()
+        print(err, model.KEPT_FEATURES)
+        assert err < 1e-5, err
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "'input': ['a', 'c', 'd', 'e']" in run.stdout
+
+
+def test_weights_are_a_plain_state_dict(tmp_path):
+    _, pruned = pruned_residual()
+    folder = lumos_fx.export(pruned, tmp_path)
+    state = torch.load(folder / "weights.pt", weights_only=True)
+    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert state["net_inp.weight"].shape == (13, 4)
+
+
+def test_load_in_process_and_the_source_reads_like_the_model(tmp_path):
+    wrapped, pruned = pruned_residual(branch_closed=True)
+    folder = lumos_fx.export(pruned, tmp_path)
+    net = lumos_fx.load(folder)
+    x = torch.randn(3, 5)
+    torch.testing.assert_close(net(x), wrapped.eval()(x))
+    source = (folder / "model.py").read_text()
+    assert "class Sequential(nn.Module)" in source
+    assert "self.net_inp = nn.Linear(4, 13, bias=True)" in source
+    assert "net_back_const" in source and "self.net_hidden" not in source
+    assert "def forward(self, input):" in source
+
+
+def test_export_refuses_an_instrumented_model_and_unwritable_modules(tmp_path):
+    wrapped, _ = pruned_residual()
+    with pytest.raises(lumos_fx.ExportError, match="call lumos_fx.prune"):
+        lumos_fx.export(wrapped, tmp_path)
+
+    class Custom(nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    model = nn.Sequential(nn.Linear(3, 3), Custom())
+    pruned = lumos_fx.prune(lumos_fx.instrument(model, (torch.randn(2, 3),),
+                                                config=lumos_fx.Config(leaf_modules=[Custom])))
+    with pytest.raises(lumos_fx.ExportError, match=r"module '1' \(Custom\).*register_rule"):
+        lumos_fx.export(pruned, tmp_path)
