@@ -1,0 +1,56 @@
+"""A plain training loop that every zoo workload shares, with or without lumos_fx."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import lumos_fx
+
+
+def column_stats(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and standard deviation (1 for constant columns, which then map to 0)."""
+    std = a.std(axis=0)
+    return a.mean(axis=0), np.where(std > 1e-8, std, 1.0)
+
+
+def standardized_mse(scale: torch.Tensor):
+    """MSE in units of each target's standard deviation."""
+    return lambda pred, target: torch.nn.functional.mse_loss(pred / scale, target / scale)
+
+
+def r2_score(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Coefficient of determination, averaged uniformly over output columns."""
+    ss_res = ((target - pred) ** 2).sum(0)
+    ss_tot = ((target - target.mean(0)) ** 2).sum(0)
+    return float((1 - ss_res / ss_tot).mean())
+
+
+def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, batch: int = 512,
+          lr: float = 2e-3, seed: int = 0, loss_fn=torch.nn.functional.mse_loss, desc: str = "train") -> list[float]:
+    """Adam with a cosine schedule on `loss_fn`. An instrumented model (from
+    lumos_fx.instrument) also gets the complexity term and its gate parameter group, and
+    nothing else changes."""
+    gated = isinstance(model, torch.fx.GraphModule) and "lumos" in model.meta
+    params = lumos_fx.param_groups(model, lr) if gated else [{"params": model.parameters(), "lr": lr}]
+    opt = torch.optim.Adam(params)
+    base = [g["lr"] for g in opt.param_groups]
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    losses = []
+    for step in tqdm(range(steps), desc=desc, mininterval=1.0, leave=False):
+        idx = torch.randint(0, len(x), (batch,), generator=gen)
+        loss = loss_fn(model(x[idx]), y[idx])
+        total = loss + lumos_fx.complexity_loss(model) if gated else loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        scale = 0.5 * (1 + math.cos(math.pi * step / steps))
+        for group, lr0 in zip(opt.param_groups, base):
+            group["lr"] = lr0 * (scale if group.get("name") != "gates" else 1.0)
+        losses.append(loss.item())
+    model.eval()
+    return losses
