@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import torch
 from torch import fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
@@ -63,6 +64,13 @@ def describe(node: fx.Node, gm: fx.GraphModule) -> str:
 
 def normalize_dim(dim: int, ndim: int) -> int:
     return dim + ndim if dim < 0 else dim
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where a module's tensors live (its first parameter or buffer; CPU if it has none)."""
+    tensor = next(iter(module.parameters()), None)
+    tensor = tensor if tensor is not None else next(iter(module.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def fetch_attr(gm: fx.GraphModule, target: str):

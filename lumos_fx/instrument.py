@@ -13,6 +13,7 @@ from .analyze import Plan, analyze
 from .costs import CostModel
 from .config import Config
 from .errors import InputError, NotInstrumentedError
+from .fxutil import module_device
 from .gate import Gate
 from .trace import normalize_example_inputs, trace
 
@@ -121,6 +122,7 @@ def _insert_gates(gm: fx.GraphModule, plan: Plan, config: Config) -> None:
     if hasattr(gm, GATES):
         raise InputError(f"the model already has an attribute '{GATES}'; lumos_fx needs that name")
     modules = nn.ModuleDict()
+    device = module_device(gm)
     gm.add_submodule(GATES, modules)
     nodes = {n.name: n for n in gm.graph.nodes}
     position = {n: i for i, n in enumerate(gm.graph.nodes)}
@@ -133,7 +135,7 @@ def _insert_gates(gm: fx.GraphModule, plan: Plan, config: Config) -> None:
         if not group.prunable:
             continue
         key = _gate_key(group.name, taken)
-        modules[key] = Gate(group.n_units, config, group.name)
+        modules[key] = Gate(group.n_units, config, group.name).to(device)
         plan.gate_keys[group.id] = key
         with gm.graph.inserting_after(insert_at):
             insert_at = gate_value[group.id] = gm.graph.call_module(f"{GATES}.{key}")
@@ -156,7 +158,8 @@ def _gate_input(gm, plan, gid, inp: fx.Node, z: fx.Node, space) -> fx.Node:
     gate = gm.get_submodule(f"{GATES}.{plan.gate_keys[gid]}")
     if not np.array_equal(space.units, np.arange(gate.n)):
         name = f"units_{space.node}"
-        gate.register_buffer(name, torch.as_tensor(space.units, dtype=torch.long), persistent=False)
+        gate.register_buffer(name, torch.as_tensor(space.units, dtype=torch.long, device=gate.log_alpha.device),
+                             persistent=False)
         index = graph.get_attr(f"{GATES}.{plan.gate_keys[gid]}.{name}")
         z = graph.call_function(torch.index_select, (z, 0, index))
         index.meta["lumos_gate"] = z.meta["lumos_gate"] = "index"

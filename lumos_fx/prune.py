@@ -30,7 +30,7 @@ from torch.fx.node import map_arg
 from .analyze import Plan
 from .channels import Space
 from .errors import GateError, PruneError
-from .fxutil import describe, fetch_attr, shape_of
+from .fxutil import describe, fetch_attr, module_device, shape_of
 from .instrument import GATES, gate_modules, plan_of
 from .rules import REGISTRY
 from .report import build_summary
@@ -125,7 +125,8 @@ class PruneContext:
         (broadcasting restores them), read by a get_attr inserted before `user`."""
         if node not in self._const_attr:
             space = self.space(node)
-            value = self.consts[node].index_select(space.dim, torch.as_tensor(self.kept(space)))
+            value = self.consts[node]
+            value = value.index_select(space.dim, torch.as_tensor(self.kept(space), device=value.device))
             lead = next((d for d in range(space.dim) if value.shape[d] != 1), space.dim)
             value = value.reshape(value.shape[lead:]).detach().clone()
             name = f"{node.name}_const"
@@ -236,7 +237,7 @@ def _fold_gates(gm: fx.GraphModule, plan: Plan, z: dict[int, torch.Tensor]) -> N
                     shape = [1] * tensor.dim()
                     shape[space.dim] = -1
                     scale = z[gid][torch.as_tensor(space.units)].reshape(shape)
-                    tensor.mul_(scale.to(tensor.dtype).to(tensor.device))
+                    tensor.mul_(scale.to(tensor.device, tensor.dtype))
 
 
 def _slice_parameters(gm: fx.GraphModule, plan: Plan, pc: PruneContext) -> None:
@@ -278,7 +279,7 @@ def _select_inputs(gm: fx.GraphModule, plan: Plan, pc: PruneContext) -> tuple[di
         buffer = f"{node.target}_kept"
         while hasattr(gm, buffer):
             buffer += "_"
-        gm.register_buffer(buffer, torch.as_tensor(kept, dtype=torch.long))
+        gm.register_buffer(buffer, torch.as_tensor(kept, dtype=torch.long, device=module_device(gm)))
         with gm.graph.inserting_after(last):
             index = gm.graph.get_attr(buffer)
         with gm.graph.inserting_after(index):

@@ -69,7 +69,8 @@ class Cat(Rule):
         if on_channels and all(pc.is_const(t) for t in nonempty):
             # Constants in broadcast form concatenate along the channel dim exactly; an empty
             # input's channels are all cut, so zeros stand in for them.
-            return torch.cat([pc.const(t) if pc.is_const(t) else pc.broadcast_form(t, torch.zeros(pc.space(t).size))
+            like = pc.const(nonempty[0])
+            return torch.cat([pc.const(t) if pc.is_const(t) else pc.broadcast_form(t, like.new_zeros(pc.space(t).size))
                               for t in tensors], dim=out.dim)
         if on_channels:
             set_arg(node, 0, "tensors", nonempty)
