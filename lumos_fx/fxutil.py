@@ -73,6 +73,13 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
+def free_attr_name(module: torch.nn.Module, name: str) -> str:
+    """`name`, or `name` with underscores appended, that `module` has no attribute of yet."""
+    while hasattr(module, name):
+        name += "_"
+    return name
+
+
 def fetch_attr(gm: fx.GraphModule, target: str):
     """The object a get_attr node reads (as torch's own fx passes resolve it)."""
     obj = gm

@@ -30,7 +30,7 @@ from torch.fx.node import map_arg
 from .analyze import Plan
 from .channels import Space
 from .errors import GateError, PruneError
-from .fxutil import describe, fetch_attr, module_device, shape_of
+from .fxutil import describe, fetch_attr, free_attr_name, module_device, shape_of
 from .instrument import GATES, gate_modules, plan_of
 from .rules import REGISTRY
 from .report import build_summary
@@ -129,9 +129,7 @@ class PruneContext:
             value = value.index_select(space.dim, torch.as_tensor(self.kept(space), device=value.device))
             lead = next((d for d in range(space.dim) if value.shape[d] != 1), space.dim)
             value = value.reshape(value.shape[lead:]).detach().clone()
-            name = f"{node.name}_const"
-            while hasattr(self.gm, name):
-                name += "_"
+            name = free_attr_name(self.gm, f"{node.name}_const")
             self.gm.register_buffer(name, value)
             self._const_attr[node] = name
         with self.gm.graph.inserting_before(user):
@@ -276,9 +274,7 @@ def _select_inputs(gm: fx.GraphModule, plan: Plan, pc: PruneContext) -> tuple[di
         names[node.target] = [plan.feature_names[input_name][i] for i in kept]
         if pc.shrink_inputs or len(kept) in (0, space.size) or not node.users:
             continue
-        buffer = f"{node.target}_kept"
-        while hasattr(gm, buffer):
-            buffer += "_"
+        buffer = free_attr_name(gm, f"{node.target}_kept")
         gm.register_buffer(buffer, torch.as_tensor(kept, dtype=torch.long, device=module_device(gm)))
         with gm.graph.inserting_after(last):
             index = gm.graph.get_attr(buffer)

@@ -19,7 +19,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .config import Config, LeafSpec
 from .errors import InputError, TraceError, describe_frame, user_frame_of_traceback, user_line_of_stack_trace
-from .fxutil import describe
+from .fxutil import describe, free_attr_name
 
 
 def _is_message_passing(module: torch.nn.Module) -> bool:
@@ -167,9 +167,7 @@ def _follow_training_flag(root: torch.nn.Module, train: fx.Graph, evaluation: fx
     if len(a_nodes) != len(b_nodes):
         _raise_mode_dependent(a_nodes[min(len(a_nodes), len(b_nodes)) - 1])
     for a in frozen:
-        name = f"{a.name}_module"
-        while hasattr(root, name):
-            name += "_"
+        name = free_attr_name(root, f"{a.name}_module")
         p = a.args[1] if len(a.args) > 1 else a.kwargs.get("p", 0.5)
         inplace = a.args[3] if len(a.args) > 3 else a.kwargs.get("inplace", False)
         root.add_module(name, _FUNCTIONAL_DROPOUT[a.target](p, inplace))
