@@ -361,12 +361,11 @@ def _verify_inputs(plan: Plan, pruned: fx.GraphModule, shrink_inputs: bool) -> t
     return tuple(out)
 
 
-def _error(wrapped: fx.GraphModule, pruned: fx.GraphModule, shrink_inputs: bool) -> tuple[float, float]:
-    plan = plan_of(wrapped)
+def _error(wrapped: fx.GraphModule, pruned: fx.GraphModule, pruned_inputs: tuple) -> tuple[float, float]:
     with torch.no_grad(), eval_mode(wrapped):
-        reference = wrapped(*on_device_of(wrapped, plan.example_inputs))
+        reference = wrapped(*on_device_of(wrapped, plan_of(wrapped).example_inputs))
         try:
-            candidate = pruned(*_verify_inputs(plan, pruned, shrink_inputs))
+            candidate = pruned(*pruned_inputs)
         except Exception as e:
             raise PruneError(f"the pruned model fails on example_inputs: {type(e).__name__}: {e}") from e
     return output_error(reference, candidate)
@@ -395,17 +394,19 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
     z = eval_gate_values(wrapped)
     keep = {gid: (values > 0).numpy() for gid, values in z.items()}
     pruned = cut(wrapped, keep, z, shrink_inputs)
-    err, scale = _error(wrapped, pruned, shrink_inputs)
+    inputs = _verify_inputs(plan, pruned, shrink_inputs)
+    err, scale = _error(wrapped, pruned, inputs)
     if not within_tolerance(err, scale):
         offenders = []
         for gid in keep:
             alone = {g: (k if g == gid else np.ones_like(k)) for g, k in keep.items()}
-            if not within_tolerance(*_error(wrapped, cut(wrapped, alone, z, shrink_inputs), shrink_inputs)):
+            single = cut(wrapped, alone, z, shrink_inputs)
+            if not within_tolerance(*_error(wrapped, single, _verify_inputs(plan, single, shrink_inputs))):
                 offenders.append(plan.groups[gid].name)
         raise PruneError(
             f"the pruned model differs from the gated model by {err:.3g} (output scale {scale:.3g}); "
             f"groups whose cut alone breaks it: {offenders or 'none alone (an interaction)'}. "
             "This is a bug in a lumos_fx rule; please report it with the model."
         )
-    pruned.meta["lumos_summary"] = build_summary(wrapped, pruned, keep, _verify_inputs(plan, pruned, shrink_inputs))
+    pruned.meta["lumos_summary"] = build_summary(wrapped, pruned, keep, inputs)
     return pruned
