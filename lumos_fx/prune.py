@@ -98,10 +98,12 @@ class PruneContext:
     def module(self, node: fx.Node) -> nn.Module:
         return self.gm.get_submodule(node.target)
 
-    def evaluate(self, node: fx.Node) -> torch.Tensor:
-        """Run `node`'s op on the values of its inputs (all inputs must be static)."""
-        args = map_arg(node.args, self.value)
-        kwargs = map_arg(node.kwargs, self.value)
+    def evaluate(self, node: fx.Node, value_of=None) -> torch.Tensor:
+        """Run `node`'s op on the values of its inputs (all inputs must be static), each
+        taken by `value_of` (default :meth:`value`)."""
+        value_of = value_of or self.value
+        args = map_arg(node.args, value_of)
+        kwargs = map_arg(node.kwargs, value_of)
         with torch.no_grad():
             if node.op == "call_module":
                 return self.module(node)(*args, **kwargs)
@@ -116,40 +118,78 @@ class PruneContext:
         shape[space.dim] = -1
         return vector.reshape(shape)
 
+    def is_uniform(self, node: fx.Node) -> bool:
+        """True for a constant in broadcast form: one value per channel, size 1 elsewhere."""
+        value, space = self.consts[node], self.space(node)
+        return space is not None and all(s == 1 for d, s in enumerate(value.shape) if d != space.dim)
+
+    def example_value(self, node):
+        """A static value at `node`'s example shape on every dim but the first (the batch,
+        which broadcasting restores)."""
+        if not self.is_const(node):
+            return self.value(node)
+        value = self.consts[node]
+        shape = list(shape_of(node) or value.shape)
+        if len(shape) != value.dim():
+            return value
+        shape[0] = value.shape[0]
+        return value.expand(shape)
+
+    def evaluate_at_example(self, node: fx.Node):
+        """`node`'s op on static inputs at their example shapes: exact at the example input's
+        size (the op's result may vary over space, as a padded conv of a constant does)."""
+        return self.evaluate(node, self.example_value)
+
     # ---- graph edits ---------------------------------------------------------------
     def replace_input(self, node: fx.Node, old: fx.Node, new: fx.Node) -> None:
         node.replace_input_with(old, new)
 
-    def const_attr(self, node: fx.Node, user: fx.Node) -> fx.Node:
-        """A buffer holding `node`'s constant, kept channels only, leading unit dims dropped
-        (broadcasting restores them), read by a get_attr inserted before `user`."""
-        if node not in self._const_attr:
+    def const_attr(self, node: fx.Node, user: fx.Node, value: torch.Tensor | None = None) -> fx.Node:
+        """A buffer holding `node`'s constant (or `value`, a form of it), kept channels only,
+        leading unit dims dropped (broadcasting restores them), read by a get_attr inserted
+        before `user`."""
+        value = self.consts[node] if value is None else value
+        key = (node, tuple(value.shape))
+        if key not in self._const_attr:
             space = self.space(node)
-            value = self.consts[node]
             value = value.index_select(space.dim, torch.as_tensor(self.kept(space), device=value.device))
-            lead = next((d for d in range(space.dim) if value.shape[d] != 1), space.dim)
-            value = value.reshape(value.shape[lead:]).detach().clone()
+            lead = next((d for d in range(value.dim()) if value.shape[d] != 1), value.dim())
+            value = value.reshape(value.shape[min(lead, space.dim):]).detach().clone()
             name = free_attr_name(self.gm, f"{node.name}_const")
             self.gm.register_buffer(name, value)
-            self._const_attr[node] = name
+            self._const_attr[key] = name
         with self.gm.graph.inserting_before(user):
-            return self.gm.graph.get_attr(self._const_attr[node])
+            return self.gm.graph.get_attr(self._const_attr[key])
 
     def materialize(self, node: fx.Node, user: fx.Node) -> fx.Node:
-        """`node`'s constant expanded to the runtime shape of a live tensor of the same batch."""
+        """`node`'s constant expanded to its runtime shape, with the sizes it lacks (the
+        batch, and dims where it has size 1) read from a live tensor. Where no live tensor
+        has those sizes, the constant is taken at its example shape and only the batch is
+        read (exact at the example input's spatial size)."""
         if node not in self._expanded:
-            space = self.space(node)
-            ref = self.reference(node)
+            space, value, target = self.space(node), self.consts[node], shape_of(node)
+            need = [d for d in range(len(target))
+                    if d != space.dim and (value.shape[d] != target[d] or (d == 0 and value.shape[0] == 1))]
+            try:
+                ref = self.reference(node, need, user)
+            except PruneError:
+                if need == [0] or 0 not in need:
+                    raise
+                value, need = self.example_value(node), [0]
+                ref = self.reference(node, need, user)
             graph = self.gm.graph
-            attr = self.const_attr(node, user)
+            attr = self.const_attr(node, user, value)
+            dropped = len(target) - fetch_attr(self.gm, attr.target).dim()
             with graph.inserting_before(user):
-                sizes = [-1 if d == space.dim else graph.call_method("size", (ref, d))
-                         for d in range(len(shape_of(node)))]
+                # expand() takes explicit sizes for the leading unit dims const_attr dropped.
+                sizes = [graph.call_method("size", (ref, d)) if d in need else (1 if d < dropped else -1)
+                         for d in range(len(target))]
                 expanded = graph.call_method("expand", (attr, *sizes))
                 self._expanded[node] = graph.call_method("contiguous", (expanded,))
         return self._expanded[node]
 
     def materialize_dead_inputs(self, node: fx.Node) -> None:
+        """Feed `node` its constant inputs at their runtime shapes."""
         for arg in list(node.all_input_nodes):
             if self.is_const(arg):
                 self.replace_input(node, arg, self.materialize(arg, node))
@@ -166,22 +206,24 @@ class PruneContext:
         shape[space.dim] = self.n_kept(space)
         return tuple(shape)
 
-    def reference(self, node: fx.Node) -> fx.Node:
-        """A live tensor whose runtime shape equals `node`'s on every dim but its channel dim:
-        a model input (free to read), else the nearest such ancestor."""
-        space = self.space(node)
+    def reference(self, node: fx.Node, dims: list[int], user: fx.Node | None = None) -> fx.Node:
+        """A live tensor whose runtime size equals `node`'s on `dims`: an input of `user`,
+        a model input, else the nearest such ancestor. Only the batch needed, any model
+        input with that batch size serves (dim 0 is the batch)."""
         target = list(shape_of(node))
 
         def fits(cand: fx.Node) -> bool:
             shape = self.runtime_shape(cand)
-            if shape is None or len(shape) != len(target) or cand not in self.original:
+            if shape is None or cand not in self.original or not (self.is_live(cand) or cand.op == "placeholder"):
                 return False
-            if not (self.is_live(cand) or cand.op == "placeholder"):
+            if dims != [0] and len(shape) != len(target):
                 return False
-            return all(a == b for d, (a, b) in enumerate(zip(shape, target)) if d != space.dim)
+            return all(d < len(shape) and shape[d] == target[d] for d in dims)
 
-        for cand in self.gm.graph.nodes:
-            if cand.op == "placeholder" and fits(cand):
+        first = [a for a in (user.all_input_nodes if user is not None else ()) if a is not node]
+        first += [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        for cand in first:
+            if fits(cand):
                 return cand
         seen, queue = {node}, deque(node.all_input_nodes)
         while queue:

@@ -185,18 +185,20 @@ def assert_equivalent(wrapped, pruned, x: torch.Tensor, shrink_inputs: bool = Fa
     assert max_rel_error(out, ref) <= 1e-4, f"max rel error {max_rel_error(out, ref):.3g}"
 
 
-def expected_params_after(wrapped: fx.GraphModule, n_in: int, seed: int = 0) -> int:
+def expected_params_after(wrapped: fx.GraphModule, n_in, seed: int = 0) -> int:
     """The parameter entries a correct cut keeps, found without lumos_fx's analysis.
 
     An entry survives when the output depends on it (non-zero gradient, in float64 on a
     random batch with smooth activations) and the op reading it still computes something
     input-dependent (otherwise the op became a constant and its parameters were folded).
     Whether an op's output varies is read off two runs of the gated graph on different batches.
+    `n_in` is the feature count of a (batch, features) input, or an example input tensor.
     """
     w = copy.deepcopy(wrapped).double().eval()
     gen = torch.Generator().manual_seed(seed)
-    x1 = torch.randn(16, n_in, generator=gen, dtype=torch.float64)
-    x2 = torch.randn(16, n_in, generator=gen, dtype=torch.float64)
+    shape = (16, n_in) if isinstance(n_in, int) else (16, *n_in.shape[1:])
+    x1 = torch.randn(shape, generator=gen, dtype=torch.float64)
+    x2 = torch.randn(shape, generator=gen, dtype=torch.float64)
     varies = _varying_nodes(w, x1, x2)
     out = w(x1)
     r = torch.randn(out.shape, generator=gen, dtype=torch.float64)
@@ -206,8 +208,19 @@ def expected_params_after(wrapped: fx.GraphModule, n_in: int, seed: int = 0) -> 
     total = 0
     for (name, _), grad in zip(params.items(), grads):
         if grad is not None and any(varies.get(n, False) for n in readers.get(name, ())):
-            total += int((grad != 0).sum())
+            total += alive_entries(grad)
     return total
+
+
+def alive_entries(grad: torch.Tensor) -> int:
+    """Entries of a parameter whose slices along dim 0 and dim 1 both carry gradient: a
+    conv's kernel taps over padding or unpooled positions may get none, yet stay."""
+    nonzero = grad != 0
+    if grad.dim() < 2:
+        return int(nonzero.sum())
+    rows = int(nonzero.flatten(1).any(1).sum())
+    cols = int(nonzero.transpose(0, 1).flatten(1).any(1).sum())
+    return rows * cols * grad[0, 0].numel()
 
 
 class _Recorder(fx.Interpreter):

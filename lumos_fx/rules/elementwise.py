@@ -93,7 +93,9 @@ class Broadcast(Rule):
             pos = space.dim + n_out - len(an.shape(a))
             if space.size == out_shape[pos] and (space.size > 1 or out_shape[pos] == 1):
                 aligned[a] = pos
-        positions = set(aligned.values())
+        # Operands of the output's full shape say where its channels are; a smaller operand
+        # (a (1, 1, H, W) mask) may have its own channels elsewhere and broadcast over these.
+        positions = {p for a, p in aligned.items() if an.shape(a) == tuple(out_shape)} or set(aligned.values())
         if len(positions) != 1:
             raise Unsupported("operands carry channels on different dims")
         (pos,) = positions
@@ -101,7 +103,7 @@ class Broadcast(Rule):
         for a in operands:
             shape = an.shape(a)
             size_at_pos = shape[pos - n_out + len(shape)] if pos - n_out + len(shape) >= 0 else 1
-            if a in aligned:
+            if aligned.get(a) == pos:
                 an.tie(an.space(a), out)
             elif size_at_pos == 1:
                 an.block(an.space(a), f"broadcast over the channels of {an.describe(node)}")
@@ -126,11 +128,12 @@ _ACTIVATION_MODULES = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.Mish, nn.ELU, nn.CELU, nn.SELU,
     nn.LeakyReLU, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Tanhshrink,
     nn.LogSigmoid, nn.Softshrink, nn.Hardshrink, nn.Identity, nn.Dropout, nn.AlphaDropout,
+    nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.FeatureAlphaDropout,
 )
 _ELEMENTWISE_FUNCTIONS = (
     F.relu, F.relu6, F.gelu, F.tanh, F.sigmoid, F.silu, F.mish, F.elu, F.celu, F.selu, F.leaky_relu,
     F.softplus, F.softsign, F.hardtanh, F.hardswish, F.hardsigmoid, F.logsigmoid, F.tanhshrink,
-    F.dropout, F.alpha_dropout,
+    F.dropout, F.alpha_dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.feature_alpha_dropout,
     torch.relu, torch.tanh, torch.sigmoid, torch.exp, torch.log, torch.log1p, torch.expm1, torch.sin,
     torch.cos, torch.abs, torch.sqrt, torch.rsqrt, torch.square, torch.neg, torch.clamp, torch.clip,
     torch.erf, torch.sign, torch.reciprocal, torch.nan_to_num, operator.neg, operator.pos,

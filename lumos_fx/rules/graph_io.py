@@ -2,27 +2,49 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import torch
 from torch import fx
 
-from ..fxutil import fetch_attr, shape_of, tensor_meta
+from ..fxutil import fetch_attr, normalize_dim, shape_of, tensor_meta
 from .registry import REGISTRY, Rule
 
 
 class Placeholder(Rule):
-    """A floating-point model input opens a space: its columns are the features.
+    """A floating-point model input opens a space: its channels are the features.
 
-    Features live on the last dim of a (batch, features) input. Integer and boolean inputs
-    (indices, masks) are not features.
+    Features are the columns of a (batch, features) input and the channels of an image or
+    volume (batch, C, H, W[, D]): spectral bands, fields, redshift slices. For inputs of 3
+    or more dims, the first layer that reads the input says which dim holds its channels
+    (a conv reads dim 1, a Linear the last); without one, they are channels-first (dim 1),
+    as torch's layers take them. Integer and boolean inputs (indices, masks) are not features.
     """
 
     def connect(self, node: fx.Node, an) -> None:
         meta = tensor_meta(node)
         if meta is None or len(meta.shape) == 0:
             return
-        space = an.new_space(node, -1, producer=True)
+        space = an.new_space(node, self.channel_dim(node, an), producer=True)
         if not meta.dtype.is_floating_point:
             an.block(space, f"input of dtype {meta.dtype} holds no features")
+
+    def channel_dim(self, node: fx.Node, an) -> int:
+        ndim = len(shape_of(node))
+        if ndim <= 2:
+            return ndim - 1
+        shape, seen, queue = shape_of(node), {node}, deque(node.users)
+        while queue:
+            user = queue.popleft()
+            if user in seen:
+                continue
+            seen.add(user)
+            hint = getattr(REGISTRY.lookup(user, an.gm), "channels_at", None)
+            if hint is not None:
+                return normalize_dim(hint, ndim)
+            if shape_of(user) == shape:  # element-wise on the way to the first layer
+                queue.extend(user.users)
+        return 1
 
     def prune(self, node: fx.Node, pc) -> None:
         return None
@@ -31,8 +53,9 @@ class Placeholder(Rule):
 class GetAttr(Rule):
     """A parameter or buffer read directly in forward (``x + self.bias``).
 
-    Its channel dim is the last; it is sliced with its group. Its other dims are read whole
-    by the ops that use it, so they keep every channel.
+    Its channel dim is its last dim of size > 1 (``(C,)``, ``(C, 1, 1)`` and ``(1, C, 1, 1)``
+    biases all have their channels there); it is sliced with its group. Its other dims are
+    read whole by the ops that use it, so they keep every channel.
     """
 
     def connect(self, node: fx.Node, an) -> None:
@@ -40,7 +63,8 @@ class GetAttr(Rule):
         shape = shape_of(node)
         if not isinstance(value, torch.Tensor) or not shape:
             return
-        space = an.new_space(node, -1, producer=True)
+        dim = max((d for d, s in enumerate(shape) if s > 1), default=len(shape) - 1)
+        space = an.new_space(node, dim, producer=True)
         for dim in range(value.dim()):
             param = an.param_space(value, dim)
             if dim == space.dim:

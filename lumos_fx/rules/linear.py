@@ -17,6 +17,8 @@ class LinearRule(ModuleRule):
     computes the constant ``b``; with a constant input ``c`` it computes ``W c + b``.
     """
 
+    channels_at = -1
+
     def connect(self, node: fx.Node, an) -> None:
         module = an.module(node)
         out = an.new_space(node, -1, producer=True)

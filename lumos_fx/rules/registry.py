@@ -27,14 +27,15 @@ class Rule:
     """How one op moves channels. Subclasses override :meth:`connect` and, where the op
     needs more than "materialise dead inputs", :meth:`prune`."""
 
+    channels_at: int | None = None  # the dim a layer reads as channels (tells a model input's feature dim)
+
     def connect(self, node: fx.Node, an: "Analysis") -> None:
         raise NotImplementedError
 
     def prune(self, node: fx.Node, pc: "PruneContext") -> Any:
         """Rewrite `node` for the cut model. Return a constant tensor (broadcast form, full
         channel width) when the node's value no longer depends on the inputs, else None."""
-        pc.materialize_dead_inputs(node)
-        return None
+        return pc.materialize_dead_inputs(node)
 
 
 class ModuleRule(Rule):

@@ -70,8 +70,11 @@ class Cat(Rule):
             # Constants in broadcast form concatenate along the channel dim exactly; an empty
             # input's channels are all cut, so zeros stand in for them.
             like = pc.const(nonempty[0])
-            return torch.cat([pc.const(t) if pc.is_const(t) else pc.broadcast_form(t, like.new_zeros(pc.space(t).size))
-                              for t in tensors], dim=out.dim)
+            parts = [pc.const(t) if pc.is_const(t) else pc.broadcast_form(t, like.new_zeros(pc.space(t).size))
+                     for t in tensors]
+            shape = list(torch.broadcast_shapes(*(p.shape[:out.dim] + (1,) + p.shape[out.dim + 1:] for p in parts)))
+            return torch.cat([p.expand(shape[:out.dim] + [p.shape[out.dim]] + shape[out.dim + 1:]) for p in parts],
+                             dim=out.dim)
         if on_channels:
             set_arg(node, 0, "tensors", nonempty)
         return super().prune(node, pc)
@@ -125,9 +128,9 @@ class Split(Rule):
         dim = normalize_dim(arg(node, 2, "dim", 0), len(shape_of(x)))
         if dim == src.dim and pc.is_const(x):
             return pc.evaluate(node)  # a tuple of constant pieces, read by the getitem rule
-        super().prune(node, pc)
-        if dim != src.dim:
-            return None
+        result = super().prune(node, pc)
+        if dim != src.dim or result is not None:
+            return result
         kept = pc.kept(src)
         sizes = [p.shape[dim] for p in node.meta["tensor_meta"]]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -136,6 +139,39 @@ class Split(Rule):
         node.args = (node.args[0], new_sizes)
         node.kwargs = {"dim": dim}
         return None
+
+
+class Narrow(Rule):
+    """``x.narrow(dim, start, length)``: on the channel dim, output channel ``j`` is input
+    channel ``start + j``; the pruned call narrows to the kept channels in that range."""
+
+    def _where(self, node: fx.Node):
+        bounds = (arg(node, 2, "start"), arg(node, 3, "length"))
+        if any(isinstance(b, fx.Node) for b in bounds):
+            raise Unsupported("narrows to bounds computed in forward")
+        return normalize_dim(arg(node, 1, "dim"), len(shape_of(node))), *bounds
+
+    def connect(self, node: fx.Node, an) -> None:
+        src = an.space(node.args[0])
+        if src is None:
+            return
+        dim, start, length = self._where(node)
+        if dim != src.dim:
+            an.follow(node, src, src.dim)
+            return
+        an.tie(src, an.new_space(node, dim), start + np.arange(length), None)
+
+    def prune(self, node: fx.Node, pc):
+        result = super().prune(node, pc)
+        src = pc.space(node.args[0])
+        if result is not None or src is None:
+            return result
+        dim, start, length = self._where(node)
+        if dim == src.dim:
+            kept = pc.kept(src)
+            set_arg(node, 2, "start", kept_in_range(kept, 0, start))
+            set_arg(node, 3, "length", kept_in_range(kept, start, start + length))
+        return result
 
 
 def _index_items(index, ndim: int):
@@ -206,10 +242,10 @@ class GetItem(Rule):
         x = node.args[0]
         if pc.space(x) is None and pc.is_const(x):
             return pc.evaluate(node)  # a piece of a split constant
-        super().prune(node, pc)
+        result = super().prune(node, pc)
         src = pc.space(x)
-        if src is None:
-            return None
+        if src is None or result is not None:
+            return result
         pos, _, item = self._channel_item(node, src, len(shape_of(x)))
         if isinstance(item, slice):
             start, stop, _ = item.indices(src.size)
@@ -231,10 +267,62 @@ def _preserved_dim(in_shape, d: int, out_shape) -> int | None:
     return None
 
 
+def _blocks(in_shape, out_shape):
+    """Pairs of (input dims, output dims) a view maps onto each other: the shortest runs
+    of dims on both sides with equal products, left to right."""
+    blocks, i, j = [], 0, 0
+    while i < len(in_shape) or j < len(out_shape):
+        a, b = i, j
+        pin = in_shape[i] if i < len(in_shape) else 1
+        pout = out_shape[j] if j < len(out_shape) else 1
+        i, j = i + 1, j + 1
+        while pin != pout:
+            if pin < pout:
+                pin *= in_shape[i]
+                i += 1
+            else:
+                pout *= out_shape[j]
+                j += 1
+        blocks.append((range(a, min(i, len(in_shape))), range(b, min(j, len(out_shape)))))
+    return blocks
+
+
+def channel_map(in_shape, c: int, out_shape):
+    r"""How a reshape moves channel dim `c`: ``(k, in_idx, out_idx)`` tying input channel
+    ``in_idx[t]`` to index ``out_idx[t]`` of output dim ``k``, or None if it mixes channels.
+
+    Kept whole, the channels move to one output dim. Merged with the dims after or before
+    it (flatten of C x H x W, or of H x W x C after a permute to channels-last), channel
+    ``c`` owns every output index whose digit for ``c`` in the mixed radix of the merged
+    sizes is ``c`` (the paper's CONV2FC map ``i = c\,HW + k``). Split into several dims
+    (features unflattened to C x H x W), input channel ``i`` goes to output channel
+    ``i // (H W)`` of the first of them.
+    """
+    k = _preserved_dim(in_shape, c, out_shape)
+    if k is not None:
+        return k, np.arange(in_shape[c]), np.arange(in_shape[c])
+    for ins, outs in _blocks(list(in_shape), list(out_shape)):
+        if c not in ins:
+            continue
+        if len(outs) == 1 and ins[0] > 0:
+            (k,) = outs
+            idx = np.arange(out_shape[k])
+            return k, (idx // math.prod(in_shape[c + 1: ins[-1] + 1])) % in_shape[c], idx
+        if len(ins) == 1 and len(outs) > 1:
+            k = outs[0]
+            idx = np.arange(in_shape[c])
+            return k, idx, idx // math.prod(out_shape[k + 1: outs[-1] + 1])
+        return None
+    return None
+
+
 class Reshape(Rule):
-    """view / reshape / flatten / unflatten / squeeze / unsqueeze that keep the channel dim
-    whole (only the dims around it change). A literal channel count in the target shape is
-    rewritten to the kept count. Merging channels with other dims is refused here."""
+    """view / reshape / flatten / unflatten / squeeze / unsqueeze (see :func:`channel_map`).
+
+    A literal channel count in the target shape is rewritten to the kept count. Merging
+    the batch dim into the channels, or a reshape that regroups the channel dim with others
+    in any other way, is refused.
+    """
 
     def _shape_args(self, node: fx.Node):
         """The target shape of view/reshape as a list, or None for the other ops."""
@@ -250,20 +338,28 @@ class Reshape(Rule):
         src = an.space(x)
         if src is None:
             return
-        k = _preserved_dim(an.shape(x), src.dim, an.shape(node))
-        if k is None:
-            raise Unsupported("merges or splits the channel dim with other dims")
+        mapping = channel_map(an.shape(x), src.dim, an.shape(node))
+        if mapping is None:
+            raise Unsupported("regroups the channel dim with other dims")
+        k, in_idx, out_idx = mapping
         shape = self._shape_args(node)
         if shape is not None and isinstance(shape[k], fx.Node):
             raise Unsupported("its channel count is computed in forward")
-        an.follow(node, src, k)
+        out = an.new_space(node, k)
+        an.tie(src, out, in_idx, out_idx)
 
     def prune(self, node: fx.Node, pc):
-        super().prune(node, pc)
+        x = node.args[0]
+        in_shape, out_shape = shape_of(x), shape_of(node)
+        if pc.is_const(x) and _blocks(list(in_shape), list(out_shape))[0] == (range(1), range(1)):
+            # The batch dim stays apart: reshape the constant at its example size.
+            value = pc.example_value(x)
+            return value.reshape(value.shape[0], *out_shape[1:])
+        result = super().prune(node, pc)
         shape = self._shape_args(node)
         out = pc.space(node)
-        if shape is None or out is None or shape[out.dim] == -1:
-            return None
+        if result is not None or shape is None or out is None or shape[out.dim] == -1:
+            return result
         shape[out.dim] = pc.n_kept(out)
         node.args = (node.args[0], tuple(shape)) if node.op == "call_function" else (node.args[0], *shape)
         return None
@@ -276,13 +372,12 @@ class ReshapeModule(Reshape, ModuleRule):
 _PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
 
 
-def run_on(node: fx.Node, an, x: torch.Tensor):
-    """Run `node`'s op with `x` in place of its first argument (other args must be constants)."""
+def run_on(node: fx.Node, x: torch.Tensor):
+    """Run `node`'s function or method with `x` in place of its first argument (the other
+    arguments must be constants)."""
     rest = list(node.args[1:])
     if any(isinstance(a, fx.Node) for a in rest + list(node.kwargs.values())):
         raise Unsupported("takes arguments computed in forward")
-    if node.op == "call_module":
-        return an.module(node)(x, *rest, **node.kwargs)
     if node.op == "call_method":
         return getattr(x, node.target)(*rest, **node.kwargs)
     return node.target(x, *rest, **node.kwargs)
@@ -297,18 +392,33 @@ class Rearrange(Rule):
     channels and is refused.
     """
 
+    _SIZE_FREE = frozenset({"permute", "transpose", "swapaxes", "swapdims", "t", "movedim", "mean", "amax", "amin",
+                            "nanmean"})
+
     def connect(self, node: fx.Node, an) -> None:
         x = node.args[0]
         src = an.space(x)
         if src is None:
             return
         ndim = len(an.shape(x))
-        probe = run_on(node, an, torch.empty(_PRIMES[:ndim], device="meta"))
+        probe = run_on(node, torch.empty(_PRIMES[:ndim], device="meta"))
         tag = _PRIMES[src.dim]
         where = [i for i, s in enumerate(probe.shape) if s == tag] if isinstance(probe, torch.Tensor) else []
         if len(where) != 1:
             raise Unsupported("reduces or mixes the channel dim")
         an.follow(node, src, where[0])
+
+    def prune(self, node: fx.Node, pc):
+        x = node.args[0]
+        if not pc.is_const(x):
+            return super().prune(node, pc)
+        name = node.target if isinstance(node.target, str) else node.target.__name__
+        if name in self._SIZE_FREE:
+            return pc.evaluate(node)  # a mean or max of a constant is that constant at any size
+        probe = run_on(node, torch.empty(_PRIMES[: len(shape_of(x))], device="meta"))
+        if _PRIMES[0] in probe.shape:
+            return pc.evaluate_at_example(node)  # exact at the example's sizes, the batch apart
+        return super().prune(node, pc)  # a reduction over the batch: computed at run time
 
 
 class AlongDim(Rule):
@@ -329,6 +439,11 @@ class AlongDim(Rule):
         if dim is None or normalize_dim(dim, len(an.shape(x))) == src.dim:
             raise Unsupported("normalises or accumulates across the channels")
         an.follow(node, src, src.dim)
+
+    def prune(self, node: fx.Node, pc):
+        if pc.is_const(node.args[0]) and normalize_dim(self._dim(node, pc), len(shape_of(node))) != 0:
+            return pc.evaluate_at_example(node)
+        return super().prune(node, pc)
 
 
 class AlongDimModule(AlongDim, ModuleRule):
@@ -379,8 +494,25 @@ class ShapeRead(Rule):
     def prune(self, node: fx.Node, pc):
         x = node.args[0]
         if pc.is_empty(x) or pc.is_const(x):
-            pc.replace_input(node, x, pc.reference(x))
+            pc.replace_input(node, x, pc.reference(x, self._dims_read(node, pc.space(x))))
         return None
+
+    def _dims_read(self, node: fx.Node, src) -> list[int]:
+        """The dims whose sizes `node` and the indexing of its result read (the batch, for
+        reads of dtype or device: any model input then serves)."""
+        ndim = len(shape_of(node.args[0]))
+        if node.op == "call_method" and node.target == "size" and len(node.args) + len(node.kwargs) > 1:
+            return [normalize_dim(arg(node, 1, "dim"), ndim)]
+        dims: set[int] = set()
+        for user in node.users:
+            index = user.args[1] if user.op == "call_function" and user.target is operator.getitem else None
+            if isinstance(index, int):
+                dims.add(normalize_dim(index, ndim))
+            elif isinstance(index, slice):
+                dims.update(range(ndim)[index])
+            else:
+                dims.update(d for d in range(ndim) if d != src.dim)
+        return sorted(dims) or [0]
 
 
 class Couples(Rule):
@@ -402,6 +534,7 @@ REGISTRY.register(Cat(), torch.cat, torch.concat, torch.concatenate)
 REGISTRY.register(Stack(), torch.stack)
 REGISTRY.register(Split(), torch.split, torch.functional.split, torch.chunk, "split", "chunk")
 REGISTRY.register(GetItem(), operator.getitem)
+REGISTRY.register(Narrow(), torch.narrow, "narrow")
 REGISTRY.register(Reshape(), "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze",
                   torch.reshape, torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze)
 REGISTRY.register(ReshapeModule(), nn.Flatten, nn.Unflatten)
