@@ -26,6 +26,7 @@ class Plan:
     config: object = None
     cost: object = None  # costs.CostModel, set by instrument()
     unruled: set[str] = field(default_factory=set)  # nodes with no rule, or whose rule refused them
+    example_flops: int = 0  # forward FLOPs of the model on example_inputs
 
     def space_of(self, node_name: str) -> Space | None:
         return self.spaces.get(space_key_of_node(node_name))

@@ -41,6 +41,7 @@ def instrument(model: nn.Module, example_inputs, *, feature_names=None, config: 
     gm = trace(model, example_inputs, config)
     plan = analyze(gm)
     plan.config = config
+    plan.example_flops = gm.meta.pop("lumos_example_flops")
     plan.example_inputs = tuple(x.detach() if isinstance(x, torch.Tensor) else x
                                 for x in normalize_example_inputs(example_inputs))
     plan.feature_names = _feature_names(gm, plan, feature_names)

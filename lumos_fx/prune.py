@@ -26,6 +26,7 @@ import torch
 from torch import fx, nn
 from torch.fx.graph_module import _USER_PRESERVED_ATTRIBUTES_KEY
 from torch.fx.node import map_arg
+from torch.utils.flop_counter import FlopCounterMode
 
 from .analyze import Plan
 from .channels import Space
@@ -353,7 +354,7 @@ def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch
         shrink_inputs: bool) -> fx.GraphModule:
     """The pruned GraphModule for masks `keep` and folded gate values `z` (no verification)."""
     plan = plan_of(wrapped)
-    gm = copy.deepcopy(wrapped)
+    gm = copy.deepcopy(wrapped, memo={id(plan): plan})  # the plan is read, never changed
     gm.eval()
     _strip_gates(gm)
     _fold_gates(gm, plan, z)
@@ -403,14 +404,16 @@ def _verify_inputs(plan: Plan, pruned: fx.GraphModule, shrink_inputs: bool) -> t
     return tuple(out)
 
 
-def _error(wrapped: fx.GraphModule, pruned: fx.GraphModule, pruned_inputs: tuple) -> tuple[float, float]:
+def _error(wrapped: fx.GraphModule, pruned: fx.GraphModule, pruned_inputs: tuple) -> tuple[float, float, int]:
+    """Largest output difference, output scale, and the pruned model's FLOPs on example_inputs."""
     with torch.no_grad(), eval_mode(wrapped):
         reference = wrapped(*on_device_of(wrapped, plan_of(wrapped).example_inputs))
         try:
-            candidate = pruned(*pruned_inputs)
+            with FlopCounterMode(display=False) as flops:
+                candidate = pruned(*pruned_inputs)
         except Exception as e:
             raise PruneError(f"the pruned model fails on example_inputs: {type(e).__name__}: {e}") from e
-    return output_error(reference, candidate)
+    return *output_error(reference, candidate), int(flops.get_total_flops())
 
 
 def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphModule:
@@ -437,18 +440,18 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
     keep = {gid: (values > 0).numpy() for gid, values in z.items()}
     pruned = cut(wrapped, keep, z, shrink_inputs)
     inputs = _verify_inputs(plan, pruned, shrink_inputs)
-    err, scale = _error(wrapped, pruned, inputs)
+    err, scale, flops = _error(wrapped, pruned, inputs)
     if not within_tolerance(err, scale):
         offenders = []
         for gid in keep:
             alone = {g: (k if g == gid else np.ones_like(k)) for g, k in keep.items()}
             single = cut(wrapped, alone, z, shrink_inputs)
-            if not within_tolerance(*_error(wrapped, single, _verify_inputs(plan, single, shrink_inputs))):
+            if not within_tolerance(*_error(wrapped, single, _verify_inputs(plan, single, shrink_inputs))[:2]):
                 offenders.append(plan.groups[gid].name)
         raise PruneError(
             f"the pruned model differs from the gated model by {err:.3g} (output scale {scale:.3g}); "
             f"groups whose cut alone breaks it: {offenders or 'none alone (an interaction)'}. "
             "This is a bug in a lumos_fx rule; please report it with the model."
         )
-    pruned.meta["lumos_summary"] = build_summary(wrapped, pruned, keep, inputs)
+    pruned.meta["lumos_summary"] = build_summary(wrapped, pruned, keep, flops)
     return pruned

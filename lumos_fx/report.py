@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import NotInstrumentedError
 from .instrument import GATES, plan_of
-from .verify import eval_mode, on_device_of
+from .verify import eval_mode
 
 
 @dataclass
@@ -72,7 +72,8 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[int, np.ndarray],
-                  pruned_inputs: tuple) -> Summary:
+                  flops_after: int) -> Summary:
+    """The summary of a cut; `flops_after` is the pruned model's forward FLOPs on example_inputs."""
     plan = plan_of(wrapped)
     rows = []
     kept_whole = {}
@@ -92,8 +93,8 @@ def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[in
     return Summary(
         rows, kept_whole,
         params_before=count_params(wrapped), params_after=count_params(pruned),
-        flops_before=count_flops(wrapped, on_device_of(wrapped, plan.example_inputs)),
-        flops_after=count_flops(pruned, pruned_inputs),
+        flops_before=plan.example_flops,
+        flops_after=flops_after,
         features=features,
     )
 

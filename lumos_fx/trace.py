@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils.flop_counter import FlopCounterMode
 
 from .config import Config, LeafSpec
 from .errors import InputError, TraceError, describe_frame, user_frame_of_traceback, user_line_of_stack_trace
@@ -139,9 +140,11 @@ _FUNCTIONAL_DROPOUT = {
 }
 
 
-def _trace_in_mode(model: torch.nn.Module, training: bool, config: Config, concrete: dict) -> fx.Graph:
+def _trace_in_mode(model: torch.nn.Module, training: bool, config: Config, concrete: dict,
+                   stack_traces: bool = True) -> fx.Graph:
     model.train(training)
     tracer = LumosTracer(config.leaf_modules)
+    tracer.record_stack_traces = stack_traces
     try:
         return tracer.trace(model, concrete_args=concrete or None)
     except Exception as e:  # fx raises many types; every one becomes a TraceError
@@ -193,19 +196,22 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
 
     The model is not modified: tracing and shape propagation run on a deep copy (shape
     propagation in eval mode, without gradients); the copy keeps the model's training flag.
+    The FLOPs of that forward (``FlopCounterMode``) go to ``gm.meta["lumos_example_flops"]``.
     """
     example_inputs = normalize_example_inputs(example_inputs)
     concrete = _concrete_args(model, example_inputs)
     root = copy.deepcopy(model)
     graph = _trace_in_mode(root, True, config, concrete)
-    _follow_training_flag(root, graph, _trace_in_mode(root, False, config, concrete))
+    # The eval-mode graph is only compared with the train-mode one: no source lines needed.
+    _follow_training_flag(root, graph, _trace_in_mode(root, False, config, concrete, stack_traces=False))
     gm = fx.GraphModule(root, graph, class_name=type(model).__name__)
 
     prop = _RecordingShapeProp(gm)
     gm.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), FlopCounterMode(display=False) as flops:
             prop.propagate(*example_inputs)
+        gm.meta["lumos_example_flops"] = int(flops.get_total_flops())
     except Exception as e:
         given = ", ".join(
             f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else repr(x) for x in example_inputs
