@@ -58,10 +58,9 @@ class HandResNet(nn.Module):
         for i, n in enumerate(layers):
             blocks = []
             for j in range(n):
-                get = lambda name: pruned.get_submodule(f"stages.{i}.{j}.{name}")  # noqa: E731
-                blocks.append(HandBottleneck(get("conv1").in_channels, get("conv1").out_channels,
-                                             get("conv2").out_channels, get("conv3").out_channels,
-                                             get("conv2").stride[0], f"stages.{i}.{j}.shortcut.0" in names))
+                conv1, conv2, conv3 = (names[f"stages.{i}.{j}.conv{k}"] for k in (1, 2, 3))
+                blocks.append(HandBottleneck(conv1.in_channels, conv1.out_channels, conv2.out_channels,
+                                             conv3.out_channels, conv2.stride[0], f"stages.{i}.{j}.shortcut.0" in names))
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         fc = pruned.get_submodule("fc")

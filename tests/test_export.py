@@ -87,3 +87,39 @@ def test_export_refuses_an_instrumented_model_and_unwritable_modules(tmp_path):
                                                 config=lumos_fx.Config(leaf_modules=[Custom])))
     with pytest.raises(lumos_fx.ExportError, match=r"module '1' \(Custom\).*register_rule"):
         lumos_fx.export(pruned, tmp_path)
+
+
+def test_exported_cnns_load_in_a_fresh_process(tmp_path):
+    """Every reference CNN, cut, exported and rebuilt from its model.py without lumos_fx."""
+    from models_zoo.vision.gates import close_fraction
+    from models_zoo.vision.models import reference_models
+
+    models = reference_models(width=0.25, size=32)
+    models["reflect_padding"] = (nn.Sequential(nn.Conv2d(2, 6, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+                                               nn.Conv2d(6, 3, 3, padding=1, padding_mode="circular")), (2, 8, 8))
+    folders = {}
+    for name, (model, shape) in models.items():
+        torch.manual_seed(0)
+        wrapped = lumos_fx.instrument(model, (torch.randn(2, *shape),))
+        close_fraction(wrapped, 0.5, seed=2)
+        pruned = lumos_fx.prune(wrapped)
+        folders[name] = lumos_fx.export(pruned, tmp_path / name)
+        compile((folders[name] / "model.py").read_text(), "model.py", "exec")
+        x = torch.randn(3, *shape)
+        torch.save({"x": x, "y": pruned(x).detach()}, folders[name] / "io.pt")
+    script = textwrap.dedent(f"""
+        import importlib.util, sys, torch
+        sys.modules["lumos_fx"] = None
+        for name, folder in {({k: str(v) for k, v in folders.items()})!r}.items():
+            spec = importlib.util.spec_from_file_location("model_" + name, folder + "/model.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            net = module.load()
+            io = torch.load(folder + "/io.pt", weights_only=True)
+            with torch.no_grad():
+                err = (net(io["x"]) - io["y"]).abs().max().item()
+            assert err < 1e-5, (name, err)
+        print("ok")
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr

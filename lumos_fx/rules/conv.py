@@ -95,4 +95,14 @@ class ConvRule(ModuleRule):
             module.in_channels = module.weight.shape[1] * module.groups
 
 
+    def source(self, module) -> str:
+        # torch's repr prints padding_mode unquoted; write every argument explicitly.
+        args = [f"{module.in_channels}, {module.out_channels}, kernel_size={module.kernel_size}",
+                f"stride={module.stride}", f"padding={module.padding!r}", f"dilation={module.dilation}",
+                f"groups={module.groups}", f"bias={module.bias is not None}", f"padding_mode={module.padding_mode!r}"]
+        if isinstance(module, _TRANSPOSED):
+            args.insert(3, f"output_padding={module.output_padding}")
+        return f"nn.{type(module).__name__}({', '.join(args)})"
+
+
 REGISTRY.register(ConvRule(), *_CONVS, *_TRANSPOSED)

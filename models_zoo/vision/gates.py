@@ -8,11 +8,12 @@ import lumos_fx
 
 
 def close_fraction(wrapped, fraction: float, seed: int = 0) -> None:
-    """Close ``round(fraction * n)`` randomly chosen units of every gate, open the rest."""
+    """Close ``round(fraction * n)`` randomly chosen units of every gate (leaving at least
+    one open, so a one-channel input stays), open the rest."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for gate in lumos_fx.gates(wrapped).values():
             la = gate.log_alpha
-            closed = torch.randperm(la.numel(), generator=gen)[: round(fraction * la.numel())]
+            closed = torch.randperm(la.numel(), generator=gen)[: min(round(fraction * la.numel()), la.numel() - 1)]
             la.fill_(6.0)
             la[closed] = -6.0
