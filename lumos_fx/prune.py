@@ -56,6 +56,7 @@ class PruneContext:
         self.consts: dict[fx.Node, torch.Tensor] = {}
         self._const_attr: dict[fx.Node, str] = {}
         self._expanded: dict[fx.Node, fx.Node] = {}
+        self.fixed_size: list[str] = []  # ops whose constant holds at the example's size only
 
     # ---- masks ---------------------------------------------------------------------
     def space(self, node) -> Space | None:
@@ -139,6 +140,9 @@ class PruneContext:
     def evaluate_at_example(self, node: fx.Node):
         """`node`'s op on static inputs at their example shapes: exact at the example input's
         size (the op's result may vary over space, as a padded conv of a constant does)."""
+        if any(self.is_const(a) and tuple(self.example_value(a).shape[1:]) != tuple(self.consts[a].shape[1:])
+               for a in node.all_input_nodes):
+            self.fixed_size.append(describe(node, self.gm))
         return self.evaluate(node, self.example_value)
 
     # ---- graph edits ---------------------------------------------------------------
@@ -178,6 +182,7 @@ class PruneContext:
                     raise
                 value, need = self.example_value(node), [0]
                 ref = self.reference(node, need, user)
+                self.fixed_size.append(describe(node, self.gm))
             graph = self.gm.graph
             attr = self.const_attr(node, user, value)
             dropped = len(target) - fetch_attr(self.gm, attr.target).dim()
@@ -383,6 +388,7 @@ def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch
     gm.graph.lint()
     gm.recompile()
     gm.meta.pop("lumos", None)
+    gm.meta["lumos_fixed_size"] = pc.fixed_size
     preserved = {"kept_features": names, "kept_feature_indices": indices}
     gm.meta[_USER_PRESERVED_ATTRIBUTES_KEY] = preserved
     for key, value in preserved.items():
@@ -453,5 +459,5 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
             f"groups whose cut alone breaks it: {offenders or 'none alone (an interaction)'}. "
             "This is a bug in a lumos_fx rule; please report it with the model."
         )
-    pruned.meta["lumos_summary"] = build_summary(wrapped, pruned, keep, flops)
+    pruned.meta["lumos_summary"] = build_summary(wrapped, pruned, keep, flops, pruned.meta.pop("lumos_fixed_size"))
     return pruned

@@ -33,6 +33,7 @@ class Summary:
     flops_before: int
     flops_after: int
     features: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)  # input -> (kept, removed)
+    fixed_size: list[str] = field(default_factory=list)  # ops that became constants at the example's size
 
     def __str__(self) -> str:
         width = max([len(r.name) for r in self.groups] + [5])
@@ -48,6 +49,10 @@ class Summary:
             lines.append(f"input '{name}': kept {len(kept)} of {len(kept) + len(removed)} features: {', '.join(kept)}")
             if removed:
                 lines.append(f"  removed: {', '.join(removed)}")
+        if self.fixed_size:
+            lines.append("valid at the example input's spatial size only: these ops became constants that vary "
+                         "over space, computed at that size:")
+            lines.extend(f"  {op}" for op in self.fixed_size)
         if self.kept_whole:
             lines.append("kept whole:")
             lines.extend(f"  {name}: {why}" for name, why in self.kept_whole.items())
@@ -72,7 +77,7 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[int, np.ndarray],
-                  flops_after: int) -> Summary:
+                  flops_after: int, fixed_size: list[str]) -> Summary:
     """The summary of a cut; `flops_after` is the pruned model's forward FLOPs on example_inputs."""
     plan = plan_of(wrapped)
     rows = []
@@ -96,6 +101,7 @@ def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[in
         flops_before=plan.example_flops,
         flops_after=flops_after,
         features=features,
+        fixed_size=fixed_size,
     )
 
 

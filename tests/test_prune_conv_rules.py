@@ -394,3 +394,45 @@ def test_image_channels_are_the_features():
         out = pruned(x[:, pruned.kept_feature_indices["x"]])
     assert max_rel_error(out, ref) <= 1e-4
     assert "kept 4 of 6 features: B02, B03, B04, B11" in str(lumos_fx.summary(pruned))
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_batchnorm_on_batch_statistics_of_a_constant_is_its_shift(affine):
+    class BatchStats(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(2, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4, affine=affine, track_running_stats=False)
+            self.b = nn.Conv2d(4, 3, 1)
+            self.skip = nn.Conv2d(2, 3, 1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.bn(self.a(x)))) + self.skip(x)
+
+    torch.manual_seed(8)
+    wrapped = lumos_fx.instrument(randomise_norms(BatchStats()), (torch.randn(4, 2, 5, 5),))
+    close(wrapped, "x", slice(None))  # a computes its bias: a constant for bn's batch statistics
+    pruned = lumos_fx.prune(wrapped)
+    assert count_params(pruned) == 0
+    check(wrapped, pruned, (2, 5, 5))
+
+
+def test_a_padded_conv_of_a_constant_is_exact_at_the_example_size_and_says_so():
+    class Padded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+            self.c, self.skip = nn.Conv2d(4, 2, 3, padding=1), nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return self.c(torch.relu(self.b(torch.relu(self.a(x))))) + self.skip(x)
+
+    torch.manual_seed(9)
+    wrapped = lumos_fx.instrument(Padded(), (torch.randn(2, 3, 6, 6),))
+    close(wrapped, "a", slice(None))  # b computes its bias; c's zero padding makes its borders differ
+    pruned = lumos_fx.prune(wrapped)
+    assert "self.b(" not in pruned.code and "self.c(" not in pruned.code
+    summary = lumos_fx.summary(pruned)
+    assert len(summary.fixed_size) == 1 and "Conv2d 'c'" in summary.fixed_size[0]
+    assert "valid at the example input's spatial size only" in str(summary)
+    check(wrapped, pruned, (3, 6, 6))

@@ -56,7 +56,7 @@ class ChannelNorm(ModuleRule):
             if module.track_running_stats:
                 return pc.evaluate(node)  # a per-channel affine map in eval mode
             # Batch statistics of a value constant over the batch: x - mu = 0.
-            beta = module.bias if module.affine else torch.zeros(pc.space(node).size)
+            beta = module.bias if module.affine else torch.zeros(pc.space(node).size, device=pc.const(x).device)
             return pc.broadcast_form(node, beta.detach())
         if pc.is_const(x):
             return pc.evaluate_at_example(node)
