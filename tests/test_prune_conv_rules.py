@@ -417,16 +417,18 @@ def test_batchnorm_on_batch_statistics_of_a_constant_is_its_shift(affine):
     check(wrapped, pruned, (2, 5, 5))
 
 
-def test_a_padded_conv_of_a_constant_is_exact_at_the_example_size_and_says_so():
-    class Padded(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
-            self.c, self.skip = nn.Conv2d(4, 2, 3, padding=1), nn.Conv2d(3, 2, 1)
+class Padded(nn.Module):
+    def __init__(self, c_kernel=3, c_mode="zeros"):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.c = nn.Conv2d(4, 2, c_kernel, padding=c_kernel // 2, padding_mode=c_mode)
+        self.skip = nn.Conv2d(3, 2, 1)
 
-        def forward(self, x):
-            return self.c(torch.relu(self.b(torch.relu(self.a(x))))) + self.skip(x)
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x))))) + self.skip(x)
 
+
+def test_a_zero_padded_conv_of_a_constant_is_exact_at_the_example_size_and_says_so():
     torch.manual_seed(9)
     wrapped = lumos_fx.instrument(Padded(), (torch.randn(2, 3, 6, 6),))
     close(wrapped, "a", slice(None))  # b computes its bias; c's zero padding makes its borders differ
@@ -436,3 +438,14 @@ def test_a_padded_conv_of_a_constant_is_exact_at_the_example_size_and_says_so():
     assert len(summary.fixed_size) == 1 and "Conv2d 'c'" in summary.fixed_size[0]
     assert "valid at the example input's spatial size only" in str(summary)
     check(wrapped, pruned, (3, 6, 6))
+
+
+@pytest.mark.parametrize("kernel,mode", [(1, "zeros"), (3, "replicate"), (3, "circular")])
+def test_a_conv_of_a_constant_without_zero_padding_holds_at_any_input_size(kernel, mode):
+    torch.manual_seed(10)
+    wrapped = lumos_fx.instrument(Padded(kernel, mode), (torch.randn(2, 3, 6, 6),))
+    close(wrapped, "a", slice(None))
+    pruned = lumos_fx.prune(wrapped)
+    assert "self.c(" not in pruned.code and not lumos_fx.summary(pruned).fixed_size
+    for size in (6, 9):
+        check(wrapped, pruned, (3, size, size + 2))

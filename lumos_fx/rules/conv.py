@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch.nn.functional as F
 from torch import fx, nn
 
 from .registry import REGISTRY, ModuleRule
@@ -76,8 +77,23 @@ class ConvRule(ModuleRule):
             bias = module.bias if module.bias is not None else module.weight.new_zeros(module.out_channels)
             return pc.broadcast_form(node, bias.detach())
         if pc.is_const(x):
+            if self.keeps_uniform(module) and pc.is_uniform(x):
+                # Every output position sees a full window of the per-channel constant:
+                # one position, computed on one window, holds at any input size.
+                window = [d * (k - 1) + 1 for d, k in zip(module.dilation, module.kernel_size)]
+                value = pc.const(x).expand(1, -1, *window)
+                conv = getattr(F, f"conv{len(window)}d")
+                return conv(value, module.weight, module.bias, 1, 0, module.dilation, module.groups).detach()
             return pc.evaluate_at_example(node)
         return None
+
+    def keeps_uniform(self, module) -> bool:
+        """A conv (not transposed) maps an input constant over space to an output constant over
+        space unless zero padding reaches into it."""
+        if isinstance(module, _TRANSPOSED):
+            return False
+        no_padding = module.padding == "valid" or (not isinstance(module.padding, str) and not any(module.padding))
+        return no_padding or module.padding_mode != "zeros"
 
     def resize(self, module) -> None:
         transposed = isinstance(module, _TRANSPOSED)
