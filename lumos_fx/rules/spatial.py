@@ -28,7 +28,7 @@ class Spatial(Rule):
 
     channels_at = 1
 
-    def __init__(self, uniform: bool) -> None:
+    def __init__(self, uniform: bool = False) -> None:
         self.uniform = uniform
 
     def keeps_uniform(self, node: fx.Node, pc) -> bool:
@@ -120,11 +120,11 @@ _OTHER_MODULES = (nn.LPPool1d, nn.LPPool2d, nn.LPPool3d,
 _PAD_MODULES = tuple(m for m in _UNIFORM_MODULES + _OTHER_MODULES if "Pad" in m.__name__)
 
 REGISTRY.register(Spatial(uniform=True), *_MAX_POOLS)
-REGISTRY.register(AvgPool(uniform=False), *_AVG_POOLS)
-REGISTRY.register(AvgPoolModule(uniform=False), *_AVG_POOL_MODULES)
+REGISTRY.register(AvgPool(), *_AVG_POOLS)
+REGISTRY.register(AvgPoolModule(), *_AVG_POOL_MODULES)
 REGISTRY.register(Spatial(uniform=False), *_LP_POOLS)  # (sum c^p)^(1/p) over a window is not c
 REGISTRY.register(SpatialModule(uniform=True), *(m for m in _UNIFORM_MODULES if m not in _PAD_MODULES))
 REGISTRY.register(SpatialModule(uniform=False), *(m for m in _OTHER_MODULES if m not in _PAD_MODULES))
 REGISTRY.register(PadModule(uniform=True), *(m for m in _UNIFORM_MODULES if m in _PAD_MODULES))
 REGISTRY.register(PadModule(uniform=False), *(m for m in _OTHER_MODULES if m in _PAD_MODULES))
-REGISTRY.register(Pad(uniform=False), F.pad)
+REGISTRY.register(Pad(), F.pad)
