@@ -174,6 +174,34 @@ class Narrow(Rule):
         return result
 
 
+class Expand(Rule):
+    """``x.expand(*sizes)`` (a class token broadcast over the batch): new dims are added on
+    the left and dims of size 1 repeated; the channel dim keeps its size. A literal channel
+    count in `sizes` is rewritten to the kept count."""
+
+    def _sizes(self, node: fx.Node) -> list:
+        rest = node.args[1:]
+        return list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else list(rest)
+
+    def connect(self, node: fx.Node, an) -> None:
+        src = an.space(node.args[0])
+        if src is None:
+            return
+        k = src.dim + len(an.shape(node)) - len(an.shape(node.args[0]))
+        if isinstance(self._sizes(node)[k], fx.Node):
+            raise Unsupported("its channel count is computed in forward")
+        an.follow(node, src, k)
+
+    def prune(self, node: fx.Node, pc):
+        result = super().prune(node, pc)
+        out = pc.space(node)
+        sizes = self._sizes(node)
+        if result is None and out is not None and sizes[out.dim] != -1:
+            sizes[out.dim] = pc.n_kept(out)
+            node.args = (node.args[0], *sizes)
+        return result
+
+
 def _index_items(index, ndim: int):
     """For ``x[index]``: (item position, input dim, output dim, item) of every input dim.
 
@@ -535,6 +563,7 @@ REGISTRY.register(Stack(), torch.stack)
 REGISTRY.register(Split(), torch.split, torch.functional.split, torch.chunk, "split", "chunk")
 REGISTRY.register(GetItem(), operator.getitem)
 REGISTRY.register(Narrow(), torch.narrow, "narrow")
+REGISTRY.register(Expand(), "expand")
 REGISTRY.register(Reshape(), "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze",
                   torch.reshape, torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze)
 REGISTRY.register(ReshapeModule(), nn.Flatten, nn.Unflatten)
