@@ -254,13 +254,13 @@ class GetItem(Rule):
         src = an.space(x)
         if src is None:
             raise Unsupported("indexes a value lumos_fx does not follow")
-        pos, out_dim, item = self._channel_item(node, src, len(an.shape(x)))
+        _, out_dim, item = self._channel_item(node, src, len(an.shape(x)))
         if item is None:
             an.follow(node, src, out_dim)
             return
         if isinstance(item, int):
             raise Unsupported("picks a single channel by its index")
-        start, stop, step = item.indices(src.size)
+        start, _, step = item.indices(src.size)
         if step != 1:
             raise Unsupported("takes a strided slice of the channels")
         out = an.new_space(node, out_dim)
@@ -483,7 +483,7 @@ class ShapeRead(Rule):
     ``x.dtype`` ... Reading a non-channel size is fine; reading the channel count (whose
     value pruning changes) keeps the channels."""
 
-    _HARMLESS = {"dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "dim", "ndimension"}
+    _HARMLESS = frozenset({"dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "dim", "ndimension"})
 
     def connect(self, node: fx.Node, an) -> None:
         x = node.args[0]
@@ -523,7 +523,6 @@ class ShapeRead(Rule):
         x = node.args[0]
         if pc.is_empty(x) or pc.is_const(x):
             pc.replace_input(node, x, pc.reference(x, self._dims_read(node, pc.space(x))))
-        return None
 
     def _dims_read(self, node: fx.Node, src) -> list[int]:
         """The dims whose sizes `node` and the indexing of its result read (the batch, for
