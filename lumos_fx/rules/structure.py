@@ -347,9 +347,10 @@ def channel_map(in_shape, c: int, out_shape):
 class Reshape(Rule):
     """view / reshape / flatten / unflatten / squeeze / unsqueeze (see :func:`channel_map`).
 
-    A literal channel count in the target shape is rewritten to the kept count. Merging
-    the batch dim into the channels, or a reshape that regroups the channel dim with others
-    in any other way, is refused.
+    A literal channel count in the target shape is rewritten to the kept count; one computed
+    in forward (``reshape(B, N, C)`` with ``C`` read off another tensor) becomes ``-1``.
+    Merging the batch dim into the channels, or a reshape that regroups the channel dim with
+    others in any other way, is refused.
     """
 
     def _shape_args(self, node: fx.Node):
@@ -371,8 +372,8 @@ class Reshape(Rule):
             raise Unsupported("regroups the channel dim with other dims")
         k, in_idx, out_idx = mapping
         shape = self._shape_args(node)
-        if shape is not None and isinstance(shape[k], fx.Node):
-            raise Unsupported("its channel count is computed in forward")
+        if shape is not None and isinstance(shape[k], fx.Node) and -1 in shape:
+            raise Unsupported("its channel count is computed in forward, next to a -1")
         out = an.new_space(node, k)
         an.tie(src, out, in_idx, out_idx)
 
@@ -388,7 +389,9 @@ class Reshape(Rule):
         out = pc.space(node)
         if result is not None or shape is None or out is None or shape[out.dim] == -1:
             return result
-        shape[out.dim] = pc.n_kept(out)
+        # A size computed in forward may vary with the input (merged with a sequence dim):
+        # -1 lets the other sizes decide it.
+        shape[out.dim] = -1 if isinstance(shape[out.dim], fx.Node) else pc.n_kept(out)
         node.args = (node.args[0], tuple(shape)) if node.op == "call_function" else (node.args[0], *shape)
         return None
 

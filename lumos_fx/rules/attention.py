@@ -1,0 +1,75 @@
+"""Batched products and attention, with channels (heads) on a batch dim."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from .registry import REGISTRY, Rule, Unsupported
+from .structure import arg
+
+
+class MatMul(Rule):
+    r"""``a @ b`` with ``a`` (..., M, K) and ``b`` (..., K, N): ``out[..., m, n] = \sum_k
+    a[..., m, k] b[..., k, n]``.
+
+    Channels on a batch dim (the heads of ``q @ k^T`` and ``attn @ v``) pass through: both
+    operands and the output share them, and a head closed at the consumer of the output
+    removes its slices of both operands. Channels on ``a``'s rows or ``b``'s columns are the
+    output's rows or columns. Channels on the contracted dim are summed over: refused (the
+    product would need both operands cut alike, which no rule here proves).
+    """
+
+    def connect(self, node: fx.Node, an) -> None:
+        operands = [a for a in node.args[:2] if an.space(a) is not None]
+        out_ndim = len(an.shape(node))
+        positions = {}
+        for i, a in enumerate(node.args[:2]):
+            space = an.space(a)
+            if space is None:
+                continue
+            ndim = len(an.shape(a))
+            if ndim < 2:
+                raise Unsupported("multiplies a vector")
+            contracted = ndim - 1 if i == 0 else ndim - 2
+            if space.dim == contracted:
+                raise Unsupported("sums over the channel dim")
+            positions[a] = space.dim + out_ndim - ndim
+        where = set(positions.values())
+        if len(where) != 1:
+            raise Unsupported("its operands carry channels on different dims")
+        (pos,) = where
+        out = an.new_space(node, pos)
+        for a in operands:
+            an.tie(an.space(a), out)
+
+
+class ScaledDotProductAttention(Rule):
+    r"""``F.scaled_dot_product_attention(q, k, v)``: ``softmax(q k^T s + M) v`` per head, with
+    ``s`` the scale the call gives or ``1/\sqrt{D}`` of the unpruned head dim. Heads (a batch
+    dim of q, k and v) pass through; a mask is read whole. Grouped-query attention (fewer K/V
+    heads) has no one-to-one head map: refused.
+    """
+
+    def connect(self, node: fx.Node, an) -> None:
+        q, k, v = (arg(node, i, name) for i, name in enumerate(("query", "key", "value")))
+        spaces = [an.space(t) for t in (q, k, v)]
+        if all(s is None for s in spaces):
+            return
+        if any(s is None or s.dim >= len(an.shape(t)) - 2 for s, t in zip(spaces, (q, k, v))):
+            raise Unsupported("q, k and v do not all carry their heads on a batch dim")
+        if len({s.size for s in spaces}) != 1 or len({s.dim for s in spaces}) != 1:
+            raise Unsupported("q, k and v have different head counts (grouped-query attention)")
+        out = an.follow(node, spaces[0], spaces[0].dim)
+        for s in spaces[1:]:
+            an.tie(s, out)
+        mask = arg(node, 3, "attn_mask")
+        if an.space(mask) is not None:
+            an.block(an.space(mask), f"attention mask read whole by {an.describe(node)}")
+
+
+REGISTRY.register(MatMul(), operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm")
+REGISTRY.register(ScaledDotProductAttention(), F.scaled_dot_product_attention)

@@ -1,0 +1,113 @@
+"""Attention written by hand with separate Q/K/V projections: whole heads are cut from Q, K,
+V and the output projection; LayerNorm keeps the residual stream, and says so."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lumos_fx
+from support import GATE_SETTINGS, count_params, max_rel_error, set_gates
+
+
+class Block(nn.Module):
+    """A pre-norm ViT block, attention by hand (`q @ k^T`, softmax, `@ v`) or by SDPA."""
+
+    def __init__(self, d=16, heads=4, sdpa=False, kv_heads=None):
+        super().__init__()
+        self.h, self.dh, self.sdpa = heads, d // heads, sdpa
+        self.kv = kv_heads or heads
+        self.scale = self.dh ** -0.5
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q = nn.Linear(d, d)
+        self.k, self.v = nn.Linear(d, self.kv * self.dh), nn.Linear(d, self.kv * self.dh)
+        self.proj = nn.Linear(d, d)
+        self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        h = self.norm1(x)
+        q = self.q(h).view(B, N, self.h, self.dh).transpose(1, 2)
+        k = self.k(h).view(B, N, self.kv, self.dh).transpose(1, 2)
+        v = self.v(h).view(B, N, self.kv, self.dh).transpose(1, 2)
+        if self.sdpa:
+            a = F.scaled_dot_product_attention(q, k, v, enable_gqa=self.kv != self.h)
+        else:
+            a = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1) @ v
+        x = x + self.proj(a.transpose(1, 2).reshape(B, N, C))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+def check(wrapped, pruned, n=7):
+    x = torch.randn(3, n, 16)
+    with torch.no_grad():
+        assert max_rel_error(pruned(x), wrapped.eval()(x)) <= 1e-4
+
+
+@pytest.mark.parametrize("sdpa", [False, True])
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+@pytest.mark.parametrize("seed", range(3))
+def test_attention_heads_are_cut_whole(sdpa, setting, seed):
+    torch.manual_seed(seed)
+    wrapped = lumos_fx.instrument(Block(sdpa=sdpa), (torch.randn(2, 5, 16),))
+    assert {name: g.n for name, g in lumos_fx.gates(wrapped).items()} == {"q": 4, "fc1": 64}
+    set_gates(wrapped, setting, seed)
+    check(wrapped, lumos_fx.prune(wrapped))  # also at another sequence length
+
+
+def test_a_closed_head_leaves_q_k_v_and_the_output_projection():
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(Block(), (torch.randn(2, 5, 16),))
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["q"].log_alpha[[1, 3]] = -5.0
+    pruned = lumos_fx.prune(wrapped)
+    for name in ("q", "k", "v"):
+        layer = getattr(pruned, name)
+        assert layer.out_features == 8
+        keep = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11])  # heads 0 and 2, 4 dims each
+        torch.testing.assert_close(layer.bias, getattr(wrapped, name).bias[keep])
+    assert pruned.proj.in_features == 8
+    code = pruned.code
+    assert code.count(", 2, 4)") == 3  # view(B, N, heads, head_dim) with the kept head count
+    assert "reshape(getitem, getitem_1, -1)" in code  # C read off the input becomes -1
+    assert "matmul * 0.5" in code  # the original 1/sqrt(head dim 4), kept as the model wrote it
+    removed = 3 * (8 * 16 + 8) + 16 * 8  # 8 rows of q, k, v and their biases; 8 columns of proj
+    assert count_params(pruned) == lumos_fx.summary(pruned).params_before - removed
+    check(wrapped, pruned)
+
+
+def test_layernorm_keeps_the_residual_stream_and_says_why():
+    model = nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.Linear(16, 2))
+    wrapped = lumos_fx.instrument(model, (torch.randn(2, 5, 6),))
+    assert "0" not in lumos_fx.gates(wrapped)
+    assert "LayerNorm" in lumos_fx.summary(wrapped).kept_whole["0"]
+
+
+def test_grouped_query_attention_keeps_its_heads():
+    torch.manual_seed(1)
+    wrapped = lumos_fx.instrument(Block(sdpa=True, kv_heads=2), (torch.randn(2, 5, 16),))
+    assert "q" not in lumos_fx.gates(wrapped)
+    set_gates(wrapped, "half", 1)
+    assert any("grouped-query" in reason for reason in lumos_fx.summary(wrapped).kept_whole.values())
+    check(wrapped, lumos_fx.prune(wrapped))
+
+
+def test_multihead_attention_module_is_kept_and_reported():
+    class MHA(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(6, 16)
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.out = nn.Linear(16, 1)
+
+        def forward(self, x):
+            h = torch.relu(self.inp(x))
+            return self.out(self.attn(h, h, h, need_weights=False)[0])
+
+    wrapped = lumos_fx.instrument(MHA(), (torch.randn(2, 5, 6),))
+    set_gates(wrapped, "half", 0)
+    pruned = lumos_fx.prune(wrapped)
+    assert pruned.inp.out_features == 16  # read by a layer lumos_fx has no rule for yet
+    x = torch.randn(3, 4, 6)
+    with torch.no_grad():
+        assert max_rel_error(pruned(x), wrapped.eval()(x)) <= 1e-4
