@@ -13,23 +13,28 @@ from support import GATE_SETTINGS, count_params, max_rel_error, set_gates
 class Block(nn.Module):
     """A pre-norm ViT block, attention by hand (`q @ k^T`, softmax, `@ v`) or by SDPA."""
 
-    def __init__(self, d=16, heads=4, sdpa=False, kv_heads=None):
+    def __init__(self, d=16, heads=4, sdpa=False, kv_heads=None, fused=None):
         super().__init__()
-        self.h, self.dh, self.sdpa = heads, d // heads, sdpa
+        self.h, self.dh, self.sdpa, self.fused = heads, d // heads, sdpa, fused
         self.kv = kv_heads or heads
         self.scale = self.dh ** -0.5
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.q = nn.Linear(d, d)
         self.k, self.v = nn.Linear(d, self.kv * self.dh), nn.Linear(d, self.kv * self.dh)
+        self.qkv = nn.Linear(d, 3 * d) if fused else None  # timm's layout: (3, heads, head_dim)
         self.proj = nn.Linear(d, d)
         self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
 
     def forward(self, x):
         B, N, C = x.shape
         h = self.norm1(x)
-        q = self.q(h).view(B, N, self.h, self.dh).transpose(1, 2)
-        k = self.k(h).view(B, N, self.kv, self.dh).transpose(1, 2)
-        v = self.v(h).view(B, N, self.kv, self.dh).transpose(1, 2)
+        if self.fused:
+            qkv = self.qkv(h).reshape(B, N, 3, self.h, self.dh).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0) if self.fused == "unbind" else (qkv[0], qkv[1], qkv[2])
+        else:
+            q = self.q(h).view(B, N, self.h, self.dh).transpose(1, 2)
+            k = self.k(h).view(B, N, self.kv, self.dh).transpose(1, 2)
+            v = self.v(h).view(B, N, self.kv, self.dh).transpose(1, 2)
         if self.sdpa:
             a = F.scaled_dot_product_attention(q, k, v, enable_gqa=self.kv != self.h)
         else:
@@ -45,12 +50,14 @@ def check(wrapped, pruned, n=7):
 
 
 @pytest.mark.parametrize("sdpa", [False, True])
+@pytest.mark.parametrize("fused", [None, "unbind", "getitem"])
 @pytest.mark.parametrize("setting", GATE_SETTINGS)
-@pytest.mark.parametrize("seed", range(3))
-def test_attention_heads_are_cut_whole(sdpa, setting, seed):
+@pytest.mark.parametrize("seed", range(2))
+def test_attention_heads_are_cut_whole(sdpa, fused, setting, seed):
     torch.manual_seed(seed)
-    wrapped = lumos_fx.instrument(Block(sdpa=sdpa), (torch.randn(2, 5, 16),))
-    assert {name: g.n for name, g in lumos_fx.gates(wrapped).items()} == {"q": 4, "fc1": 64}
+    wrapped = lumos_fx.instrument(Block(sdpa=sdpa, fused=fused), (torch.randn(2, 5, 16),))
+    heads = "qkv" if fused else "q"
+    assert {name: g.n for name, g in lumos_fx.gates(wrapped).items()} == {heads: 4, "fc1": 64}
     set_gates(wrapped, setting, seed)
     check(wrapped, lumos_fx.prune(wrapped))  # also at another sequence length
 
@@ -73,6 +80,20 @@ def test_a_closed_head_leaves_q_k_v_and_the_output_projection():
     assert "matmul * 0.5" in code  # the original 1/sqrt(head dim 4), kept as the model wrote it
     removed = 3 * (8 * 16 + 8) + 16 * 8  # 8 rows of q, k, v and their biases; 8 columns of proj
     assert count_params(pruned) == lumos_fx.summary(pruned).params_before - removed
+    check(wrapped, pruned)
+
+
+@pytest.mark.parametrize("fused", ["unbind", "getitem"])
+def test_a_closed_head_leaves_a_fused_qkv_projection(fused):
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(Block(fused=fused), (torch.randn(2, 5, 16),))
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["qkv"].log_alpha[[0, 3]] = -5.0
+    pruned = lumos_fx.prune(wrapped)
+    keep = torch.tensor([p * 16 + h * 4 + d for p in range(3) for h in (1, 2) for d in range(4)])
+    torch.testing.assert_close(pruned.qkv.weight, wrapped.qkv.weight[keep])
+    assert pruned.proj.in_features == 8
+    assert "reshape(getitem, getitem_1, 3, 2, 4)" in pruned.code
     check(wrapped, pruned)
 
 

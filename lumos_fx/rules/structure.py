@@ -141,6 +141,34 @@ class Split(Rule):
         return None
 
 
+class Unbind(Rule):
+    """``x.unbind(dim)`` read through ``[i]``: on a dim other than the channels, every piece
+    keeps the channels (one dim to the left if ``dim`` was before them)."""
+
+    def connect(self, node: fx.Node, an) -> None:
+        src = an.space(node.args[0])
+        if src is None:
+            return
+        dim = normalize_dim(arg(node, 1, "dim", 0), len(an.shape(node.args[0])))
+        if dim == src.dim:
+            raise Unsupported("splits the channels into single channels")
+        users = list(node.users)
+        if not all(u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)
+                   for u in users):
+            raise Unsupported("its pieces are used other than by indexing with a number")
+        for user in users:
+            an.follow(user, src, src.dim - (1 if dim < src.dim else 0))
+            an.handled.add(user)
+
+    def prune(self, node: fx.Node, pc):
+        x = node.args[0]
+        if pc.is_empty(x):
+            return pc.EMPTY
+        if pc.is_const(x):
+            return pc.evaluate(node)  # a tuple of constant pieces, read by the getitem rule
+        return super().prune(node, pc)
+
+
 class Narrow(Rule):
     """``x.narrow(dim, start, length)``: on the channel dim, output channel ``j`` is input
     channel ``start + j``; the pruned call narrows to the kept channels in that range."""
@@ -315,7 +343,7 @@ def _blocks(in_shape, out_shape):
     return blocks
 
 
-def channel_map(in_shape, c: int, out_shape):
+def channel_map(in_shape, c: int, out_shape, skip=frozenset()):
     r"""How a reshape moves channel dim `c`: ``(k, in_idx, out_idx)`` tying input channel
     ``in_idx[t]`` to index ``out_idx[t]`` of output dim ``k``, or None if it mixes channels.
 
@@ -323,8 +351,10 @@ def channel_map(in_shape, c: int, out_shape):
     it (flatten of C x H x W, or of H x W x C after a permute to channels-last), channel
     ``c`` owns every output index whose digit for ``c`` in the mixed radix of the merged
     sizes is ``c`` (the paper's CONV2FC map ``i = c\,HW + k``). Split into several dims
-    (features unflattened to C x H x W), input channel ``i`` goes to output channel
-    ``i // (H W)`` of the first of them.
+    (features unflattened to C x H x W, a fused projection into 3 x heads x head_dim),
+    input channel ``i`` goes to its digit on the first of them not in `skip` (the dims the
+    model later indexes away, as ``qkv[0]``): ``i // (H W)`` for C x H x W, the head for
+    3 x heads x head_dim.
     """
     k = _preserved_dim(in_shape, c, out_shape)
     if k is not None:
@@ -337,11 +367,47 @@ def channel_map(in_shape, c: int, out_shape):
             idx = np.arange(out_shape[k])
             return k, (idx // math.prod(in_shape[c + 1: ins[-1] + 1])) % in_shape[c], idx
         if len(ins) == 1 and len(outs) > 1:
-            k = outs[0]
+            k = next((d for d in outs if d not in skip), None)
+            if k is None:
+                return None
             idx = np.arange(in_shape[c])
-            return k, idx, idx // math.prod(out_shape[k + 1: outs[-1] + 1])
+            return k, idx, (idx // math.prod(out_shape[k + 1: outs[-1] + 1])) % out_shape[k]
         return None
     return None
+
+
+def _int_arg(node: fx.Node, index: int, name: str):
+    value = arg(node, index, name)
+    return value if isinstance(value, int) else None
+
+
+def indexed_away(node: fx.Node) -> set[int]:
+    """Dims of `node`'s output that the ops reading it pick single entries of (``t[0]``,
+    ``t.unbind(0)``), followed through permute and transpose."""
+    found: set[int] = set()
+    stack = [(node, list(range(len(shape_of(node) or ()))))]  # origin[i]: the dim now at i
+    while stack:
+        current, origin = stack.pop()
+        for user in current.users:
+            name = user.target if user.op == "call_method" else getattr(user.target, "__name__", "")
+            if name == "permute":
+                perm = user.args[1:] if user.op == "call_method" else arg(user, 1, "dims")
+                perm = list(perm[0]) if len(perm) == 1 and isinstance(perm[0], (tuple, list)) else list(perm)
+                stack.append((user, [origin[p] for p in perm]))
+            elif name in ("transpose", "swapaxes", "swapdims"):
+                i, j = (normalize_dim(d, len(origin)) for d in user.args[1:3])
+                swapped = list(origin)
+                swapped[i], swapped[j] = origin[j], origin[i]
+                stack.append((user, swapped))
+            elif name == "getitem" and user.op == "call_function":
+                try:
+                    items = _index_items(user.args[1], len(origin))
+                except Unsupported:
+                    continue
+                found.update(origin[in_dim] for _, in_dim, _, item in items if isinstance(item, int))
+            elif name == "unbind" and _int_arg(user, 1, "dim") is not None:
+                found.add(origin[normalize_dim(_int_arg(user, 1, "dim"), len(origin))])
+    return found
 
 
 class Reshape(Rule):
@@ -367,7 +433,7 @@ class Reshape(Rule):
         src = an.space(x)
         if src is None:
             return
-        mapping = channel_map(an.shape(x), src.dim, an.shape(node))
+        mapping = channel_map(an.shape(x), src.dim, an.shape(node), indexed_away(node))
         if mapping is None:
             raise Unsupported("regroups the channel dim with other dims")
         k, in_idx, out_idx = mapping
@@ -565,6 +631,7 @@ REGISTRY.register(Stack(), torch.stack)
 REGISTRY.register(Split(), torch.split, torch.functional.split, torch.chunk, "split", "chunk")
 REGISTRY.register(GetItem(), operator.getitem)
 REGISTRY.register(Narrow(), torch.narrow, "narrow")
+REGISTRY.register(Unbind(), torch.unbind, "unbind")
 REGISTRY.register(Expand(), "expand")
 REGISTRY.register(Reshape(), "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze",
                   torch.reshape, torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze)
