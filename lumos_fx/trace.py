@@ -19,6 +19,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import Config, LeafSpec
+from .decompose import split_attention
 from .errors import InputError, TraceError, describe_frame, user_frame_of_traceback, user_line_of_stack_trace
 from .fxutil import describe, free_attr_name
 
@@ -191,27 +192,13 @@ def _raise_mode_dependent(node: fx.Node):
     )
 
 
-def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphModule:
-    """Trace a copy of `model` and annotate every node with ShapeProp's tensor metadata.
-
-    The model is not modified: tracing and shape propagation run on a deep copy (shape
-    propagation in eval mode, without gradients); the copy keeps the model's training flag.
-    The FLOPs of that forward (``FlopCounterMode``) go to ``gm.meta["lumos_example_flops"]``.
-    """
-    example_inputs = normalize_example_inputs(example_inputs)
-    concrete = _concrete_args(model, example_inputs)
-    root = copy.deepcopy(model)
-    graph = _trace_in_mode(root, True, config, concrete)
-    # The eval-mode graph is only compared with the train-mode one: no source lines needed.
-    _follow_training_flag(root, graph, _trace_in_mode(root, False, config, concrete, stack_traces=False))
-    gm = fx.GraphModule(root, graph, class_name=type(model).__name__)
-
+def _propagate(gm: fx.GraphModule, model: torch.nn.Module, example_inputs: tuple) -> int:
+    """ShapeProp on `example_inputs` in eval mode, without gradients; the forward's FLOPs."""
     prop = _RecordingShapeProp(gm)
     gm.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as flops:
             prop.propagate(*example_inputs)
-        gm.meta["lumos_example_flops"] = int(flops.get_total_flops())
     except Exception as e:
         given = ", ".join(
             f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else repr(x) for x in example_inputs
@@ -226,4 +213,26 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
         ) from None
     finally:
         gm.train(model.training)
+    return int(flops.get_total_flops())
+
+
+def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphModule:
+    """Trace a copy of `model` and annotate every node with ShapeProp's tensor metadata.
+
+    The model is not modified: tracing and shape propagation run on a deep copy (shape
+    propagation in eval mode, without gradients); the copy keeps the model's training flag.
+    The FLOPs of that forward (``FlopCounterMode``) go to ``gm.meta["lumos_example_flops"]``.
+    ``nn.MultiheadAttention`` calls are then written out (:mod:`lumos_fx.decompose`).
+    """
+    example_inputs = normalize_example_inputs(example_inputs)
+    concrete = _concrete_args(model, example_inputs)
+    root = copy.deepcopy(model)
+    graph = _trace_in_mode(root, True, config, concrete)
+    # The eval-mode graph is only compared with the train-mode one: no source lines needed.
+    _follow_training_flag(root, graph, _trace_in_mode(root, False, config, concrete, stack_traces=False))
+    gm = fx.GraphModule(root, graph, class_name=type(model).__name__)
+
+    gm.meta["lumos_example_flops"] = _propagate(gm, model, example_inputs)
+    if split_attention(gm):
+        gm.meta["lumos_example_flops"] = _propagate(gm, model, example_inputs)
     return gm

@@ -111,24 +111,3 @@ def test_grouped_query_attention_keeps_its_heads():
     set_gates(wrapped, "half", 1)
     assert any("grouped-query" in reason for reason in lumos_fx.summary(wrapped).kept_whole.values())
     check(wrapped, lumos_fx.prune(wrapped))
-
-
-def test_multihead_attention_module_is_kept_and_reported():
-    class MHA(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inp = nn.Linear(6, 16)
-            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
-            self.out = nn.Linear(16, 1)
-
-        def forward(self, x):
-            h = torch.relu(self.inp(x))
-            return self.out(self.attn(h, h, h, need_weights=False)[0])
-
-    wrapped = lumos_fx.instrument(MHA(), (torch.randn(2, 5, 6),))
-    set_gates(wrapped, "half", 0)
-    pruned = lumos_fx.prune(wrapped)
-    assert pruned.inp.out_features == 16  # read by a layer lumos_fx has no rule for yet
-    x = torch.randn(3, 4, 6)
-    with torch.no_grad():
-        assert max_rel_error(pruned(x), wrapped.eval()(x)) <= 1e-4

@@ -63,10 +63,15 @@ class ScaledDotProductAttention(Rule):
             raise Unsupported("q, k and v do not all carry their heads on a batch dim")
         if len({s.size for s in spaces}) != 1 or len({s.dim for s in spaces}) != 1:
             raise Unsupported("q, k and v have different head counts (grouped-query attention)")
+        mask = arg(node, 3, "attn_mask")
+        if isinstance(mask, fx.Node) and an.shape(mask) is not None:
+            out_ndim, mask_shape = len(an.shape(node)), an.shape(mask)
+            at = spaces[0].dim - out_ndim + len(mask_shape)
+            if at >= 0 and mask_shape[at] > 1:
+                raise Unsupported("its attention mask differs per head")
         out = an.follow(node, spaces[0], spaces[0].dim)
         for s in spaces[1:]:
             an.tie(s, out)
-        mask = arg(node, 3, "attn_mask")
         if an.space(mask) is not None:
             an.block(an.space(mask), f"attention mask read whole by {an.describe(node)}")
 

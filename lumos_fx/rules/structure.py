@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..fxutil import normalize_dim, shape_of
+from ..errors import PruneError
+from ..fxutil import describe, normalize_dim, shape_of
 from .registry import REGISTRY, ModuleRule, Rule, Unsupported
 
 
@@ -489,8 +490,8 @@ class Rearrange(Rule):
     channels and is refused.
     """
 
-    _SIZE_FREE = frozenset({"permute", "transpose", "swapaxes", "swapdims", "t", "movedim", "mean", "amax", "amin",
-                            "nanmean"})
+    _MOVES = frozenset({"permute", "transpose", "swapaxes", "swapdims", "t", "movedim"})
+    _SIZE_FREE = _MOVES | {"mean", "amax", "amin", "nanmean"}
 
     def connect(self, node: fx.Node, an) -> None:
         x = node.args[0]
@@ -589,9 +590,43 @@ class ShapeRead(Rule):
         an.accept(src)
 
     def prune(self, node: fx.Node, pc):
+        """A cut tensor's sizes are read off a live one with the same sizes on the dims read,
+        found through the permutes and transposes that made the cut tensor if need be."""
         x = node.args[0]
-        if pc.is_empty(x) or pc.is_const(x):
-            pc.replace_input(node, x, pc.reference(x, self._dims_read(node, pc.space(x))))
+        if not (pc.is_empty(x) or pc.is_const(x)):
+            return
+        dims = self._dims_read(node, pc.space(x))
+        source, where = x, list(range(len(shape_of(x))))  # where[d]: dim d of x, as a dim of source
+        while True:
+            try:
+                ref = pc.reference(source, [where[d] for d in dims])
+                break
+            except PruneError:
+                if not self._is_permute(source) or not (pc.is_empty(source) or pc.is_const(source)):
+                    raise
+                probe = run_on(source, torch.empty(_PRIMES[: len(shape_of(source.args[0]))], device="meta"))
+                where = [_PRIMES.index(probe.shape[w]) for w in where]
+                source = source.args[0]
+        pc.replace_input(node, x, ref)
+        if where != sorted(where):
+            self._read_dims_of(node, where)
+
+    @staticmethod
+    def _is_permute(node: fx.Node) -> bool:
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        return node.op in ("call_method", "call_function") and name in Rearrange._MOVES
+
+    def _read_dims_of(self, node: fx.Node, where: list[int]) -> None:
+        """Point `node`'s reads at the dims `where` of its new input."""
+        if node.op == "call_method" and node.target == "size" and len(node.args) + len(node.kwargs) > 1:
+            set_arg(node, 1, "dim", where[normalize_dim(arg(node, 1, "dim"), len(where))])
+            return
+        for user in node.users:
+            index = user.args[1] if user.op == "call_function" and user.target is operator.getitem else None
+            if not isinstance(index, int):
+                raise PruneError(f"{describe(node, node.graph.owning_module)} reads the whole shape of a cut tensor "
+                                 "made by a permute; please report this model")
+            user.args = (user.args[0], where[normalize_dim(index, len(where))])
 
     def _dims_read(self, node: fx.Node, src) -> list[int]:
         """The dims whose sizes `node` and the indexing of its result read (the batch, for
