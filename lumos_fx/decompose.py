@@ -1,4 +1,4 @@
-"""nn.MultiheadAttention written out as explicit projections and scaled_dot_product_attention.
+"""Attention modules written out so that their heads and widths can be cut.
 
 fx calls ``nn.MultiheadAttention`` as one opaque op, so its heads would be kept whole. At
 instrument time each call becomes, on the traced copy of the model,
@@ -10,8 +10,14 @@ instrument time each call becomes, on the traced copy of the model,
 with ``nn.Linear`` modules ``q_proj, k_proj, v_proj, out_proj`` holding the module's weights
 and ``F.scaled_dot_product_attention`` for the middle, which is what the rules cut heads
 from. ``M`` merges ``attn_mask`` and ``key_padding_mask`` (boolean masks mean "do not
-attend" in ``nn.MultiheadAttention`` and become ``-inf``). Calls that read the attention
-weights, use dropout on them, ``add_bias_kv``, ``add_zero_attn`` or ``is_causal`` stay opaque.
+attend" in ``nn.MultiheadAttention`` and become ``-inf``). With dropout on the attention
+weights, the middle is written as ``softmax(Q K^T / sqrt(D) + M)``, an ``nn.Dropout`` (which
+follows train/eval) and ``@ V``. Calls that read the attention weights, ``add_bias_kv``,
+``add_zero_attn`` or ``is_causal`` stay opaque.
+
+``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder`` are traced through their own
+computation (:data:`TRACED_THROUGH`, without the inference fast path, which computes the
+same function), so their attention, feed-forward and norm layers reach the rules.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ def split_attention(gm: fx.GraphModule) -> bool:
 
 def _supported_call(node: fx.Node, module: nn.MultiheadAttention):
     """The call's bound arguments, or None when it must stay one opaque op."""
-    if module.dropout or module.bias_k is not None or module.add_zero_attn:
+    if module.bias_k is not None or module.add_zero_attn:
         return None
     try:
         call = inspect.signature(nn.MultiheadAttention.forward).bind(None, *node.args, **node.kwargs).arguments
@@ -81,6 +87,8 @@ def _projections(module: nn.MultiheadAttention) -> nn.Module:
         out.add_module(name, _linear(w, b))
     out.add_module("out_proj", _linear(module.out_proj.weight.detach(),
                                        None if module.out_proj.bias is None else module.out_proj.bias.detach()))
+    if module.dropout:
+        out.add_module("attn_drop", nn.Dropout(module.dropout))
     return out
 
 
@@ -105,7 +113,15 @@ def _write_out(gm: fx.GraphModule, node: fx.Node, module: nn.MultiheadAttention,
 
         q, k, v = heads_of(q_in, "q_proj", length), heads_of(k_in, "k_proj", source), heads_of(v_in, "v_proj", source)
         mask = _mask(g, call, b, heads, length, source, dtype)
-        o = g.call_function(F.scaled_dot_product_attention, (q, k, v), {"attn_mask": mask} if mask is not None else {})
+        if module.dropout:
+            scores = g.call_function(operator.mul, (g.call_function(operator.matmul, (
+                q, g.call_method("transpose", (k, -2, -1)))), head_dim ** -0.5))
+            scores = scores if mask is None else g.call_function(operator.add, (scores, mask))
+            weights = g.call_module(f"{t}.attn_drop", (g.call_method("softmax", (scores, -1)),))
+            o = g.call_function(operator.matmul, (weights, v))
+        else:
+            o = g.call_function(F.scaled_dot_product_attention, (q, k, v),
+                                {"attn_mask": mask} if mask is not None else {})
         o = g.call_method("reshape", (g.call_method("transpose", (o, 1, 2)), b, length, embed))
         out = g.call_module(f"{t}.out_proj", (o,))
         out = out if module.batch_first else g.call_method("transpose", (out, 0, 1))
@@ -143,3 +159,26 @@ def _mask(g: fx.Graph, call: dict, b, heads: int, length, source, dtype: torch.d
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else g.call_function(operator.add, tuple(parts))
+
+
+def _encoder_layer(layer: nn.TransformerEncoderLayer, src, src_mask=None, src_key_padding_mask=None,
+                   is_causal: bool = False):
+    """``nn.TransformerEncoderLayer.forward`` without its inference fast path."""
+    x = src
+    if layer.norm_first:
+        x = x + layer._sa_block(layer.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
+        return x + layer._ff_block(layer.norm2(x))
+    x = layer.norm1(x + layer._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
+    return layer.norm2(x + layer._ff_block(x))
+
+
+def _encoder(encoder: nn.TransformerEncoder, src, mask=None, src_key_padding_mask=None, is_causal=None):
+    """``nn.TransformerEncoder.forward`` without its fast path. ``is_causal=None`` (detect it
+    from the mask) passes False: the mask itself is applied, which a causal hint only mirrors."""
+    for layer in encoder.layers:
+        src = layer(src, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+    return encoder.norm(src) if encoder.norm is not None else src
+
+
+#: Modules the tracer enters through these functions instead of calling them as one op.
+TRACED_THROUGH = {nn.TransformerEncoderLayer: _encoder_layer, nn.TransformerEncoder: _encoder}

@@ -8,6 +8,7 @@ user names in ``Config.leaf_modules``.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import sys
 from typing import Any
@@ -19,7 +20,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import Config, LeafSpec
-from .decompose import split_attention
+from .decompose import TRACED_THROUGH, split_attention
 from .errors import InputError, TraceError, describe_frame, user_frame_of_traceback, user_line_of_stack_trace
 from .fxutil import describe, free_attr_name
 
@@ -50,9 +51,14 @@ class LumosTracer(fx.Tracer):
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if any(_matches(spec, m, module_qualified_name) for spec in self.leaf_specs):
             return True
+        if type(m) in TRACED_THROUGH:
+            return False
         return _is_message_passing(m) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
+        through = TRACED_THROUGH.get(type(m))
+        if through is not None:
+            forward = functools.partial(through, m)
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:

@@ -85,8 +85,31 @@ def test_a_closed_head_leaves_the_projections():
         assert max_rel_error(pruned(*x2), wrapped.eval()(*x2)) <= 1e-4
 
 
-def test_attention_with_dropout_stays_one_op_and_is_kept():
-    model = UsesMHA(dropout=0.1)
-    wrapped = lumos_fx.instrument(model, (torch.randn(2, 5, 6), torch.randn(2, 5, 5)))
+def test_attention_dropout_is_written_out_as_a_dropout_module():
+    torch.manual_seed(3)
+    x = inputs()
+    model = UsesMHA(dropout=0.1, cross=True).eval()
+    wrapped = lumos_fx.instrument(model, x)
+    assert "self.attn.attn_drop(softmax)" in wrapped.code and lumos_fx.gates(wrapped)["attn.q_proj"].n == 4
+    with torch.no_grad():
+        assert max_rel_error(wrapped.eval()(*x), model(*x)) <= 1e-5
+    set_gates(wrapped, "half", 3)
+    with torch.no_grad():
+        assert max_rel_error(lumos_fx.prune(wrapped)(*x), wrapped.eval()(*x)) <= 1e-4
+
+
+def test_attention_whose_weights_are_read_stays_one_op_and_is_kept():
+    class Weights(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(6, 16)
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+
+        def forward(self, x):
+            h = self.inp(x)
+            out, weights = self.attn(h, h, h)
+            return out.sum(-1) + weights.sum(-1)
+
+    wrapped = lumos_fx.instrument(Weights(), (torch.randn(2, 5, 6),))
     assert "self.attn(" in wrapped.code
     assert "MultiheadAttention" in lumos_fx.summary(wrapped).kept_whole["inp"]

@@ -65,3 +65,23 @@ class ViT(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         x = self.norm(self.blocks(x))
         return self.head(x[:, 0])
+
+
+class SequenceRegressor(nn.Module):
+    """nn.TransformerEncoder over a sequence of measurements (a time series of sensor
+    readings, a spectrum in bands): input projection, learned positions, encoder layers,
+    mean over the sequence, regression head."""
+
+    def __init__(self, n_features: int = 8, length: int = 16, n_out: int = 2, dim: int = 64, depth: int = 3,
+                 heads: int = 4, dropout: float = 0.1, norm_first: bool = True) -> None:
+        super().__init__()
+        self.inp = nn.Linear(n_features, dim)
+        self.pos = nn.Parameter(torch.randn(1, length, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=dropout, batch_first=True,
+                                           norm_first=norm_first)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, n_out)
+
+    def forward(self, x, padding=None):
+        h = self.encoder(self.inp(x) + self.pos, src_key_padding_mask=padding)
+        return self.head(h.mean(dim=1))
