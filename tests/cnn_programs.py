@@ -217,7 +217,9 @@ def cnn_programs(draw, smooth_only: bool = False, norms=("bn", "in", "gn")):
                 out = groups * draw(st.integers(1, 3))
             else:
                 out = draw(st.integers(1, 6))
-            mode = draw(st.sampled_from(("zeros", "reflect", "replicate", "circular"))) if k == 3 else "zeros"
+            # Reflection needs more positions than it pads.
+            modes = ("zeros", "reflect", "replicate", "circular") if s >= 2 else ("zeros", "replicate", "circular")
+            mode = draw(st.sampled_from(modes)) if k == 3 else "zeros"
             # Biases keep constant branches non-zero, so the oracles see their consumers' weights.
             steps.append(("conv", i, out, k, stride, groups, smooth_only or draw(st.booleans()), mode))
             shapes.append((out, (s + 2 * (k // 2) - k) // stride + 1))
@@ -246,7 +248,8 @@ def cnn_programs(draw, smooth_only: bool = False, norms=("bn", "in", "gn")):
             steps.append(("up", i, draw(st.sampled_from(("module", "interp")))))
             shapes.append((c, 2 * s))
         elif op == "pad":
-            steps.append(("pad", i, draw(st.sampled_from(("constant", "reflect", "replicate", "circular")))))
+            modes = ("constant", "reflect", "replicate", "circular") if s >= 2 else ("constant", "replicate", "circular")
+            steps.append(("pad", i, draw(st.sampled_from(modes))))
             shapes.append((c, s + 2))
         elif op in ("add", "mul"):
             steps.append((op, i, draw(st.sampled_from(same))))
