@@ -11,6 +11,15 @@ import torch
 LeafSpec = Union[str, type, Callable[[torch.nn.Module, str], bool]]
 
 
+def module_matches(spec: LeafSpec, module: torch.nn.Module, qualname: str) -> bool:
+    """Whether `spec` (a qualified name, a class, or a predicate) names this module."""
+    if isinstance(spec, str):
+        return spec == qualname
+    if isinstance(spec, type):
+        return isinstance(module, spec)
+    return bool(spec(module, qualname))
+
+
 @dataclass
 class Config:
     """Settings of the gates, the regulariser and the tracer.
@@ -33,6 +42,10 @@ class Config:
     Tracer: ``leaf_modules`` are modules torch.fx must not trace into, given as qualified
     names (``"encoder.block1"``), classes, or a predicate ``f(module, qualified_name)``.
     A leaf with no registered rule keeps every channel it touches.
+
+    Fine-tuning: ``frozen`` names modules (the same three ways) whose weights stay as they
+    are (``requires_grad=False`` in the instrumented model, so :func:`lumos_fx.param_groups`
+    leaves them out); their gates still train and prune() cuts them like any others.
     """
 
     beta: float = 2.0 / 3.0
@@ -43,6 +56,7 @@ class Config:
     lam: float = 1.0
     gate_lr: float = 0.1
     leaf_modules: Sequence[LeafSpec] = field(default_factory=tuple)
+    frozen: Sequence[LeafSpec] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if not (self.gamma < 0.0 < 1.0 < self.zeta):

@@ -14,6 +14,7 @@ from .costs import CostModel
 from .config import Config
 from .errors import InputError, NotInstrumentedError
 from .fxutil import module_device
+from .freeze import freeze
 from .gate import Gate
 from .trace import normalize_example_inputs, trace
 
@@ -39,6 +40,7 @@ def instrument(model: nn.Module, example_inputs, *, feature_names=None, config: 
         raise TypeError(f"instrument() takes an nn.Module, got {type(model).__name__}")
     config = config or Config()
     gm = trace(model, example_inputs, config)
+    freeze(gm, model, config.frozen)
     plan = analyze(gm)
     plan.config = config
     plan.example_flops = gm.meta.pop("lumos_example_flops")

@@ -19,7 +19,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import Config, LeafSpec
+from .config import Config, module_matches
 from .decompose import TRACED_THROUGH, split_attention
 from .errors import InputError, TraceError, describe_frame, user_frame_of_traceback, user_line_of_stack_trace
 from .fxutil import describe, free_attr_name
@@ -31,12 +31,6 @@ def _is_message_passing(module: torch.nn.Module) -> bool:
     return mp is not None and isinstance(module, mp.MessagePassing)
 
 
-def _matches(spec: LeafSpec, module: torch.nn.Module, qualname: str) -> bool:
-    if isinstance(spec, str):
-        return spec == qualname
-    if isinstance(spec, type):
-        return isinstance(module, spec)
-    return bool(spec(module, qualname))
 
 
 class LumosTracer(fx.Tracer):
@@ -49,7 +43,7 @@ class LumosTracer(fx.Tracer):
         self.failed_in: tuple[str, str] | None = None
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
-        if any(_matches(spec, m, module_qualified_name) for spec in self.leaf_specs):
+        if any(module_matches(spec, m, module_qualified_name) for spec in self.leaf_specs):
             return True
         if type(m) in TRACED_THROUGH:
             return False
