@@ -96,8 +96,9 @@ def test_exported_cnns_and_vits_load_in_a_fresh_process(tmp_path):
     from models_zoo.vision.models import reference_models
 
     models = reference_models(width=0.25, size=32)
-    for sdpa in (False, True):
-        models[f"vit_sdpa_{sdpa}"] = (ViT(image=16, dim=32, depth=2, sdpa=sdpa), (3, 16, 16))
+    for attention in ("hand", "sdpa", "mha"):
+        models[f"vit_{attention}"] = (ViT(image=16, dim=32, depth=2, sdpa=attention == "sdpa", mha=attention == "mha"),
+                                      (3, 16, 16))
     models["transformer_encoder"] = (SequenceRegressor(n_features=5, length=6, dim=16, depth=2), (6, 5))
     models["reflect_padding"] = (nn.Sequential(nn.Conv2d(2, 6, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
                                                nn.Conv2d(6, 3, 3, padding=1, padding_mode="circular")), (2, 8, 8))

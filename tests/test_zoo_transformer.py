@@ -10,20 +10,22 @@ from models_zoo.vision.gates import close_fraction
 from support import count_params, max_rel_error
 
 
-@pytest.mark.parametrize("sdpa", [False, True])
+@pytest.mark.parametrize("attention", ["hand", "sdpa", "mha"])
 @pytest.mark.parametrize("fraction", [0.3, 0.7])
-def test_vit_heads_and_mlp_widths_are_cut(sdpa, fraction):
+def test_vit_heads_and_mlp_widths_are_cut(attention, fraction):
     torch.manual_seed(0)
-    model = ViT(image=16, patch=4, dim=32, depth=2, heads=4, sdpa=sdpa)
+    model = ViT(image=16, patch=4, dim=32, depth=2, heads=4, sdpa=attention == "sdpa", mha=attention == "mha")
     wrapped = lumos_fx.instrument(model, (torch.randn(2, 3, 16, 16),))
+    proj = "q_proj" if attention == "mha" else "qkv"
     gates = {name: g.n for name, g in lumos_fx.gates(wrapped).items()}
-    assert gates == {"x": 3, "blocks.0.attn.qkv": 4, "blocks.0.mlp.0": 128, "blocks.1.attn.qkv": 4,
+    assert gates == {"x": 3, f"blocks.0.attn.{proj}": 4, "blocks.0.mlp.0": 128, f"blocks.1.attn.{proj}": 4,
                      "blocks.1.mlp.0": 128}
     close_fraction(wrapped, fraction, seed=1)
     pruned = lumos_fx.prune(wrapped)
     heads = round(fraction * 4)
     for b in range(2):
-        assert pruned.get_submodule(f"blocks.{b}.attn.qkv").out_features == 3 * (4 - heads) * 8
+        width = pruned.get_submodule(f"blocks.{b}.attn.{proj}").out_features
+        assert width == (4 - heads) * 8 * (1 if attention == "mha" else 3)
         assert pruned.get_submodule(f"blocks.{b}.mlp.0").out_features == 128 - round(fraction * 128)
     assert count_params(pruned) < lumos_fx.summary(pruned).params_before * (1 - fraction / 2)
     x = torch.randn(3, 3, 16, 16)

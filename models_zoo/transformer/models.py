@@ -30,33 +30,38 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm encoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm encoder block: x + attn(norm(x)), then x + mlp(norm(x)). Attention by hand
+    (``Attention``, with ``sdpa`` through ``F.scaled_dot_product_attention``) or, with
+    ``mha``, ``nn.MultiheadAttention``."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, sdpa: bool = False) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, sdpa: bool = False, mha: bool = False) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, sdpa)
+        self.mha = mha
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True) if mha else Attention(dim, heads, sdpa)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x):
-        x = x + self.attn(self.norm1(x))
+        h = self.norm1(x)
+        x = x + (self.attn(h, h, h, need_weights=False)[0] if self.mha else self.attn(h))
         return x + self.mlp(self.norm2(x))
 
 
 class ViT(nn.Module):
     """Vision transformer (Dosovitskiy et al., 2021): a strided conv cuts the image into
     patch embeddings, a class token and a positional embedding are added, pre-norm blocks,
-    the class token's final state is classified (the BrainTumor workload's model)."""
+    the class token's final state is classified (the BrainTumor workload's model).
+    Attention is written by hand by default, or is ``nn.MultiheadAttention`` (``mha``)."""
 
     def __init__(self, image: int = 32, patch: int = 4, in_channels: int = 3, n_classes: int = 4,
-                 dim: int = 64, depth: int = 4, heads: int = 4, sdpa: bool = False) -> None:
+                 dim: int = 64, depth: int = 4, heads: int = 4, sdpa: bool = False, mha: bool = False) -> None:
         super().__init__()
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         n = (image // patch) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
-        self.blocks = nn.Sequential(*(Block(dim, heads, sdpa=sdpa) for _ in range(depth)))
+        self.blocks = nn.Sequential(*(Block(dim, heads, sdpa=sdpa, mha=mha) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, n_classes)
 
