@@ -33,6 +33,18 @@ def set_arg(node: fx.Node, index: int, name: str, value: Any) -> None:
         node.kwargs = {**node.kwargs, name: value}
 
 
+def varargs(rest) -> list:
+    """Sizes or dims given as ``f(a, b, c)`` or as ``f((a, b, c))``, as a list."""
+    return list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else list(rest)
+
+
+def target_name(node: fx.Node) -> str:
+    """The name of the method or function a call node runs ('' for other nodes)."""
+    if node.op == "call_method":
+        return node.target
+    return getattr(node.target, "__name__", "") if node.op == "call_function" else ""
+
+
 def kept_in_range(kept: np.ndarray, start: int, stop: int) -> int:
     return int(((kept >= start) & (kept < stop)).sum())
 
@@ -209,8 +221,7 @@ class Expand(Rule):
     count in `sizes` is rewritten to the kept count."""
 
     def _sizes(self, node: fx.Node) -> list:
-        rest = node.args[1:]
-        return list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else list(rest)
+        return varargs(node.args[1:])
 
     def connect(self, node: fx.Node, an) -> None:
         src = an.space(node.args[0])
@@ -390,10 +401,9 @@ def indexed_away(node: fx.Node) -> set[int]:
     while stack:
         current, origin = stack.pop()
         for user in current.users:
-            name = user.target if user.op == "call_method" else getattr(user.target, "__name__", "")
+            name = target_name(user)
             if name == "permute":
-                perm = user.args[1:] if user.op == "call_method" else arg(user, 1, "dims")
-                perm = list(perm[0]) if len(perm) == 1 and isinstance(perm[0], (tuple, list)) else list(perm)
+                perm = varargs(user.args[1:] if user.op == "call_method" else (arg(user, 1, "dims"),))
                 stack.append((user, [origin[p] for p in perm]))
             elif name in ("transpose", "swapaxes", "swapdims"):
                 i, j = (normalize_dim(d, len(origin)) for d in user.args[1:3])
@@ -423,8 +433,7 @@ class Reshape(Rule):
     def _shape_args(self, node: fx.Node):
         """The target shape of view/reshape as a list, or None for the other ops."""
         if node.op == "call_method" and node.target in ("view", "reshape"):
-            rest = node.args[1:]
-            return list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else list(rest)
+            return varargs(node.args[1:])
         if node.op == "call_function" and node.target is torch.reshape:
             return list(arg(node, 1, "shape"))
         return None
@@ -510,8 +519,7 @@ class Rearrange(Rule):
         x = node.args[0]
         if not pc.is_const(x):
             return super().prune(node, pc)
-        name = node.target if isinstance(node.target, str) else node.target.__name__
-        if name in self._SIZE_FREE:
+        if target_name(node) in self._SIZE_FREE:
             return pc.evaluate(node)  # a mean or max of a constant is that constant at any size
         probe = run_on(node, torch.empty(_PRIMES[: len(shape_of(x))], device="meta"))
         if _PRIMES[0] in probe.shape:
@@ -579,11 +587,9 @@ class ShapeRead(Rule):
     def _read_shape_value(self, an, src, node: fx.Node) -> None:
         ndim = len(an.shape(node.args[0]))
         for user in node.users:
-            index = user.args[1] if user.op == "call_function" and user.target is operator.getitem else None
-            if isinstance(index, int):
-                self._read_dims(an, src, user, [index], ndim)
-            elif isinstance(index, slice):
-                self._read_dims(an, src, user, list(range(ndim))[index], ndim)
+            dims = _dims_indexed(user, ndim)
+            if dims is not None:
+                self._read_dims(an, src, user, dims, ndim)
             else:
                 an.block(src, f"its whole shape is used by {an.describe(user)}")
             an.handled.add(user)
@@ -613,12 +619,11 @@ class ShapeRead(Rule):
 
     @staticmethod
     def _is_permute(node: fx.Node) -> bool:
-        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-        return node.op in ("call_method", "call_function") and name in Rearrange._MOVES
+        return target_name(node) in Rearrange._MOVES
 
     def _read_dims_of(self, node: fx.Node, where: list[int]) -> None:
         """Point `node`'s reads at the dims `where` of its new input."""
-        if node.op == "call_method" and node.target == "size" and len(node.args) + len(node.kwargs) > 1:
+        if _reads_one_size(node):
             set_arg(node, 1, "dim", where[normalize_dim(arg(node, 1, "dim"), len(where))])
             return
         for user in node.users:
@@ -632,18 +637,31 @@ class ShapeRead(Rule):
         """The dims whose sizes `node` and the indexing of its result read (the batch, for
         reads of dtype or device: any model input then serves)."""
         ndim = len(shape_of(node.args[0]))
-        if node.op == "call_method" and node.target == "size" and len(node.args) + len(node.kwargs) > 1:
+        if _reads_one_size(node):
             return [normalize_dim(arg(node, 1, "dim"), ndim)]
         dims: set[int] = set()
         for user in node.users:
-            index = user.args[1] if user.op == "call_function" and user.target is operator.getitem else None
-            if isinstance(index, int):
-                dims.add(normalize_dim(index, ndim))
-            elif isinstance(index, slice):
-                dims.update(range(ndim)[index])
-            else:
+            indexed = _dims_indexed(user, ndim)
+            if indexed is None:
                 dims.update(d for d in range(ndim) if d != src.dim)
+            else:
+                dims.update(normalize_dim(d, ndim) for d in indexed)
         return sorted(dims) or [0]
+
+
+def _reads_one_size(node: fx.Node) -> bool:
+    """``x.size(d)``, as opposed to ``x.size()``."""
+    return node.op == "call_method" and node.target == "size" and len(node.args) + len(node.kwargs) > 1
+
+
+def _dims_indexed(user: fx.Node, ndim: int) -> list[int] | None:
+    """The dims of a shape that ``shape[i]`` or ``shape[a:b]`` reads; None for other uses."""
+    index = user.args[1] if user.op == "call_function" and user.target is operator.getitem else None
+    if isinstance(index, int):
+        return [index]
+    if isinstance(index, slice):
+        return list(range(ndim))[index]
+    return None
 
 
 class Couples(Rule):
