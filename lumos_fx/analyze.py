@@ -9,6 +9,7 @@ from torch import fx
 
 from .channels import ChannelGraph, Consumer, Group, Space, space_key_of_node, space_key_of_param
 from .fxutil import describe, fetch_attr, normalize_dim, shape_of, tensor_args
+from .head_dims import add_head_dims
 from .rules import REGISTRY, Unsupported
 
 
@@ -27,18 +28,28 @@ class Plan:
     cost: object = None  # costs.CostModel, set by instrument()
     unruled: set[str] = field(default_factory=set)  # nodes with no rule, or whose rule refused them
     example_flops: int = 0  # forward FLOPs of the model on example_inputs
+    refined: dict[str, list[Space]] = field(default_factory=dict)  # space key -> spaces refining it
+    extras: dict[str, list[Space]] = field(default_factory=dict)  # node name -> its spaces off the channel dim
 
     def space_of(self, node_name: str) -> Space | None:
         return self.spaces.get(space_key_of_node(node_name))
+
+    def refinements(self, key: str) -> list[Space]:
+        """The spaces that gate channels of space `key` a second time (see :mod:`head_dims`)."""
+        return self.refined.get(key, [])
+
+    def extra_spaces(self, node_name: str) -> list[Space]:
+        """Spaces of `node_name`'s output on dims other than its channel dim (a head dim)."""
+        return self.extras.get(node_name, [])
 
     def group_of(self, space: Space) -> Group:
         return self.groups[space.group]
 
     def param_spaces(self) -> dict[str, list[Space]]:
-        """Canonical parameter name -> its spaces (one per tied dim)."""
+        """Canonical parameter name -> its spaces (one per tied dim; refinements apart)."""
         out: dict[str, list[Space]] = {}
         for space in self.spaces.values():
-            if space.param is not None:
+            if space.param is not None and space.refines is None:
                 out.setdefault(space.param, []).append(space)
         return out
 
@@ -175,9 +186,16 @@ def analyze(gm: fx.GraphModule) -> Plan:
     for node in gm.graph.nodes:
         if node not in an.handled:
             an.run(node)
+    add_head_dims(an)
     groups = an.cg.groups()
     _block_unfoldable(an, groups)
-    return Plan(an.cg.spaces, groups, an.param_names, an.param_shapes, unruled=an.unruled)
+    plan = Plan(an.cg.spaces, groups, an.param_names, an.param_shapes, unruled=an.unruled)
+    for space in an.cg.spaces.values():
+        if space.refines is not None:
+            plan.refined.setdefault(space.refines, []).append(space)
+        elif space.node is not None and space.key != space_key_of_node(space.node):
+            plan.extras.setdefault(space.node, []).append(space)
+    return plan
 
 
 def _block_unfoldable(an: Analysis, groups: list[Group]) -> None:
@@ -203,7 +221,7 @@ def _block_unfoldable(an: Analysis, groups: list[Group]) -> None:
     for group in groups:
         for consumer in group.consumers:
             for key in consumer.fold:
-                folders.setdefault(an.cg.spaces[key].param, set()).add(consumer.node)
+                folders.setdefault(an.cg.spaces[key].param, set()).add(consumer.folds_at or consumer.node)
     for group in groups:
         for consumer in group.consumers:
             for key in consumer.fold:

@@ -33,6 +33,10 @@ class Space:
     title: str | None = None  # what reports call it: module target, input name, node name
     group: int = -1
     units: np.ndarray | None = None  # unit id (within the group) of each channel
+    # A space that refines another (same tensor, same dim) gates the channels `covers` of it
+    # a second time: a head's q row (h, d) lives while head h and dim d both do.
+    refines: str | None = None
+    covers: np.ndarray | None = None
 
     @property
     def label(self) -> str:
@@ -45,12 +49,15 @@ class Consumer:
 
     ``fold`` lists parameter spaces that multiply the input channels linearly: prune()
     scales them by the gate, which is exact because the consumer is linear in that input.
+    The parameters may belong to a producer upstream (``folds_at``): a gate on a query's
+    head dims folds into the query projection's rows.
     """
 
     node: str
     input: str
     space: str
     fold: list[str] = field(default_factory=list)
+    folds_at: str | None = None  # the node that reads the `fold` parameters, when not `node`
 
 
 @dataclass

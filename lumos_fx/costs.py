@@ -11,6 +11,10 @@ that belong to unit ``u``, this expected number of alive entries:
 The correction applies when both dims belong to the same group: one gate sample decides
 both, so an entry on the diagonal survives with ``p_u``, not ``p_u^2``.
 
+A dim gated twice (row ``(h, d)`` of a query projection lives while head ``h`` and dim
+``d`` both do) has :math:`p_H^\top M p_D` in place of :math:`a \cdot p_A`, with
+:math:`M_{hd}` its rows per (head, dim).
+
 :class:`CostModel` computes each distinct ``a \cdot p`` once and sums the terms with two
 small matrix products, so the cost per training step does not grow with the layer count.
 """
@@ -27,24 +31,24 @@ class CostModel:
     """Expected alive prunable parameters as a function of the gates' ``P(z != 0)``."""
 
     def __init__(self, plan: Plan) -> None:
-        dims: list[tuple[int, np.ndarray]] = []  # distinct (group id, counts per unit)
+        dims: list[tuple] = []  # distinct per-dim terms, see _dim_term
         linear: dict[int, float] = {}
         pairs: dict[tuple[int, int], float] = {}
         self.diagonal: list[tuple[int, float, np.ndarray]] = []  # same-gate corrections
         self.total = 0
         for name, spaces in plan.param_spaces().items():
-            gated = [s for s in spaces if plan.group_of(s).prunable]
+            terms = [(s, _dim_term(plan, s)) for s in spaces]
+            gated = [(s, t) for s, t in terms if t is not None]
             if not gated:
                 continue
             numel = int(np.prod(plan.param_shapes[name]))
-            rest = numel // int(np.prod([s.size for s in gated]))
+            rest = numel // int(np.prod([s.size for s, _ in gated]))
             self.total += numel
             index = []
-            for s in gated:
-                counts = np.bincount(s.units, minlength=plan.groups[s.group].n_units).astype(np.float64)
-                found = next((i for i, (g, c) in enumerate(dims) if g == s.group and np.array_equal(c, counts)), None)
+            for _, term in gated:
+                found = next((i for i, known in enumerate(dims) if _same(known, term)), None)
                 if found is None:
-                    dims.append((s.group, counts))
+                    dims.append(term)
                     found = len(dims) - 1
                 index.append(found)
             if len(index) == 1:
@@ -52,8 +56,9 @@ class CostModel:
             elif len(index) == 2:
                 key = tuple(sorted(index))
                 pairs[key] = pairs.get(key, 0.0) + rest
-                if gated[0].group == gated[1].group:
-                    self.diagonal.append((gated[0].group, rest, dims[index[0]][1] * dims[index[1]][1]))
+                (a, ta), (b, tb) = gated
+                if a.group == b.group and len(ta) == len(tb) == 1 and ta[0][0] == tb[0][0] == "lin":
+                    self.diagonal.append((a.group, rest, ta[0][2] * tb[0][2]))
             else:
                 raise NotImplementedError(f"parameter {name} is tied on {len(index)} gated dims")
         self.dims = dims
@@ -70,18 +75,66 @@ class CostModel:
         key = (like.device, like.dtype)
         if key not in self._on:
             as_t = lambda a: torch.as_tensor(a, dtype=like.dtype, device=like.device)  # noqa: E731
-            self._on[key] = ([(g, as_t(c), bool(np.all(c == 1))) for g, c in self.dims], as_t(self.linear),
-                             as_t(self.quadratic), [(g, r, as_t(c)) for g, r, c in self.diagonal])
+            terms = [[(kind, groups, as_t(a), bool(np.all(a == 1))) for kind, groups, a in t] for t in self.dims]
+            self._on[key] = (terms, as_t(self.linear), as_t(self.quadratic),
+                             [(g, r, as_t(c)) for g, r, c in self.diagonal])
         return self._on[key]
 
     def expected(self, probs: dict[int, torch.Tensor]) -> torch.Tensor:
         """Expected alive entries for ``probs[group id] = P(z != 0)`` per unit."""
         like = next(iter(probs.values()))
-        dims, linear, quadratic, diagonal = self._tensors(like)
-        if not dims:
+        terms, linear, quadratic, diagonal = self._tensors(like)
+        if not terms:
             return like.sum() * 0
-        dots = torch.stack([probs[g].sum() if ones else c @ probs[g] for g, c, ones in dims])
+        dots = torch.stack([sum(_piece(probs, *piece) for piece in term) for term in terms])
         value = linear @ dots + dots @ quadratic @ dots
         for g, rest, c in diagonal:
             value = value - rest * (c @ (probs[g] * probs[g] - probs[g]))
         return value
+
+
+def _piece(probs, kind: str, groups: tuple, a: torch.Tensor, ones: bool) -> torch.Tensor:
+    if kind == "lin":
+        return probs[groups[0]].sum() if ones else a @ probs[groups[0]]
+    if kind == "bil":
+        return probs[groups[0]] @ a @ probs[groups[1]]
+    return a
+
+
+def _dim_term(plan: Plan, space) -> tuple | None:
+    r"""The expected alive count along one dim of a parameter, as a sum of pieces:
+    ``("lin", (g,), c)`` is :math:`c \cdot p_g`; ``("bil", (g, f), M)`` is :math:`p_g^\top M
+    p_f` for channels gated twice (a head ``g`` and its dim ``f``); ``("const", (), k)`` is
+    :math:`k`. None when nothing gates the dim."""
+    prunable = plan.group_of(space).prunable
+    fine = [f for f in plan.refinements(space.key) if plan.group_of(f).prunable]
+    if not fine:
+        if not prunable:
+            return None
+        return (("lin", (space.group,), _counts(space.units, plan.groups[space.group].n_units)),)
+    covered = np.zeros(space.size, bool)
+    pieces = []
+    for f in fine:
+        covered[f.covers] = True
+        n_fine = plan.groups[f.group].n_units
+        if prunable:
+            matrix = np.zeros((plan.groups[space.group].n_units, n_fine))
+            np.add.at(matrix, (space.units[f.covers], f.units), 1.0)
+            pieces.append(("bil", (space.group, f.group), matrix))
+        else:
+            pieces.append(("lin", (f.group,), _counts(f.units, n_fine)))
+    rest = ~covered
+    if prunable:
+        pieces.append(("lin", (space.group,), _counts(space.units[rest], plan.groups[space.group].n_units)))
+    else:
+        pieces.append(("const", (), np.array(float(rest.sum()))))
+    return tuple(pieces)
+
+
+def _counts(units: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(units, minlength=n).astype(np.float64)
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x[0] == y[0] and x[1] == y[1] and x[2].shape == y[2].shape
+                                    and np.array_equal(x[2], y[2]) for x, y in zip(a, b))

@@ -13,7 +13,7 @@ from .analyze import Plan, analyze
 from .costs import CostModel
 from .config import Config
 from .errors import InputError, NotInstrumentedError
-from .fxutil import module_device
+from .fxutil import module_device, shape_of
 from .freeze import freeze
 from .gate import Gate
 from .trace import normalize_example_inputs, trace
@@ -146,27 +146,31 @@ def _insert_gates(gm: fx.GraphModule, plan: Plan, config: Config) -> None:
 
     consumers = [(c, g) for g in plan.groups if g.prunable for c in g.consumers]
     consumers.sort(key=lambda cg: position[nodes[cg[0].node]])
+    current: dict[tuple[str, str], fx.Node] = {}  # what a consumer reads now in place of an input
     for consumer, group in consumers:
         node, inp = nodes[consumer.node], nodes[consumer.input]
-        if (inp.name, group.id) not in gated:
+        now = current.get((node.name, inp.name), inp)
+        # Two gates on one input (a head and its dims) multiply: gate what the first gated.
+        key = (now.name, group.id)
+        if key not in gated:
             with gm.graph.inserting_before(node):
-                gated[inp.name, group.id] = _gate_input(gm, plan, group.id, inp, gate_value[group.id],
-                                                         plan.spaces[consumer.space])
-        node.replace_input_with(inp, gated[inp.name, group.id])
+                gated[key] = _gate_input(gm, plan, group.id, now, len(shape_of(inp)), gate_value[group.id],
+                                         plan.spaces[consumer.space])
+        node.replace_input_with(now, gated[key])
+        current[node.name, inp.name] = gated[key]
 
 
-def _gate_input(gm, plan, gid, inp: fx.Node, z: fx.Node, space) -> fx.Node:
+def _gate_input(gm, plan, gid, inp: fx.Node, ndim: int, z: fx.Node, space) -> fx.Node:
     """``inp * z[units]``, with ``z`` shaped to broadcast along the space's channel dim."""
     graph = gm.graph
     gate = gm.get_submodule(f"{GATES}.{plan.gate_keys[gid]}")
     if not np.array_equal(space.units, np.arange(gate.n)):
-        name = f"units_{space.node}"
+        name = "units_" + re.sub(r"\W", "_", space.key.partition(":")[2])
         gate.register_buffer(name, torch.as_tensor(space.units, dtype=torch.long, device=gate.log_alpha.device),
                              persistent=False)
         index = graph.get_attr(f"{GATES}.{plan.gate_keys[gid]}.{name}")
         z = graph.call_function(torch.index_select, (z, 0, index))
         index.meta["lumos_gate"] = z.meta["lumos_gate"] = "index"
-    ndim = len(inp.meta["tensor_meta"].shape)
     if space.dim != ndim - 1:
         z = graph.call_method("view", (z, -1, *([1] * (ndim - 1 - space.dim))))
         z.meta["lumos_gate"] = "view"

@@ -68,10 +68,14 @@ class PruneContext:
         return self.plan.group_of(space).prunable
 
     def kept(self, space: Space) -> np.ndarray:
-        """Original indices of the channels of `space` that stay, in order."""
-        if not self.prunable(space):
-            return np.arange(space.size)
-        return np.flatnonzero(self.keep[space.group][space.units])
+        """Original indices of the channels of `space` that stay, in order: those whose unit
+        stays in this space's group and in the group of every space refining it."""
+        mask = self.keep[space.group][space.units] if self.prunable(space) else np.ones(space.size, bool)
+        for fine in self.plan.refinements(space.key):
+            if self.prunable(fine):
+                mask = mask.copy()
+                mask[fine.covers] &= self.keep[fine.group][fine.units]
+        return np.flatnonzero(mask)
 
     def n_kept(self, space: Space) -> int:
         return len(self.kept(space))
@@ -157,7 +161,9 @@ class PruneContext:
         key = (node, tuple(value.shape))
         if key not in self._const_attr:
             space = self.space(node)
-            value = value.index_select(space.dim, torch.as_tensor(self.kept(space), device=value.device))
+            for cut in [space] + self.plan.extra_spaces(node.name):
+                if value.shape[cut.dim] == cut.size:  # not a broadcast dim
+                    value = value.index_select(cut.dim, torch.as_tensor(self.kept(cut), device=value.device))
             lead = next((d for d in range(value.dim()) if value.shape[d] != 1), value.dim())
             value = value.reshape(value.shape[min(lead, space.dim):]).detach().clone()
             name = free_attr_name(self.gm, f"{node.name}_const")
@@ -259,6 +265,16 @@ def eval_gate_values(wrapped: fx.GraphModule) -> dict[int, torch.Tensor]:
     return values
 
 
+def _masks(plan: Plan, z: dict[int, torch.Tensor]) -> dict[int, np.ndarray]:
+    """``z > 0`` keeps a unit. A head-dims group keeps one dim when all close: a head of
+    width 0 has no attention, and that dim's gate, 0, is folded into its weights."""
+    keep = {gid: (values > 0).numpy() for gid, values in z.items()}
+    for gid, mask in keep.items():
+        if not mask.any() and any(k.startswith("dims:") for k in plan.groups[gid].spaces):
+            mask[0] = True
+    return keep
+
+
 def _strip_gates(gm: fx.GraphModule) -> None:
     nodes = [n for n in gm.graph.nodes if "lumos_gate" in n.meta]
     for node in nodes:
@@ -282,13 +298,15 @@ def _fold_gates(gm: fx.GraphModule, plan: Plan, z: dict[int, torch.Tensor]) -> N
                     tensor = fetch_attr(gm, space.param)
                     shape = [1] * tensor.dim()
                     shape[space.dim] = -1
-                    scale = z[gid][torch.as_tensor(space.units)].reshape(shape)
-                    tensor.mul_(scale.to(tensor.device, tensor.dtype))
+                    scale = z[gid][torch.as_tensor(space.units)]
+                    if space.covers is not None:
+                        scale = torch.ones(tensor.shape[space.dim]).index_put((torch.as_tensor(space.covers),), scale)
+                    tensor.mul_(scale.reshape(shape).to(tensor.device, tensor.dtype))
 
 
 def _slice_parameters(gm: fx.GraphModule, plan: Plan, pc: PruneContext) -> None:
     for name, spaces in plan.param_spaces().items():
-        cuts = [(s.dim, pc.kept(s)) for s in spaces if pc.prunable(s) and pc.n_kept(s) < s.size]
+        cuts = [(s.dim, pc.kept(s)) for s in spaces if pc.n_kept(s) < s.size]
         if not cuts:
             continue
         old = fetch_attr(gm, name)
@@ -365,8 +383,10 @@ def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch
     _fold_gates(gm, plan, z)
     pc = PruneContext(gm, plan, keep, shrink_inputs)
     for node in list(gm.graph.nodes):
+        if node._erased:  # a read a rule before it turned into a literal
+            continue
         space = pc.space(node)
-        if space is not None and pc.prunable(space) and pc.n_kept(space) == 0:
+        if space is not None and pc.n_kept(space) == 0 < space.size:
             pc.status[node] = EMPTY
             continue
         rule = REGISTRY.lookup(node, gm) if node.name not in plan.unruled else None
@@ -443,7 +463,7 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
     """
     plan = plan_of(wrapped)
     z = eval_gate_values(wrapped)
-    keep = {gid: (values > 0).numpy() for gid, values in z.items()}
+    keep = _masks(plan, z)
     pruned = cut(wrapped, keep, z, shrink_inputs)
     inputs = _verify_inputs(plan, pruned, shrink_inputs)
     err, scale, flops = _error(wrapped, pruned, inputs)

@@ -86,7 +86,9 @@ def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[in
         spaces = [plan.spaces[k] for k in group.spaces]
         producers = [s.label for s in spaces if s.producer and s.param is None]
         if group.prunable:
-            layers = list(dict.fromkeys(producers + [_title(plan, c.node) for c in group.consumers]))
+            # A head-dims group's own space (no node) names the group, not a layer.
+            layers = [s.label for s in spaces if s.producer and s.param is None and s.node is not None]
+            layers = list(dict.fromkeys(layers + [_title(plan, c.node) for c in group.consumers]))
             rows.append(GroupRow(group.name, group.n_units, int(keep[group.id].sum()), layers))
         elif producers and group.blocked:
             kept_whole[group.name] = group.blocked[0]

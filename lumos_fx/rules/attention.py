@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from ..fxutil import shape_of
 from .registry import REGISTRY, Rule, Unsupported
 from .structure import arg
 
@@ -74,6 +75,16 @@ class ScaledDotProductAttention(Rule):
             an.tie(s, out)
         if an.space(mask) is not None:
             an.block(an.space(mask), f"attention mask read whole by {an.describe(node)}")
+
+
+    def prune(self, node: fx.Node, pc):
+        """The scale stays :math:`1/\\sqrt{D}` of the unpruned head dim when dims are cut."""
+        result = super().prune(node, pc)
+        q = arg(node, 0, "query")
+        if result is None and arg(node, 6, "scale") is None and any(
+                pc.n_kept(s) < s.size for s in pc.plan.extra_spaces(q.name)):
+            node.kwargs = {**node.kwargs, "scale": shape_of(q)[-1] ** -0.5}
+        return result
 
 
 REGISTRY.register(MatMul(), operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm")

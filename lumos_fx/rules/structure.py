@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.fx.node import map_arg
 
 from ..errors import PruneError
 from ..fxutil import describe, normalize_dim, shape_of
@@ -463,11 +464,14 @@ class Reshape(Rule):
         result = super().prune(node, pc)
         shape = self._shape_args(node)
         out = pc.space(node)
-        if result is not None or shape is None or out is None or shape[out.dim] == -1:
+        if result is not None or shape is None or out is None:
             return result
-        # A size computed in forward may vary with the input (merged with a sequence dim):
-        # -1 lets the other sizes decide it.
-        shape[out.dim] = -1 if isinstance(shape[out.dim], fx.Node) else pc.n_kept(out)
+        if shape[out.dim] != -1:
+            # A size computed in forward may vary with the input (merged with a sequence
+            # dim): -1 lets the other sizes decide it.
+            shape[out.dim] = -1 if isinstance(shape[out.dim], fx.Node) else pc.n_kept(out)
+        for extra in pc.plan.extra_spaces(node.name):
+            shape[extra.dim] = pc.n_kept(extra)  # a head's width is fixed, whatever computed it
         node.args = (node.args[0], tuple(shape)) if node.op == "call_function" else (node.args[0], *shape)
         return None
 
@@ -601,7 +605,14 @@ class ShapeRead(Rule):
         x = node.args[0]
         if not (pc.is_empty(x) or pc.is_const(x)):
             return
-        dims = self._dims_read(node, pc.space(x))
+        src = pc.space(x)
+        dims = self._dims_read(node, src)
+        if src is not None and src.dim in dims:
+            # A channel count that is read is kept whole (see connect): it is a literal.
+            self._read_channels_as_literal(node, src.dim, shape_of(x)[src.dim], pc)
+            if not node.users:
+                return pc.EMPTY
+            dims = self._dims_read(node, src)
         source, where = x, list(range(len(shape_of(x))))  # where[d]: dim d of x, as a dim of source
         while True:
             try:
@@ -616,6 +627,23 @@ class ShapeRead(Rule):
         pc.replace_input(node, x, ref)
         if where != sorted(where):
             self._read_dims_of(node, where)
+
+    @staticmethod
+    def _read_channels_as_literal(node: fx.Node, dim: int, size: int, pc) -> None:
+        """Reads of `dim` through `node` become the literal `size`."""
+        def use_literal(reader: fx.Node) -> None:
+            for user in list(reader.users):
+                user.args = map_arg(user.args, lambda n: size if n is reader else n)
+                user.kwargs = map_arg(user.kwargs, lambda n: size if n is reader else n)
+
+        ndim = len(shape_of(node.args[0]))
+        if _reads_one_size(node):
+            use_literal(node)
+            return
+        for user in list(node.users):
+            if [normalize_dim(d, ndim) for d in _dims_indexed(user, ndim) or ()] == [dim]:
+                use_literal(user)
+                pc.gm.graph.erase_node(user)
 
     @staticmethod
     def _is_permute(node: fx.Node) -> bool:

@@ -1,0 +1,353 @@
+r"""Gates on the dimensions inside attention heads.
+
+Attention computes, per head :math:`h`,
+
+.. math::
+    o_h = \operatorname{softmax}\!\left(s\, q_h k_h^\top + M\right) v_h,
+    \qquad y = W_o \left[o_1 \,\|\, \dots \,\|\, o_H\right] + b_o
+
+with :math:`q_h, k_h \in \mathbb{R}^{N \times D}` and :math:`v_h \in \mathbb{R}^{N \times D_v}`
+slices of projections :math:`q = W_q x + b_q` (and so on). The head gates of the channel
+graph remove whole heads. This pass adds two more groups per attention:
+
+- **q·k dims**: dimension :math:`d` of every head's query and key. They meet only in
+  :math:`q_h k_h^\top = \sum_d q_{hd} k_{hd}`, so a gate :math:`z_d` on the query,
+  :math:`\sum_d z_d q_{hd} k_{hd}`, folds exactly into the rows :math:`(h, d)` of
+  :math:`W_q, b_q`, and a closed :math:`d` leaves both projections.
+- **v dims**: dimension :math:`e` of every head's value, which only the output projection
+  reads: the gate sits in front of :math:`W_o` and folds into its columns :math:`(h, e)`.
+
+A dim is cut in every head at once, so heads stay the same width and the pruned model keeps
+batched attention (``(B, H', N, D')``); the scale :math:`s` stays the original
+:math:`1/\sqrt{D}`. A fused ``qkv`` projection split by one ``reshape(B, N, 3, H, D)`` gives
+q, k and v one shared dims gate (one literal ``D`` sizes all three).
+
+The pass recognises a site by walking from the attention's q, k, v back to the Linear
+that made each one, and from its output forward to the Linear that reads it, through
+reshapes, permutes, transposes, indexing of other dims and scalar products only. The walk
+is checked by running it on tensors of channel indices, which gives the map from
+(head, dim) to projection row or column without trusting any reading of the code.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .channels import Consumer, Space
+from .fxutil import describe, normalize_dim, shape_of
+from .rules.structure import arg, target_name
+
+_SPLITS = frozenset({"view", "reshape", "flatten"})
+_MOVES = frozenset({"permute", "transpose", "contiguous", "getitem", "unbind"})
+_SCALARS = (operator.mul, operator.truediv, torch.mul)
+
+
+class Refused(Exception):
+    """These head dims cannot be cut: ``reason``; ``loud`` when summary() should say so (a
+    batched product that turns out not to be an attention is skipped without a word)."""
+
+    def __init__(self, reason: str, loud: bool = True) -> None:
+        super().__init__(reason)
+        self.reason, self.loud = reason, loud
+
+
+class Chain:
+    """The ops between a Linear and one attention operand (or between the attention output
+    and a Linear), and ``rows[h, d]``: the Linear's output (or input) channel that dim ``d``
+    of head ``h`` comes from (or goes to)."""
+
+    def __init__(self, linear: fx.Node, nodes: list[fx.Node], rows: np.ndarray, dims: dict[fx.Node, int]) -> None:
+        self.linear = linear
+        self.nodes = nodes
+        self.rows = rows
+        self.dims = dims  # where each tensor between the split and the merge has the head dims
+
+
+class Site:
+    """One dims group: the chains whose (head, dim) rows it ties, the gate in front of
+    `gate_node`'s input `gate_input`, and the chain whose parameters the gate folds into.
+
+    A q·k site gates the query along its last dim and folds into the query projection's
+    rows; a v site gates the output projection's input and folds into its columns.
+    """
+
+    def __init__(self, node: fx.Node, kind: str, chains: list[Chain], gate_node: fx.Node,
+                 gate_input: fx.Node, fold: Chain) -> None:
+        self.node = node
+        self.kind = kind
+        self.chains = chains
+        self.gate_node = gate_node
+        self.gate_input = gate_input
+        self.fold = fold
+        self.size = chains[0].rows.shape[1]
+        self.tag = f"{node.name}.{kind}"
+
+    def nodes(self) -> set[fx.Node]:
+        return {n for c in self.chains for n in c.nodes} | {c.linear for c in self.chains}
+
+    def add(self, an) -> None:
+        operands = self.chains if self.kind == "qk" else self.chains[:1]
+        lins = list(dict.fromkeys(c.linear.target for c in operands))
+        # One projection for q and k splits v alike: the group is all of a head's dims.
+        kind = "head dims" if len(lins) == 1 and self.kind == "qk" else _KINDS[self.kind]
+        base = an.cg.add(Space(f"dims:{self.tag}", self.size, 0, producer=True, title=f"{'+'.join(lins)} {kind}"))
+        folds, gate_space = [], None
+        for i, chain in enumerate(self.chains):
+            module = an.module(chain.linear)
+            reads = self.kind == "v" and chain is self.fold  # the output projection: its columns
+            if reads:
+                mains = [an.param_space(module.weight, 1), an.space(self.gate_input)]
+            else:
+                mains = [an.param_space(p, 0) for p in (module.weight, module.bias) if p is not None]
+                mains.append(an.space(chain.linear))
+            # Every tensor on the way has its head-dims space, so that a constant there is cut
+            # to the kept dims too; q, k and v split by one reshape share it (one literal D).
+            for node, dim in chain.dims.items():
+                an.tie(base, _space(an, node, dim, self.size))
+            rows = chain.rows.reshape(-1)
+            units = np.broadcast_to(np.arange(self.size), chain.rows.shape).reshape(-1)
+            for main in mains:
+                aux = an.cg.add(Space(f"{main.key}#{self.tag}.{i}", len(rows), main.dim, node=main.node,
+                                      param=main.param, producer=main.producer, title=main.title,
+                                      refines=main.key, covers=rows))
+                an.tie(base, aux, units, None)
+                if chain is self.fold and aux.param is not None:
+                    folds.append(aux.key)
+                if reads and aux.param is None:
+                    gate_space = aux
+        if gate_space is None:
+            gate_space = an.cg.spaces[f"node:{self.gate_input.name}#dims"]
+        folds_at = self.fold.linear.name if self.kind == "qk" else None
+        an.cg.consume(Consumer(self.gate_node.name, self.gate_input.name, gate_space.key, folds, folds_at))
+
+
+_KINDS = {"qk": "q·k dims", "v": "v dims"}
+
+
+def _space(an, node: fx.Node, dim: int, size: int) -> Space:
+    """The space of `node`'s head dims, next to its channel space (its heads)."""
+    key = f"node:{node.name}#dims"
+    return an.cg.spaces.get(key) or an.cg.add(Space(key, size, dim, node=node.name))
+
+
+def add_head_dims(an) -> None:
+    """Find every attention in `an.gm` and add its q·k and v dims groups to the channel graph."""
+    sites = []
+    for node in an.gm.graph.nodes:
+        if node.op != "call_function" or node.name in an.unruled:
+            continue
+        if node.target is F.scaled_dot_product_attention:
+            q, k, v = (arg(node, i, name) for i, name in enumerate(("query", "key", "value")))
+            sites += _sites(an, node, (q, k, -1), v, loud=True)
+        elif node.target in (operator.matmul, torch.matmul) and _batched(node):
+            a, b = node.args[:2]
+            sites += _sites(an, node, (a, b, -2), b, loud=False)
+    for site in _exclusive(an, sites):
+        site.add(an)
+
+
+def _sites(an, node: fx.Node, qk: tuple, v, loud: bool) -> list[Site]:
+    """The q·k and v sites of attention `node`, those that hold. A batched product may not
+    be an attention at all: unless `loud`, a site refused at its first operand says nothing."""
+    out = []
+    for kind, build in (("qk", lambda: _qk_site(an, node, *qk, loud)), ("v", lambda: _v_site(an, node, v, loud))):
+        try:
+            out.append(build())
+        except Refused as e:
+            if e.loud:
+                _refuse(an, node, kind, e.reason)
+    return out
+
+
+def _refuse(an, node: fx.Node, kind: str, reason: str) -> None:
+    """An unprunable dims group that tells summary() why."""
+    space = an.cg.add(Space(f"dims:{node.name}.{kind}", 1, 0, producer=True,
+                            title=f"{describe(node, an.gm)} {_KINDS[kind]}"))
+    an.block(space, reason)
+
+
+def _batched(node: fx.Node) -> bool:
+    shapes = [shape_of(a) if isinstance(a, fx.Node) else None for a in node.args[:2]]
+    return all(s is not None and len(s) >= 3 for s in shapes)
+
+
+def _qk_site(an, node: fx.Node, q, k, k_dim: int, loud: bool) -> Site:
+    q_chain = _back(an, q, -1, loud)
+    k_chain = _back(an, k, k_dim, True)
+    if q_chain.rows.shape[1] != k_chain.rows.shape[1]:
+        raise Refused("q and k have different head dims")
+    if q_chain.linear is k_chain.linear and np.intersect1d(q_chain.rows, k_chain.rows).size:
+        raise Refused("q and k are the same tensor")
+    return Site(node, "qk", [q_chain, k_chain], node, q, q_chain)
+
+
+def _v_site(an, node: fx.Node, v, loud: bool) -> Site:
+    v_chain = _back(an, v, -1, loud)
+    out_chain = _forward(an, node)
+    if out_chain.rows.shape[1] != v_chain.rows.shape[1]:
+        raise Refused("the attention output's head dim differs from v's")
+    return Site(node, "v", [v_chain, out_chain], out_chain.linear, out_chain.nodes[-1], out_chain)
+
+
+def _back(an, t, d_dim: int, loud: bool) -> Chain:
+    """Walk from attention operand `t` (head dims on `d_dim`) back to the Linear that made it."""
+    head = an.space(t)
+    shape = shape_of(t) if isinstance(t, fx.Node) else None
+    if head is None or shape is None or head.dim == normalize_dim(d_dim, len(shape)):
+        raise Refused(f"{_name(an, t)} carries no heads lumos_fx follows", loud)
+    nodes, node = [], t
+    while not (node.op == "call_module" and isinstance(an.module(node), nn.Linear)):
+        _check_step(an, node, loud)
+        nodes.append(node)
+        node = _source(node)
+        if not isinstance(node, fx.Node):
+            raise Refused(f"{describe(nodes[-1], an.gm)} does not read a projection", loud)
+    nodes.reverse()
+    if not nodes or [n for n in nodes if target_name(n) in _SPLITS] != nodes[:1]:
+        raise Refused(f"the heads of {describe(node, an.gm)} are not split by one reshape", loud)
+    width = shape_of(node)[-1]
+    value = _run(nodes, torch.arange(width, dtype=torch.float64).expand(shape_of(node)))[-1]
+    rows = _per_head(value, head.dim, normalize_dim(d_dim, value.dim()))
+    size = shape_of(nodes[0])[-1]
+    dims = _where_dims(nodes[1:], nodes[0], size)
+    if rows is None or dims is None or rows.shape[1] != size or not np.array_equal(rows % size, np.broadcast_to(np.arange(size), rows.shape)):
+        raise Refused(f"the path from {describe(node, an.gm)} to {describe(t, an.gm)} moves the head dims "
+                      "in a way lumos_fx does not follow", loud)
+    return Chain(node, nodes, rows, dims)
+
+
+def _forward(an, node: fx.Node) -> Chain:
+    """Walk from the attention output to the Linear that reads the merged heads."""
+    head, shape = an.space(node), shape_of(node)
+    if head is None or shape is None or head.dim == len(shape) - 1:
+        raise Refused("its output carries no heads lumos_fx follows")
+    nodes, current = [], node
+    while True:
+        if len(current.users) != 1:
+            raise Refused(f"{describe(current, an.gm)} is read by more than the output projection")
+        (user,) = current.users
+        if user.op == "call_module" and isinstance(an.module(user), nn.Linear):
+            break
+        _check_step(an, user, True)
+        if _source(user) is not current:
+            raise Refused(f"{describe(user, an.gm)} reads the heads other than as its input")
+        nodes.append(user)
+        current = user
+    merged = an.space(current)
+    if not nodes or [n for n in nodes if target_name(n) in _SPLITS] != nodes[-1:] or merged is None \
+            or merged.dim != len(shape_of(current)) - 1:
+        raise Refused("the heads are not merged by one reshape in front of the output projection")
+    h, e = shape[head.dim], shape[-1]
+    ids = torch.arange(h * e, dtype=torch.float64).reshape(h, e)
+    view = [1] * len(shape)
+    view[head.dim], view[-1] = h, e
+    value = _run(nodes, ids.reshape(view).expand(shape))[-1]
+    dims = _where_dims(nodes[:-1], node, e)
+    if dims is None:
+        raise Refused("the heads are moved in front of the output projection in a way lumos_fx does not follow")
+    flat = value.reshape(-1, value.shape[-1])
+    column = flat[0].long().numpy()
+    if not torch.equal(flat, flat[:1].expand_as(flat)) or sorted(column.tolist()) != list(range(h * e)):
+        raise Refused("the merge of heads in front of the output projection mixes them")
+    rows = np.empty(h * e, dtype=np.int64)
+    rows[column] = np.arange(h * e)
+    return Chain(user, nodes, rows.reshape(h, e), dims)
+
+
+def _name(an, t) -> str:
+    return describe(t, an.gm) if isinstance(t, fx.Node) else repr(t)
+
+
+def _source(node: fx.Node):
+    """The tensor a step of a chain passes on."""
+    if node.op == "call_function" and node.target in _SCALARS:
+        return next((a for a in node.args[:2] if isinstance(a, fx.Node)), None)
+    return node.args[0] if node.args else None
+
+
+def _check_step(an, node: fx.Node, loud: bool) -> None:
+    if node.name in an.unruled:
+        raise Refused(f"{describe(node, an.gm)} has no rule", loud)
+    if node.op == "call_function" and node.target in _SCALARS:
+        if not any(isinstance(a, (int, float)) for a in node.args[:2]):
+            raise Refused(f"{describe(node, an.gm)} multiplies the heads by a tensor", loud)
+        return
+    name = target_name(node)
+    if name not in _SPLITS | _MOVES:
+        raise Refused(f"{describe(node, an.gm)} is on the path of the head dims", loud)
+    if name not in _SPLITS and any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values())):
+        raise Refused(f"{describe(node, an.gm)} takes arguments computed in forward", loud)
+
+
+def _where_dims(nodes: list[fx.Node], start: fx.Node, size: int) -> dict[fx.Node, int] | None:
+    """The dim that holds the head dims in `start` (its last) and in each of `nodes` after
+    it, found by running them on a tensor that varies along that dim only."""
+    shape = shape_of(start)
+    if size < 2:
+        return None  # a head of width 1 has no dim to cut
+    tag = torch.arange(size, dtype=torch.float64).expand(shape)
+    dims = {start: len(shape) - 1}
+    for node, value in zip(nodes, _run(nodes, tag)):
+        if not isinstance(value, torch.Tensor):
+            continue
+        varying = [d for d in range(value.dim())
+                   if not torch.equal(value, value.narrow(d, 0, 1).expand_as(value))]
+        if len(varying) != 1:
+            return None
+        dims[node] = varying[0]
+    return dims
+
+
+def _run(nodes: list[fx.Node], value: torch.Tensor) -> list:
+    """`value` pushed through a chain's ops (reshapes to their recorded shapes, scalar
+    products skipped: only where values go matters here); the value after each op."""
+    values = []
+    for node in nodes:
+        if target_name(node) in _SPLITS:
+            value = value.reshape(shape_of(node))
+        elif node.op == "call_function" and node.target is operator.getitem:
+            value = value[node.args[1]]
+        elif node.op == "call_method":
+            value = getattr(value, node.target)(*node.args[1:], **node.kwargs)
+        elif node.target not in _SCALARS:
+            value = node.target(value, *node.args[1:], **node.kwargs)
+        values.append(value)
+    return values
+
+
+def _per_head(value: torch.Tensor, h_dim: int, d_dim: int) -> np.ndarray | None:
+    """``rows[h, d]`` if `value` holds one channel per (head, dim), the same at every other
+    position, and no channel twice; else None."""
+    moved = value.movedim((h_dim, d_dim), (-2, -1))
+    flat = moved.reshape(-1, *moved.shape[-2:])
+    if not torch.equal(flat, flat[:1].expand_as(flat)):
+        return None
+    rows = flat[0].long().numpy()
+    return rows if len(np.unique(rows)) == rows.size else None
+
+
+def _exclusive(an, sites: list[Site]) -> list[Site]:
+    """Drop sites whose ops are also read outside the attention (a cut dim would reach that
+    reader), repeating until none is dropped: sites that share a split go or stay together."""
+    sites = list(sites)
+    while True:
+        allowed = set().union(*(s.nodes() for s in sites)) | {s.node for s in sites}
+        dropped = False
+        for site in list(sites):
+            for chain in site.chains:
+                readers = chain.nodes if chain is site.fold and site.kind == "v" else [chain.linear] + chain.nodes
+                outside = next(((n, u) for n in readers for u in n.users if u not in allowed
+                                and not (n is chain.nodes[-1] and u is site.gate_node)), None)
+                if outside is not None:
+                    sites.remove(site)
+                    _refuse(an, site.node, site.kind,
+                            f"{describe(outside[0], an.gm)} is also read by {describe(outside[1], an.gm)}")
+                    dropped = True
+                    break
+        if not dropped:
+            return sites
