@@ -1,5 +1,6 @@
-"""Attention written by hand with separate Q/K/V projections: whole heads are cut from Q, K,
-V and the output projection; LayerNorm keeps the residual stream, and says so."""
+"""Attention written by hand with separate Q/K/V projections or a fused qkv: whole heads are
+cut from Q, K, V and the output projection, and dims inside every head (q and k together, v
+with the output projection); LayerNorm keeps the residual stream, and says so."""
 
 import pytest
 import torch
@@ -53,11 +54,12 @@ def check(wrapped, pruned, n=7):
 @pytest.mark.parametrize("fused", [None, "unbind", "getitem"])
 @pytest.mark.parametrize("setting", GATE_SETTINGS)
 @pytest.mark.parametrize("seed", range(2))
-def test_attention_heads_are_cut_whole(sdpa, fused, setting, seed):
+def test_attention_heads_and_head_dims_are_cut(sdpa, fused, setting, seed):
     torch.manual_seed(seed)
     wrapped = lumos_fx.instrument(Block(sdpa=sdpa, fused=fused), (torch.randn(2, 5, 16),))
     heads = "qkv" if fused else "q"
-    assert {name: g.n for name, g in lumos_fx.gates(wrapped).items()} == {heads: 4, "fc1": 64}
+    dims = {"qkv head dims": 4} if fused else {"q+k q·k dims": 4, "v v dims": 4}
+    assert {name: g.n for name, g in lumos_fx.gates(wrapped).items()} == {heads: 4, "fc1": 64} | dims
     set_gates(wrapped, setting, seed)
     check(wrapped, lumos_fx.prune(wrapped))  # also at another sequence length
 
@@ -95,6 +97,86 @@ def test_a_closed_head_leaves_a_fused_qkv_projection(fused):
     assert pruned.proj.in_features == 8
     assert "reshape(getitem, getitem_1, 3, 2, 4)" in pruned.code
     check(wrapped, pruned)
+
+
+@pytest.mark.parametrize("sdpa", [False, True])
+def test_closed_head_dims_leave_every_head(sdpa):
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(Block(sdpa=sdpa), (torch.randn(2, 5, 16),))
+    gates = lumos_fx.gates(wrapped)
+    with torch.no_grad():
+        gates["q+k q·k dims"].log_alpha[[1, 3]] = -5.0
+        gates["v v dims"].log_alpha[0] = -5.0
+    pruned = lumos_fx.prune(wrapped)
+    qk_rows = torch.tensor([h * 4 + d for h in range(4) for d in (0, 2)])
+    z = gates["q+k q·k dims"].eval_value().detach()[[0, 2]].repeat(4)
+    torch.testing.assert_close(pruned.q.weight, wrapped.q.weight[qk_rows] * z[:, None])  # the gate folds into q
+    torch.testing.assert_close(pruned.k.weight, wrapped.k.weight[qk_rows])
+    v_rows = torch.tensor([h * 4 + d for h in range(4) for d in (1, 2, 3)])
+    torch.testing.assert_close(pruned.v.bias, wrapped.v.bias[v_rows])
+    assert pruned.proj.in_features == 12
+    code = pruned.code
+    assert code.count(", 4, 2)") == 2 and code.count(", 4, 3)") == 1  # view(B, N, heads, head dims)
+    # The scale stays 1/sqrt(4), the unpruned head dim, not 1/sqrt(2).
+    assert ("scale = 0.5" in code) if sdpa else ("matmul * 0.5" in code)
+    removed = 2 * 8 * (16 + 1) + 4 * (16 + 1) + 16 * 4  # q, k: 8 rows; v: 4 rows; proj: 4 columns
+    assert count_params(pruned) == lumos_fx.summary(pruned).params_before - removed
+    check(wrapped, pruned)
+
+
+def test_a_fused_qkv_cuts_one_set_of_head_dims_from_q_k_and_v():
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(Block(fused="unbind", sdpa=True), (torch.randn(2, 5, 16),))
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["qkv head dims"].log_alpha[[0, 1]] = -5.0
+    pruned = lumos_fx.prune(wrapped)
+    assert pruned.qkv.out_features == 3 * 4 * 2 and pruned.proj.in_features == 8
+    assert "reshape(getitem, getitem_1, 3, 4, 2)" in pruned.code
+    check(wrapped, pruned)
+
+
+def test_all_closed_head_dims_keep_one_zero_dim():
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(Block(sdpa=True), (torch.randn(2, 5, 16),))
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["q+k q·k dims"].log_alpha.fill_(-5.0)
+    pruned = lumos_fx.prune(wrapped)
+    assert pruned.q.out_features == 4 and pruned.q.weight.abs().max() == 0  # uniform attention
+    check(wrapped, pruned)
+
+
+def test_expected_alive_counts_a_head_dim_row_alive_when_head_and_dim_are():
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(Block(sdpa=True), (torch.randn(2, 5, 16),))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for gate in lumos_fx.gates(wrapped).values():
+            open_ = torch.rand(gate.n, generator=gen) < 0.6
+            open_[0] = True  # no group closes whole: no layer turns into a constant
+            gate.log_alpha.copy_(torch.where(open_, 15.0, -15.0))
+    expected, total = lumos_fx.expected_alive(wrapped)
+    pruned = lumos_fx.prune(wrapped)
+    removed = lumos_fx.summary(pruned).params_before - count_params(pruned)
+    assert expected.item() == pytest.approx(total - removed, abs=1e-2)
+
+
+def test_head_dims_stay_when_the_scale_reads_them():
+    class ScaleFromShape(Block):
+        def forward(self, x):
+            B, N, C = x.shape
+            q = self.q(x).view(B, N, self.h, self.dh).transpose(1, 2)
+            k = self.k(x).view(B, N, self.h, self.dh).transpose(1, 2)
+            v = self.v(x).view(B, N, self.h, self.dh).transpose(1, 2)
+            a = ((q @ k.transpose(-2, -1)) / q.size(-1) ** 0.5).softmax(dim=-1) @ v
+            return self.proj(a.transpose(1, 2).reshape(B, N, C))
+
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(ScaleFromShape(), (torch.randn(2, 5, 16),))
+    assert "v v dims" in lumos_fx.gates(wrapped) and "q+k q·k dims" not in lumos_fx.gates(wrapped)
+    reasons = lumos_fx.summary(wrapped).kept_whole
+    assert any("q·k dims" in name and "q.size(-1)" in why for name, why in reasons.items())
+    set_gates(wrapped, "half", 0)
+    check(wrapped, lumos_fx.prune(wrapped))
 
 
 def test_layernorm_keeps_the_residual_stream_and_says_why():

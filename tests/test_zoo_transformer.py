@@ -18,14 +18,17 @@ def test_vit_heads_and_mlp_widths_are_cut(attention, fraction):
     wrapped = lumos_fx.instrument(model, (torch.randn(2, 3, 16, 16),))
     proj = "q_proj" if attention == "mha" else "qkv"
     gates = {name: g.n for name, g in lumos_fx.gates(wrapped).items()}
+    dims = ({f"blocks.{b}.attn.q_proj+blocks.{b}.attn.k_proj q·k dims": 8 for b in range(2)}
+            | {f"blocks.{b}.attn.v_proj v dims": 8 for b in range(2)} if attention == "mha"
+            else {f"blocks.{b}.attn.qkv head dims": 8 for b in range(2)})
     assert gates == {"x": 3, f"blocks.0.attn.{proj}": 4, "blocks.0.mlp.0": 128, f"blocks.1.attn.{proj}": 4,
-                     "blocks.1.mlp.0": 128}
+                     "blocks.1.mlp.0": 128} | dims
     close_fraction(wrapped, fraction, seed=1)
     pruned = lumos_fx.prune(wrapped)
-    heads = round(fraction * 4)
+    heads, head_dims = round(fraction * 4), round(fraction * 8)
     for b in range(2):
         width = pruned.get_submodule(f"blocks.{b}.attn.{proj}").out_features
-        assert width == (4 - heads) * 8 * (1 if attention == "mha" else 3)
+        assert width == (4 - heads) * (8 - head_dims) * (1 if attention == "mha" else 3)
         assert pruned.get_submodule(f"blocks.{b}.mlp.0").out_features == 128 - round(fraction * 128)
     assert count_params(pruned) < lumos_fx.summary(pruned).params_before * (1 - fraction / 2)
     x = torch.randn(3, 3, 16, 16)
