@@ -34,3 +34,16 @@ def test_vit_heads_and_mlp_widths_are_cut(attention, fraction):
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         assert max_rel_error(pruned(x), wrapped.eval()(x)) <= 1e-4
+
+
+def test_the_vit_job_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    from models_zoo.transformer import __main__ as job
+
+    monkeypatch.setenv("LUMOS_DATA", str(tmp_path))
+    monkeypatch.setattr("sys.argv", ["transformer", "--steps", "30", "--ramp", "10", "--attention", "hand"])
+    job.main()
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("test accuracy"))
+    gated, pruned = (float(v.split()[-1]) for v in line.split(":")[1].split(",")[1:])
+    assert gated == pruned
+    assert "blocks.2.attn.qkv head dims" in out and "pruned / dense" in out
