@@ -103,6 +103,8 @@ def test_generated_attention_prunes_to_the_same_function(spec, setting, seed):
     assert any("dims" in n for n in names), names  # every form here has cuttable head dims
     set_gates(wrapped, setting, seed)
     pruned = lumos_fx.prune(wrapped)
-    x = torch.randn(3, 7, n_in)
+    # A constant that summary() reports as taken at the example's size (softmax of equal
+    # scores is 1/N) holds at the example's length only.
+    x = torch.randn(3, 5 if lumos_fx.summary(pruned).fixed_size else 7, n_in)
     with torch.no_grad():
         assert max_rel_error(pruned(x), wrapped.eval()(x)) <= 1e-4

@@ -193,3 +193,21 @@ def test_grouped_query_attention_keeps_its_heads():
     set_gates(wrapped, "half", 1)
     assert any("grouped-query" in reason for reason in lumos_fx.summary(wrapped).kept_whole.values())
     check(wrapped, lumos_fx.prune(wrapped))
+
+
+@pytest.mark.parametrize("sdpa", [False, True])
+def test_attention_over_closed_inputs_is_a_constant(sdpa):
+    torch.manual_seed(0)
+    block = Block(sdpa=sdpa)
+    block.norm1 = block.norm2 = nn.Identity()  # so that q, k and v become constants too
+    wrapped = lumos_fx.instrument(nn.Sequential(nn.Linear(3, 16), block), (torch.randn(2, 5, 3),))
+    set_gates(wrapped, "open", 0)
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["input"].log_alpha.fill_(-6.0)
+    pruned = lumos_fx.prune(wrapped)
+    fixed = lumos_fx.summary(pruned).fixed_size
+    # by hand, softmax of equal scores is 1/N: constants of the example's length, which summary lists
+    assert (fixed == []) == sdpa, fixed
+    x = torch.randn(3, 7 if sdpa else 5, 3)
+    with torch.no_grad():
+        assert max_rel_error(pruned(x), wrapped.eval()(x)) <= 1e-5

@@ -78,7 +78,13 @@ class ScaledDotProductAttention(Rule):
 
 
     def prune(self, node: fx.Node, pc):
-        """The scale stays :math:`1/\\sqrt{D}` of the unpruned head dim when dims are cut."""
+        """The scale stays :math:`1/\\sqrt{D}` of the unpruned head dim when dims are cut.
+        Keys and values that are constants, the same at every position (closed inputs
+        upstream), give every query uniform weights over equal values: the output is ``v``."""
+        k, v = arg(node, 1, "key"), arg(node, 2, "value")
+        if (all(pc.is_const(t) and pc.const(t).shape[-2] == 1 for t in (k, v)) and arg(node, 3, "attn_mask") is None
+                and not arg(node, 4, "dropout_p") and not arg(node, 5, "is_causal")):
+            return pc.const(v)
         result = super().prune(node, pc)
         q = arg(node, 0, "query")
         if result is None and arg(node, 6, "scale") is None and any(

@@ -311,6 +311,8 @@ class GetItem(Rule):
         x = node.args[0]
         if pc.space(x) is None and pc.is_const(x):
             return pc.evaluate(node)  # a piece of a split constant
+        if pc.is_const(x):
+            return _index_const(node, pc)
         result = super().prune(node, pc)
         src = pc.space(x)
         if src is None or result is not None:
@@ -323,6 +325,18 @@ class GetItem(Rule):
             items[pos] = slice(kept_in_range(kept, 0, start), kept_in_range(kept, 0, stop))
             node.args = (node.args[0], tuple(items) if isinstance(node.args[1], tuple) else items[0])
         return None
+
+
+def _index_const(node: fx.Node, pc) -> torch.Tensor:
+    """``x[index]`` of a constant: on a dim where it is uniform (size 1) every index picks
+    the same value, so an int there becomes 0 and a slice keeps the size-1 dim."""
+    x, index = node.args
+    value, full = pc.const(x), shape_of(x)
+    items = list(index) if isinstance(index, tuple) else [index]
+    for pos, in_dim, _, item in _index_items(index, len(full)):
+        if pos is not None and value.shape[in_dim] == 1 != full[in_dim]:
+            items[pos] = 0 if isinstance(item, int) else slice(None)
+    return value[tuple(items)]
 
 
 def _preserved_dim(in_shape, d: int, out_shape) -> int | None:
@@ -354,6 +368,28 @@ def _blocks(in_shape, out_shape):
                 j += 1
         blocks.append((range(a, min(i, len(in_shape))), range(b, min(j, len(out_shape)))))
     return blocks
+
+
+def _reshape_const(node: fx.Node, x: fx.Node, pc) -> torch.Tensor:
+    """A view of a constant: where the constant is uniform (size 1) on every input dim of
+    a block of the view, the block's output dims stay size 1, so the result holds at any
+    batch and sequence length (``view(B, N, H, D)`` of a per-channel constant is
+    ``(1, 1, H, D)``). A block the constant varies on is taken at the example's sizes,
+    which summary() reports."""
+    value, space = pc.const(x), pc.space(x)
+    in_shape, out_shape = list(shape_of(x)), list(shape_of(node))
+    sizes, out = list(value.shape), []
+    for ins, outs in _blocks(in_shape, out_shape):
+        if (space is None or space.dim not in ins) and all(value.shape[d] == 1 for d in ins):
+            out += [1] * len(outs)
+            continue
+        widened = [d for d in ins if sizes[d] != in_shape[d]]
+        if widened:
+            pc.fixed_size.append(describe(node, pc.gm))
+        for d in widened:
+            sizes[d] = in_shape[d]
+        out += [out_shape[j] for j in outs]
+    return value.expand(sizes).reshape(out)
 
 
 def channel_map(in_shape, c: int, out_shape, skip=frozenset()):
@@ -456,11 +492,8 @@ class Reshape(Rule):
 
     def prune(self, node: fx.Node, pc):
         x = node.args[0]
-        in_shape, out_shape = shape_of(x), shape_of(node)
-        if pc.is_const(x) and _blocks(list(in_shape), list(out_shape))[0] == (range(1), range(1)):
-            # The batch dim stays apart: reshape the constant at its example size.
-            value = pc.example_value(x)
-            return value.reshape(value.shape[0], *out_shape[1:])
+        if pc.is_const(x):
+            return _reshape_const(node, x, pc)
         result = super().prune(node, pc)
         shape = self._shape_args(node)
         out = pc.space(node)
