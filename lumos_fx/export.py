@@ -89,6 +89,11 @@ def _imports(python_code) -> list[str]:
     return lines
 
 
+def _layer_imports(init: list[str]) -> list[str]:
+    """``import torch_geometric.nn`` when a layer is built from it (``torch_geometric.nn.GCNConv(...)``)."""
+    return ["import torch_geometric.nn"] if any("torch_geometric.nn." in line for line in init) else []
+
+
 def export(pruned: fx.GraphModule, path) -> Path:
     """Write ``model.py`` and ``weights.pt`` into the folder `path`; returns the folder.
 
@@ -132,7 +137,10 @@ def export(pruned: fx.GraphModule, path) -> Path:
     kept = pprint.pformat(getattr(pruned, "kept_features", {}), width=100, compact=True)
     kept_idx = pprint.pformat(getattr(pruned, "kept_feature_indices", {}), width=100, compact=True)
     init_body = textwrap.indent("\n".join(["super().__init__()"] + init), " " * 8)
-    forward = textwrap.indent(code.src.strip("\n"), " " * 4)
+    # fx prefixes the code with wrap() calls for auto-wrapped functions (PyG's pooling), for
+    # tracing it again; model.py is never traced, and wrap() is only legal at module level.
+    src = "\n".join(line for line in code.src.splitlines() if not line.startswith("torch.fx._symbolic_trace.wrap("))
+    forward = textwrap.indent(src.strip("\n"), " " * 4)
     source = f'''"""{class_name}, pruned by lumos_fx. Its weights are in weights.pt next to this file.
 
 Load it with only torch installed:
@@ -142,7 +150,7 @@ import os
 
 import torch
 from torch import nn
-{chr(10).join(_imports(code))}
+{chr(10).join(_imports(code) + _layer_imports(init))}
 
 # Input features the model reads, per input (by name and by index in the original input).
 KEPT_FEATURES = {kept}

@@ -57,6 +57,9 @@ class PruneContext:
         self._const_attr: dict[fx.Node, str] = {}
         self._expanded: dict[fx.Node, fx.Node] = {}
         self.fixed_size: list[str] = []  # ops whose constant holds at the example's size only
+        # Live tensors added to carry a runtime size no kept node has (the number of graphs
+        # after a pooling whose channels all closed), with their example sizes.
+        self.witnesses: list[tuple[fx.Node, tuple[int, ...]]] = []
 
     # ---- masks ---------------------------------------------------------------------
     def space(self, node) -> Space | None:
@@ -220,7 +223,7 @@ class PruneContext:
 
     def reference(self, node: fx.Node, dims: list[int], user: fx.Node | None = None) -> fx.Node:
         """A live tensor whose runtime size equals `node`'s on `dims`: an input of `user`,
-        a model input, else the nearest such ancestor. Only the batch needed, any model
+        a witness, a model input, else the nearest such ancestor. Only the batch needed, any model
         input with that batch size serves (dim 0 is the batch)."""
         target = list(shape_of(node))
 
@@ -233,9 +236,14 @@ class PruneContext:
             return all(d < len(shape) and shape[d] == target[d] for d in dims)
 
         first = [a for a in (user.all_input_nodes if user is not None else ()) if a is not node]
-        first += [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         for cand in first:
             if fits(cand):
+                return cand
+        for witness, shape in self.witnesses:
+            if dims == [0] and shape[0] == target[0]:
+                return witness
+        for cand in self.gm.graph.nodes:
+            if cand.op == "placeholder" and fits(cand):
                 return cand
         seen, queue = {node}, deque(node.all_input_nodes)
         while queue:
@@ -345,7 +353,8 @@ def _select_inputs(gm: fx.GraphModule, plan: Plan, pc: PruneContext) -> tuple[di
         with gm.graph.inserting_after(last):
             index = gm.graph.get_attr(buffer)
         with gm.graph.inserting_after(index):
-            selected = gm.graph.call_function(torch.index_select, (node, space.dim, index))
+            # The method, not torch.index_select, which torch_geometric replaces with its own.
+            selected = gm.graph.call_method("index_select", (node, space.dim, index))
         node.replace_all_uses_with(selected, delete_user_cb=lambda user, sel=selected: user is not sel)
         last = selected
     return names, indices
@@ -386,10 +395,12 @@ def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch
         if node._erased:  # a read a rule before it turned into a literal
             continue
         space = pc.space(node)
+        rule = REGISTRY.lookup(node, gm) if node.name not in plan.unruled else None
         if space is not None and pc.n_kept(space) == 0 < space.size:
             pc.status[node] = EMPTY
+            if rule is not None:
+                rule.emptied(node, pc)
             continue
-        rule = REGISTRY.lookup(node, gm) if node.name not in plan.unruled else None
         result = rule.prune(node, pc) if rule is not None else pc.materialize_dead_inputs(node)
         if result is EMPTY:
             pc.status[node] = EMPTY

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import sys
 from typing import Any
 
 import torch
@@ -19,25 +18,25 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import pyg_trace
 from .config import Config, module_matches
 from .decompose import TRACED_THROUGH, split_attention
 from .errors import InputError, TraceError, describe_frame, user_frame_of_traceback, user_line_of_stack_trace
 from .fxutil import describe, free_attr_name
 
 
-def _is_message_passing(module: torch.nn.Module) -> bool:
-    # Look the class up only when the user's code already imported torch_geometric.
-    mp = sys.modules.get("torch_geometric.nn.conv.message_passing")
-    return mp is not None and isinstance(module, mp.MessagePassing)
-
-
-
-
 class LumosTracer(fx.Tracer):
-    """fx.Tracer that records source lines, honours user leaves, and remembers where it failed."""
+    """fx.Tracer that records source lines, honours user leaves, and remembers where it failed.
+
+    torch_geometric's functional ops are auto-wrapped (:mod:`lumos_fx.pyg_trace`): fx patches
+    them in the globals of every traced forward and, through ``_autowrap_search`` (the list
+    fx fills from ``autowrap_modules``), in PyG's namespaces, without wrapping the other
+    callables of those namespaces as ``autowrap_modules`` would.
+    """
 
     def __init__(self, leaf_modules=()) -> None:
-        super().__init__()
+        super().__init__(autowrap_functions=pyg_trace.functions())
+        self._autowrap_search.extend(pyg_trace.namespaces())
         self.record_stack_traces = True
         self.leaf_specs = tuple(leaf_modules)
         self.failed_in: tuple[str, str] | None = None
@@ -45,12 +44,12 @@ class LumosTracer(fx.Tracer):
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if any(module_matches(spec, m, module_qualified_name) for spec in self.leaf_specs):
             return True
-        if type(m) in TRACED_THROUGH:
+        if type(m) in TRACED_THROUGH or pyg_trace.traced_through(m) is not None:
             return False
-        return _is_message_passing(m) or super().is_leaf_module(m, module_qualified_name)
+        return pyg_trace.is_message_passing(m) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
-        through = TRACED_THROUGH.get(type(m))
+        through = TRACED_THROUGH.get(type(m)) or pyg_trace.traced_through(m)
         if through is not None:
             forward = functools.partial(through, m)
         try:
@@ -225,6 +224,8 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
     ``nn.MultiheadAttention`` calls are then written out (:mod:`lumos_fx.decompose`).
     """
     example_inputs = normalize_example_inputs(example_inputs)
+    if pyg_trace.loaded():
+        pyg_trace.register_rules()
     concrete = _concrete_args(model, example_inputs)
     root = copy.deepcopy(model)
     graph = _trace_in_mode(root, True, config, concrete)

@@ -37,6 +37,9 @@ class Rule:
         channel width) when the node's value no longer depends on the inputs, else None."""
         return pc.materialize_dead_inputs(node)
 
+    def emptied(self, node: fx.Node, pc: "PruneContext") -> None:
+        """Called instead of :meth:`prune` when every channel of `node` closed (it goes)."""
+
 
 class ModuleRule(Rule):
     """A rule for an ``nn.Module`` class."""

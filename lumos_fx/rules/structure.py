@@ -564,6 +564,21 @@ class Rearrange(Rule):
         return super().prune(node, pc)  # a reduction over the batch: computed at run time
 
 
+class IndexSelect(Rule):
+    """``x.index_select(dim, index)`` along a dim other than the channels (a graph layer
+    gathering the features of each edge's source node): channels pass through; the index
+    is read whole."""
+
+    def connect(self, node: fx.Node, an) -> None:
+        x = node.args[0]
+        src = an.space(x)
+        if src is None:
+            return
+        if normalize_dim(arg(node, 1, "dim"), len(an.shape(x))) == src.dim:
+            raise Unsupported("selects channels by an index computed in forward")
+        an.follow(node, src, src.dim)
+
+
 class AlongDim(Rule):
     """softmax / log_softmax / cumsum / cumprod along one dim: independent per channel when
     that dim is not the channel dim; across channels it couples them and is refused."""
@@ -744,6 +759,7 @@ REGISTRY.register(Cat(), torch.cat, torch.concat, torch.concatenate)
 REGISTRY.register(Stack(), torch.stack)
 REGISTRY.register(Split(), torch.split, torch.functional.split, torch.chunk, "split", "chunk")
 REGISTRY.register(GetItem(), operator.getitem)
+REGISTRY.register(IndexSelect(), torch.index_select, "index_select")
 REGISTRY.register(Narrow(), torch.narrow, "narrow")
 REGISTRY.register(Unbind(), torch.unbind, "unbind")
 REGISTRY.register(Expand(), "expand")
