@@ -1,0 +1,165 @@
+r"""torch_geometric message-passing layers that are linear in their node features.
+
+Each is called by fx as one op (a leaf) and computes, with :math:`A_k` fixed by the graph
+(normalised adjacency, neighbour mean or sum, identity for the root term),
+
+.. math::
+    y = \sum_k A_k\, x\, W_k^\top + b .
+
+- ``GCNConv``: :math:`y = \hat D^{-1/2} \hat A \hat D^{-1/2} x W^\top + b` (Lumos eq. 10);
+- ``GraphConv``: :math:`y = \mathrm{aggr}_{j \in \mathcal N(i)}(x_j) W_{rel}^\top + b + x_i W_{root}^\top`;
+- ``SAGEConv``: :math:`y = \mathrm{aggr}_{j \in \mathcal N(i)}(x_j) W_l^\top + b + x_i W_r^\top`.
+
+A gate on the input channels commutes with the graph operators (sum, mean, and with
+:math:`z \ge 0` also max and min act channel by channel), so it folds exactly into the
+columns of every :math:`W_k`: the layer is a consumer. Its output channels are rows of
+every :math:`W_k` and of :math:`b`: a producer. With every input channel closed the
+layer computes :math:`b`. ``SAGEConv(normalize=True)`` divides by the norm over all output
+channels, so its outputs are kept whole; ``project=True`` and learnable aggregations
+(LSTM, attention) are refused.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+from torch_geometric.nn import GCNConv, GraphConv, SAGEConv
+from torch_geometric.nn.dense.linear import Linear as PygLinear
+
+from .linear import LinearRule
+from .registry import REGISTRY, ModuleRule, Unsupported
+from .structure import arg
+
+_CHANNELWISE_AGGR = frozenset({"add", "sum", "mean", "max", "min"})
+
+
+class LinearInFeatures(ModuleRule):
+    """A layer ``y = sum_k A_k x W_k^T + b``; subclasses name the ``W_k`` and ``b``."""
+
+    channels_at = -1
+
+    def weights(self, module: nn.Module) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def bias(self, module: nn.Module) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def check(self, module: nn.Module) -> None:
+        """Raise Unsupported when this configuration of the layer is not linear in x."""
+
+    def outputs_whole(self, module: nn.Module) -> str | None:
+        """Why the output channels cannot be cut, or None."""
+        return None
+
+    def connect(self, node: fx.Node, an) -> None:
+        module = an.module(node)
+        self.check(module)
+        x = arg(node, 0, "x")
+        if not isinstance(x, fx.Node):
+            raise Unsupported("takes a (source, target) pair of node features")
+        out = an.new_space(node, -1, producer=True)
+        for w in self.weights(module):
+            an.tie(out, an.param_space(w, 0))
+        if self.bias(module) is not None:
+            an.tie(out, an.param_space(self.bias(module), 0))
+        whole = self.outputs_whole(module)
+        if whole is not None:
+            an.block(out, f"{an.describe(node)}: {whole}")
+        space = an.space(x)
+        ins = [an.param_space(w, 1) for w in self.weights(module)]
+        if space is None or space.dim != len(an.shape(x)) - 1:
+            for w_in in ins:
+                an.block(w_in, f"{an.describe(node)} reads the last dim of an input whose channels are elsewhere")
+            return
+        for w_in in ins:
+            an.tie(space, w_in)
+        an.consume(node, x, fold=ins)
+
+    def prune(self, node: fx.Node, pc):
+        module = pc.module(node)
+        if pc.is_empty(arg(node, 0, "x")):
+            bias = self.bias(module)
+            if bias is None:
+                bias = self.weights(module)[0].new_zeros(pc.space(node).size)
+            return pc.broadcast_form(node, self.closed_output(module, bias.detach()))
+        return pc.materialize_dead_inputs(node)
+
+    def closed_output(self, module: nn.Module, bias: torch.Tensor) -> torch.Tensor:
+        """What the layer computes for zero-width input: its bias."""
+        return bias
+
+    def resize(self, module: nn.Module) -> None:
+        module.out_channels, module.in_channels = self.weights(module)[0].shape
+        for lin in module.children():
+            if isinstance(lin, PygLinear):
+                lin.out_channels, lin.in_channels = lin.weight.shape
+
+
+class GCNRule(LinearInFeatures):
+    def weights(self, module: GCNConv):
+        return [module.lin.weight]
+
+    def bias(self, module: GCNConv):
+        return module.bias
+
+    def source(self, m: GCNConv) -> str:
+        return (f"torch_geometric.nn.GCNConv({m.in_channels}, {m.out_channels}, improved={m.improved}, "
+                f"cached={m.cached}, add_self_loops={m.add_self_loops}, normalize={m.normalize}, "
+                f"bias={m.bias is not None})")
+
+
+class GraphConvRule(LinearInFeatures):
+    def check(self, module: GraphConv) -> None:
+        if module.aggr not in _CHANNELWISE_AGGR:
+            raise Unsupported(f"aggregates with {module.aggr!r}, which mixes channels")
+
+    def weights(self, module: GraphConv):
+        return [module.lin_rel.weight, module.lin_root.weight]
+
+    def bias(self, module: GraphConv):
+        return module.lin_rel.bias
+
+    def source(self, m: GraphConv) -> str:
+        return (f"torch_geometric.nn.GraphConv({m.in_channels}, {m.out_channels}, aggr={m.aggr!r}, "
+                f"bias={m.lin_rel.bias is not None})")
+
+
+class SAGERule(LinearInFeatures):
+    def check(self, module: SAGEConv) -> None:
+        if not isinstance(module.aggr, str) or module.aggr not in _CHANNELWISE_AGGR:
+            raise Unsupported(f"aggregates with {module.aggr!r}, which mixes channels")
+        if module.project:
+            raise Unsupported("projects its input (project=True) before aggregating")
+
+    def weights(self, module: SAGEConv):
+        return [module.lin_l.weight] + ([module.lin_r.weight] if module.root_weight else [])
+
+    def bias(self, module: SAGEConv):
+        return module.lin_l.bias
+
+    def outputs_whole(self, module: SAGEConv) -> str | None:
+        return "normalize=True divides by the norm over all output channels" if module.normalize else None
+
+    def closed_output(self, module: SAGEConv, bias: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(bias, dim=-1) if module.normalize else bias
+
+    def source(self, m: SAGEConv) -> str:
+        return (f"torch_geometric.nn.SAGEConv({m.in_channels}, {m.out_channels}, aggr={m.aggr!r}, "
+                f"normalize={m.normalize}, root_weight={m.root_weight}, bias={m.lin_l.bias is not None})")
+
+
+class PygLinearRule(LinearRule):
+    """``torch_geometric.nn.Linear``: ``nn.Linear`` with its sizes named ``in_channels`` and
+    ``out_channels`` (GINEConv's edge encoder)."""
+
+    def resize(self, module: PygLinear) -> None:
+        module.out_channels, module.in_channels = module.weight.shape
+
+    def source(self, module: PygLinear) -> str:
+        return f"torch_geometric.nn.Linear({module.in_channels}, {module.out_channels}, bias={module.bias is not None})"
+
+
+REGISTRY.register(GCNRule(), GCNConv)
+REGISTRY.register(GraphConvRule(), GraphConv)
+REGISTRY.register(SAGERule(), SAGEConv)
+REGISTRY.register(PygLinearRule(), PygLinear)

@@ -1,0 +1,208 @@
+"""torch_geometric models: GCN, GraphConv, SAGE, GIN and GINE (edge embeddings joining the
+node group), global pooling, jumping-knowledge cat, residuals, BatchNorm over nodes, atom
+and bond encoders as sums of embeddings. prune(w)(g) == w.eval()(g) on a batch of other
+random graphs (other node, edge and graph counts) under every gate setting."""
+
+import pytest
+import torch
+import torch_geometric
+from torch import nn
+from torch_geometric.nn import (GATConv, GCNConv, GINConv, GINEConv, GraphConv, SAGEConv, global_add_pool,
+                                global_max_pool, global_mean_pool)
+
+import lumos_fx
+from support import GATE_SETTINGS, count_params, max_rel_error, set_gates
+
+
+def graphs(n_graphs, seed, features=6, edge_features=3, categorical=False):
+    """A batch of random graphs: (x, edge_index, edge_attr, batch), edges inside each graph."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(2, 7, (n_graphs,), generator=gen)
+    batch = torch.repeat_interleave(torch.arange(n_graphs), sizes)
+    start = torch.cumsum(sizes, 0) - sizes
+    edges = []
+    for g in range(n_graphs):
+        e = torch.randint(0, int(sizes[g]), (2, 3 * int(sizes[g])), generator=gen) + start[g]
+        edges.append(e)
+    edge_index = torch.cat(edges, 1)
+    n, m = len(batch), edge_index.shape[1]
+    if categorical:
+        return (torch.randint(0, 5, (n, 3), generator=gen), edge_index,
+                torch.randint(0, 4, (m, 2), generator=gen), batch)
+    return (torch.randn(n, features, generator=gen), edge_index, torch.randn(m, edge_features, generator=gen), batch)
+
+
+class NodeModel(nn.Module):
+    """Node classifier: conv -> BatchNorm -> ReLU -> conv, with a residual and a JK cat."""
+
+    def __init__(self, conv):
+        super().__init__()
+        make = {"gcn": lambda i, o: GCNConv(i, o), "graph": lambda i, o: GraphConv(i, o, aggr="max"),
+                "sage": lambda i, o: SAGEConv(i, o), "sage_max": lambda i, o: SAGEConv(i, o, aggr="max",
+                                                                                       root_weight=False)}[conv]
+        self.c1, self.c2, self.c3 = make(6, 16), make(16, 16), make(16, 12)
+        self.bn = nn.BatchNorm1d(16)
+        self.pyg_bn = torch_geometric.nn.BatchNorm(16)
+        self.out = nn.Linear(16 + 16 + 12, 3)
+
+    def forward(self, x, edge_index, edge_attr, batch):
+        h1 = self.bn(self.c1(x, edge_index)).relu()
+        h2 = self.pyg_bn(self.c2(h1, edge_index)).relu() + h1
+        h3 = self.c3(h2, edge_index).relu()
+        return self.out(torch.cat([h1, h2, h3], dim=-1))
+
+
+class GraphModel(nn.Module):
+    """Graph regressor: GIN or GINE layers (with an edge encoder), pooled three ways, an MLP head."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        mlp = lambda i, o: nn.Sequential(nn.Linear(i, 2 * o), nn.BatchNorm1d(2 * o), nn.ReLU(), nn.Linear(2 * o, o))
+        if kind == "gin":
+            self.c1, self.c2 = GINConv(mlp(6, 16), train_eps=True), GINConv(mlp(16, 16))
+        else:
+            self.c1, self.c2 = GINEConv(mlp(6, 16), edge_dim=3), GINEConv(mlp(16, 16), train_eps=True, edge_dim=3)
+        self.head = nn.Sequential(nn.Linear(48, 20), nn.ReLU(), nn.Linear(20, 1))
+
+    def forward(self, x, edge_index, edge_attr, batch):
+        if self.kind == "gin":
+            h = self.c1(x, edge_index).relu()
+            h = self.c2(h, edge_index) + h
+        else:
+            h = self.c1(x, edge_index, edge_attr).relu()
+            h = self.c2(h, edge_index, edge_attr) + h
+        pooled = [global_add_pool(h, batch), global_mean_pool(h, batch), torch_geometric.nn.global_max_pool(h, batch)]
+        return self.head(torch.cat(pooled, dim=-1))
+
+
+class Molecule(nn.Module):
+    """OGB style: atom and bond encoders are sums of one nn.Embedding per categorical feature."""
+
+    def __init__(self, width=16):
+        super().__init__()
+        self.atom = nn.ModuleList(nn.Embedding(5, width) for _ in range(3))
+        self.bond = nn.ModuleList(nn.ModuleList(nn.Embedding(4, width) for _ in range(2)) for _ in range(2))
+        self.convs = nn.ModuleList(
+            GINEConv(nn.Sequential(nn.Linear(width, 2 * width), nn.ReLU(), nn.Linear(2 * width, width)))
+            for _ in range(2))
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x, edge_index, edge_attr, batch):
+        h = sum(emb(x[:, i]) for i, emb in enumerate(self.atom))
+        for conv, bond in zip(self.convs, self.bond):
+            e = sum(emb(edge_attr[:, i]) for i, emb in enumerate(bond))
+            h = conv(h, edge_index, e).relu() + h
+        return self.head(global_mean_pool(h, batch))
+
+
+def check(model, categorical=False, setting="random", seed=0):
+    torch.manual_seed(seed)
+    model = model.eval()
+    wrapped = lumos_fx.instrument(model, graphs(3, 100, categorical=categorical))
+    set_gates(wrapped, setting, seed)
+    pruned = lumos_fx.prune(wrapped)
+    batch = graphs(5, 200 + seed, categorical=categorical)
+    with torch.no_grad():
+        assert max_rel_error(pruned(*batch), wrapped.eval()(*batch)) <= 1e-4
+    return wrapped, pruned
+
+
+@pytest.mark.parametrize("conv", ["gcn", "graph", "sage", "sage_max"])
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+@pytest.mark.parametrize("seed", range(2))
+def test_node_models_prune_to_the_same_function(conv, setting, seed):
+    check(NodeModel(conv), setting=setting, seed=seed)
+
+
+@pytest.mark.parametrize("kind", ["gin", "gine"])
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+@pytest.mark.parametrize("seed", range(2))
+def test_graph_models_prune_to_the_same_function(kind, setting, seed):
+    check(GraphModel(kind), setting=setting, seed=seed)
+
+
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_molecule_encoders_prune_to_the_same_function(setting):
+    check(Molecule(), categorical=True, setting=setting)
+
+
+def test_the_edge_encoder_joins_the_node_group():
+    wrapped = lumos_fx.instrument(Molecule(), graphs(3, 100, categorical=True))
+    groups = lumos_fx.gates(wrapped)
+    # atom embeddings, both bond encoders and the residual stream are one group: one gate
+    residual = [name for name in groups if name.startswith("atom")]
+    assert residual == ["atom.0"] and groups["atom.0"].n == 16
+    summary = lumos_fx.summary(wrapped)
+    row = next(r for r in summary.groups if r.name == "atom.0")
+    assert {"bond.0.0", "bond.1.1", "convs.0.nn.0", "convs.1.nn.0"} <= set(row.layers)
+
+
+def test_closed_channels_leave_the_conv_weights():
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(NodeModel("sage").eval(), graphs(3, 100))
+    set_gates(wrapped, "open", 0)
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["c1"].log_alpha[:6] = -6.0
+        lumos_fx.gates(wrapped)["x"].log_alpha[:2] = -6.0
+    pruned = lumos_fx.prune(wrapped)
+    assert pruned.c1.lin_l.weight.shape == (10, 4) and pruned.c1.lin_r.weight.shape == (10, 4)
+    assert pruned.c2.lin_l.weight.shape == (10, 10) and pruned.c1.out_channels == 10  # c2 adds to c1: one group
+    assert pruned.bn.num_features == 10 and pruned.pyg_bn.module.num_features == 10
+    assert lumos_fx.summary(pruned).features["x"][1] == ["x[0]", "x[1]"]
+    assert count_params(pruned) < count_params(wrapped)
+
+
+def test_a_layer_without_a_rule_keeps_its_channels_and_the_rest_prunes():
+    class WithGAT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.gat, self.head = GCNConv(6, 16), GATConv(16, 8, heads=2), nn.Linear(16, 2)
+
+        def forward(self, x, edge_index, edge_attr, batch):
+            return self.head(self.gat(self.c1(x, edge_index).relu(), edge_index))
+
+    wrapped, pruned = check(WithGAT(), setting="half")
+    kept = lumos_fx.summary(wrapped).kept_whole
+    assert any("GATConv" in reason for reason in kept.values()), kept
+    assert "x" in lumos_fx.gates(wrapped)  # the input features are still selected
+
+
+def test_sage_normalize_keeps_its_outputs():
+    class Norm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.head = SAGEConv(6, 8, normalize=True), nn.Linear(8, 2)
+
+        def forward(self, x, edge_index, edge_attr, batch):
+            return self.head(self.c1(x, edge_index))
+
+    wrapped, _ = check(Norm(), setting="half")
+    assert "c1" not in lumos_fx.gates(wrapped) and "x" in lumos_fx.gates(wrapped)
+    assert any("normalize=True" in reason for reason in lumos_fx.summary(wrapped).kept_whole.values())
+
+
+@pytest.mark.parametrize("model", [GraphModel("gine"), NodeModel("gcn"), NodeModel("sage")], ids=["gine", "gcn", "sage"])
+def test_a_pruned_graph_model_exports_and_reloads(tmp_path, model):
+    _, pruned = check(model, setting="half")
+    lumos_fx.export(pruned, tmp_path / "model")
+    loaded = lumos_fx.load(tmp_path / "model")
+    batch = graphs(4, 7)
+    with torch.no_grad():
+        assert max_rel_error(loaded(*batch), pruned(*batch)) <= 1e-6
+
+
+@pytest.mark.parametrize("model, categorical", [(GraphModel("gin"), False), (GraphModel("gine"), False),
+                                                (Molecule(), True), (NodeModel("gcn"), False)],
+                         ids=["gin", "gine", "molecule", "gcn"])
+def test_the_instrumented_model_computes_what_the_model_does(model, categorical):
+    """GIN and GINE are written out with index_select and scatter: the same function as PyG's."""
+    model = model.eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.shape == (1,):
+                p.fill_(0.3)  # a trained eps
+    wrapped = lumos_fx.instrument(model, graphs(3, 100, categorical=categorical))
+    batch = graphs(4, 5, categorical=categorical)
+    with torch.no_grad():
+        assert max_rel_error(wrapped.eval()(*batch), model(*batch)) <= 1e-5
