@@ -30,7 +30,7 @@ import sys
 
 from torch import nn
 
-from .errors import TraceError
+from .errors import InputError, TraceError
 
 
 def loaded() -> bool:
@@ -77,6 +77,23 @@ def traced_through(module: nn.Module):
     if type(module) not in (GINConv, GINEConv) or module.aggr != "add" or module.flow != "source_to_target":
         return None
     return _gin if type(module) is GINConv else _gine
+
+
+def reject_data(value, name: str, model: nn.Module) -> None:
+    """A ``Data``/``Batch`` argument would be traced as a constant (the example graph baked
+    into the model): say how to pass its tensors instead."""
+    if not loaded():
+        return
+    from torch_geometric.data.data import BaseData
+
+    if isinstance(value, BaseData):
+        keys = [k for k in ("x", "edge_index", "edge_attr", "batch") if getattr(value, k, None) is not None]
+        raise InputError(
+            f"argument '{name}' of {type(model).__name__}.forward is a torch_geometric {type(value).__name__}; "
+            "lumos_fx traces tensors, and would bake this graph into the model.\n"
+            f"fix: give forward one argument per tensor, forward({', '.join(keys)}), and call "
+            f"lumos_fx.instrument(model, example_inputs=({', '.join('data.' + k for k in keys)})); "
+            f"then call the model as model({', '.join('data.' + k for k in keys)}).")
 
 
 def register_rules() -> None:

@@ -98,6 +98,7 @@ def _concrete_args(model: torch.nn.Module, example_inputs: tuple) -> dict[str, A
             continue
         if name in bound.arguments:
             value = bound.arguments[name]
+            pyg_trace.reject_data(value, name, model)
             if not isinstance(value, torch.Tensor):
                 concrete[name] = value
         elif param.default is not param.empty:

@@ -206,3 +206,20 @@ def test_the_instrumented_model_computes_what_the_model_does(model, categorical)
     batch = graphs(4, 5, categorical=categorical)
     with torch.no_grad():
         assert max_rel_error(wrapped.eval()(*batch), model(*batch)) <= 1e-5
+
+
+def test_a_data_object_argument_is_an_error_that_says_how_to_call():
+    from torch_geometric.data import Batch, Data
+
+    class TakesData(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = GCNConv(6, 4)
+
+        def forward(self, data):
+            return self.conv(data.x, data.edge_index)
+
+    x, edge_index, _, batch = graphs(2, 1)
+    data = Batch.from_data_list([Data(x=x[batch == g], edge_index=edge_index[:, :0]) for g in range(2)])
+    with pytest.raises(lumos_fx.InputError, match=r"(?s)torch_geometric DataBatch.*forward\(x, edge_index, batch\).*data\.x"):
+        lumos_fx.instrument(TakesData(), (data,))
