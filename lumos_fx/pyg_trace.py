@@ -4,7 +4,7 @@ Plain ``torch.fx`` cannot trace a ``MessagePassing`` layer (``propagate()`` insp
 ``edge_index``) nor PyG's pooling (its output size, the number of graphs, is read off the
 ``batch`` values). So, when the user's code has imported torch_geometric:
 
-- ``MessagePassing`` layers are leaves: one ``call_module`` node each, cut by their rule
+- ``MessagePassing`` layers (and PyG's ``Linear``) are leaves: one ``call_module`` node each, cut by their rule
   (:mod:`lumos_fx.rules.graph_conv`) or kept whole when they have none;
 - PyG's functional ops (:data:`FUNCTIONS`: global pooling, ``scatter``, ``softmax``,
   ``to_dense_batch``, ``degree``) are auto-wrapped: one ``call_function`` node each, in
@@ -38,12 +38,14 @@ def loaded() -> bool:
     return "torch_geometric" in sys.modules
 
 
-def is_message_passing(module: nn.Module) -> bool:
+def is_leaf(module: nn.Module) -> bool:
+    """``MessagePassing`` layers, and ``torch_geometric.nn.Linear`` (its rule is nn.Linear's;
+    traced into, it would be a bare ``F.linear`` on attributes)."""
     if not loaded():
         return False
-    from torch_geometric.nn import MessagePassing
+    from torch_geometric.nn import Linear, MessagePassing
 
-    return isinstance(module, MessagePassing)
+    return isinstance(module, (MessagePassing, Linear))
 
 
 def functions() -> tuple:

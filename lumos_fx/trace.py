@@ -46,7 +46,7 @@ class LumosTracer(fx.Tracer):
             return True
         if type(m) in TRACED_THROUGH or pyg_trace.traced_through(m) is not None:
             return False
-        return pyg_trace.is_message_passing(m) or super().is_leaf_module(m, module_qualified_name)
+        return pyg_trace.is_leaf(m) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
         through = TRACED_THROUGH.get(type(m)) or pyg_trace.traced_through(m)

@@ -223,3 +223,19 @@ def test_a_data_object_argument_is_an_error_that_says_how_to_call():
     data = Batch.from_data_list([Data(x=x[batch == g], edge_index=edge_index[:, :0]) for g in range(2)])
     with pytest.raises(lumos_fx.InputError, match=r"(?s)torch_geometric DataBatch.*forward\(x, edge_index, batch\).*data\.x"):
         lumos_fx.instrument(TakesData(), (data,))
+
+
+def test_node_and_edge_feature_columns_are_selected():
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(GraphModel("gine").eval(), graphs(3, 100))
+    gates = lumos_fx.gates(wrapped)
+    assert gates["x"].n == 6 and gates["edge_attr"].n == 3
+    set_gates(wrapped, "open", 0)
+    with torch.no_grad():
+        gates["edge_attr"].log_alpha[1] = -6.0
+        gates["x"].log_alpha[:3] = -6.0
+    pruned = lumos_fx.prune(wrapped)
+    features = lumos_fx.summary(pruned).features
+    assert features["x"][1] == ["x[0]", "x[1]", "x[2]"] and features["edge_attr"][1] == ["edge_attr[1]"]
+    # x is added to the edge encoding channel by channel: its closed columns leave the encoder too
+    assert pruned.c1.lin.weight.shape == (3, 2) and pruned.get_submodule("c1.nn.0").in_features == 3
