@@ -6,12 +6,20 @@ random graphs (other node, edge and graph counts) under every gate setting."""
 import pytest
 import torch
 import torch_geometric
+from support import GATE_SETTINGS, count_params, max_rel_error, set_gates
 from torch import nn
-from torch_geometric.nn import (GATConv, GCNConv, GINConv, GINEConv, GraphConv, SAGEConv, global_add_pool,
-                                global_max_pool, global_mean_pool)
+from torch_geometric.nn import (
+    GATConv,
+    GCNConv,
+    GINConv,
+    GINEConv,
+    GraphConv,
+    SAGEConv,
+    global_add_pool,
+    global_mean_pool,
+)
 
 import lumos_fx
-from support import GATE_SETTINGS, count_params, max_rel_error, set_gates
 
 
 def graphs(n_graphs, seed, features=6, edge_features=3, categorical=False):
@@ -162,7 +170,7 @@ def test_a_layer_without_a_rule_keeps_its_channels_and_the_rest_prunes():
         def forward(self, x, edge_index, edge_attr, batch):
             return self.head(self.gat(self.c1(x, edge_index).relu(), edge_index))
 
-    wrapped, pruned = check(WithGAT(), setting="half")
+    wrapped, _ = check(WithGAT(), setting="half")
     kept = lumos_fx.summary(wrapped).kept_whole
     assert any("GATConv" in reason for reason in kept.values()), kept
     assert "x" in lumos_fx.gates(wrapped)  # the input features are still selected
