@@ -392,7 +392,7 @@ def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch
     _fold_gates(gm, plan, z)
     pc = PruneContext(gm, plan, keep, shrink_inputs)
     for node in list(gm.graph.nodes):
-        if node._erased:  # a read a rule before it turned into a literal
+        if node._erased:  # a shape read an earlier rule turned into a literal
             continue
         space = pc.space(node)
         rule = REGISTRY.lookup(node, gm) if node.name not in plan.unruled else None

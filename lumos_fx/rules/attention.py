@@ -76,7 +76,6 @@ class ScaledDotProductAttention(Rule):
         if an.space(mask) is not None:
             an.block(an.space(mask), f"attention mask read whole by {an.describe(node)}")
 
-
     def prune(self, node: fx.Node, pc):
         """The scale stays :math:`1/\\sqrt{D}` of the unpruned head dim when dims are cut.
         Keys and values that are constants, the same at every position (closed inputs

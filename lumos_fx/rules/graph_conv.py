@@ -26,7 +26,7 @@ from torch import fx, nn
 from torch_geometric.nn import GCNConv, GraphConv, SAGEConv
 from torch_geometric.nn.dense.linear import Linear as PygLinear
 
-from .linear import LinearRule
+from .linear import LinearRule, consume_last_dim
 from .registry import REGISTRY, ModuleRule, Unsupported
 from .structure import arg
 
@@ -65,15 +65,7 @@ class LinearInFeatures(ModuleRule):
         whole = self.outputs_whole(module)
         if whole is not None:
             an.block(out, f"{an.describe(node)}: {whole}")
-        space = an.space(x)
-        ins = [an.param_space(w, 1) for w in self.weights(module)]
-        if space is None or space.dim != len(an.shape(x)) - 1:
-            for w_in in ins:
-                an.block(w_in, f"{an.describe(node)} reads the last dim of an input whose channels are elsewhere")
-            return
-        for w_in in ins:
-            an.tie(space, w_in)
-        an.consume(node, x, fold=ins)
+        consume_last_dim(node, x, [an.param_space(w, 1) for w in self.weights(module)], an)
 
     def prune(self, node: fx.Node, pc):
         module = pc.module(node)

@@ -8,6 +8,22 @@ from torch import fx, nn
 from .registry import REGISTRY, ModuleRule
 
 
+def consume_last_dim(node: fx.Node, x: fx.Node, w_ins: list, an) -> None:
+    """`node` multiplies the last dim of `x` by the columns `w_ins` of its weights: tie
+    them to x's channels and gate x in front of `node`, folded into those columns. Channels
+    on another dim of x cannot be read this way: both sides are kept."""
+    space = an.space(x)
+    if space is None or space.dim != len(an.shape(x)) - 1:
+        for w_in in w_ins:
+            an.block(w_in, f"{an.describe(node)} reads the last dim of an input whose channels are elsewhere")
+        if space is not None:
+            an.block(space, f"read along a non-channel dim by {an.describe(node)}")
+        return
+    for w_in in w_ins:
+        an.tie(space, w_in)
+    an.consume(node, x, fold=w_ins)
+
+
 class LinearRule(ModuleRule):
     r"""``y = x W^T + b``, with ``W`` of shape (out, in).
 
@@ -25,16 +41,7 @@ class LinearRule(ModuleRule):
         an.tie(out, an.param_space(module.weight, 0))
         if module.bias is not None:
             an.tie(out, an.param_space(module.bias, 0))
-        x = node.args[0]
-        space = an.space(x)
-        w_in = an.param_space(module.weight, 1)
-        if space is None or space.dim != len(an.shape(x)) - 1:
-            an.block(w_in, f"{an.describe(node)} reads the last dim of an input whose channels are elsewhere")
-            if space is not None:
-                an.block(space, f"read along a non-channel dim by {an.describe(node)}")
-            return
-        an.tie(space, w_in)
-        an.consume(node, x, fold=[w_in])
+        consume_last_dim(node, node.args[0], [an.param_space(module.weight, 1)], an)
 
     def prune(self, node: fx.Node, pc):
         module = pc.module(node)
