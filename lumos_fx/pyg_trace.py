@@ -100,7 +100,7 @@ def reject_data(value, name: str, model: nn.Module) -> None:
 
 def register_rules() -> None:
     """Register the rules for PyG layers and ops (imports torch_geometric's classes)."""
-    from .rules import graph_conv, graph_ops  # noqa: F401  (registration)
+    from .rules import graph_attention, graph_conv, graph_ops  # noqa: F401  (registration)
 
 
 def _plain_call(conv, x, size) -> None:

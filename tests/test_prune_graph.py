@@ -10,11 +10,13 @@ from support import GATE_SETTINGS, count_params, max_rel_error, set_gates
 from torch import nn
 from torch_geometric.nn import (
     GATConv,
+    GATv2Conv,
     GCNConv,
     GINConv,
     GINEConv,
     GraphConv,
     SAGEConv,
+    TransformerConv,
     global_add_pool,
     global_mean_pool,
 )
@@ -123,6 +125,56 @@ def test_node_models_prune_to_the_same_function(conv, setting, seed):
     check(NodeModel(conv), setting=setting, seed=seed)
 
 
+class AttentionModel(nn.Module):
+    """Node classifier of two graph attention layers (GATConv or GATv2Conv) with edge features."""
+
+    def __init__(self, conv, concat=True, edge_dim=3, **options):
+        super().__init__()
+        layer = {"gat": GATConv, "gatv2": GATv2Conv}[conv]
+        self.c1 = layer(6, 4, heads=3, edge_dim=edge_dim, **options)
+        self.c2 = layer(12, 5, heads=2, concat=concat, edge_dim=edge_dim, **options)
+        self.out = nn.Linear(10 if concat else 5, 3)
+
+    def forward(self, x, edge_index, edge_attr, batch):
+        h = self.c1(x, edge_index, edge_attr).relu()
+        return self.out(self.c2(h, edge_index, edge_attr=edge_attr).relu())
+
+
+ATTENTION_MODELS = {
+    "gat": lambda: AttentionModel("gat"),
+    "gat-mean-heads": lambda: AttentionModel("gat", concat=False),
+    "gat-residual-no-loops": lambda: AttentionModel("gat", residual=True, add_self_loops=False),
+    "gat-no-edges-no-bias": lambda: AttentionModel("gat", edge_dim=None, bias=False),
+    "gatv2": lambda: AttentionModel("gatv2"),
+    "gatv2-mean-heads": lambda: AttentionModel("gatv2", concat=False),
+    "gatv2-shared-residual": lambda: AttentionModel("gatv2", share_weights=True, residual=True),
+    "gatv2-no-loops": lambda: AttentionModel("gatv2", add_self_loops=False, fill_value=0.5),
+}
+
+
+@pytest.mark.parametrize("model", ATTENTION_MODELS)
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+@pytest.mark.parametrize("seed", range(2))
+def test_graph_attention_models_prune_to_the_same_function(model, setting, seed):
+    check(ATTENTION_MODELS[model](), setting=setting, seed=seed)
+
+
+def test_closing_a_head_removes_its_slices():
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(AttentionModel("gat").eval(), graphs(3, 100))
+    set_gates(wrapped, "open", 0)
+    gates = lumos_fx.gates(wrapped)
+    assert gates["c1"].n == 3 and gates["c2"].n == 2  # one gate per head
+    with torch.no_grad():
+        gates["c1"].log_alpha[1] = -6.0
+        gates["c2"].log_alpha[0] = -6.0
+        gates["edge_attr"].log_alpha[:] = -6.0
+    pruned = lumos_fx.prune(wrapped)
+    assert pruned.c1.heads == 2 and pruned.c1.lin.weight.shape == (8, 6) and pruned.c1.att_src.shape == (1, 2, 4)
+    assert pruned.c1.bias.shape == (8,) and pruned.c2.lin.weight.shape == (5, 8) and pruned.out.in_features == 5
+    assert pruned.c1.lin_edge is None and pruned.c2.edge_dim is None  # every edge feature closed
+
+
 @pytest.mark.parametrize("kind", ["gin", "gine"])
 @pytest.mark.parametrize("setting", GATE_SETTINGS)
 @pytest.mark.parametrize("seed", range(2))
@@ -162,17 +214,17 @@ def test_closed_channels_leave_the_conv_weights():
 
 
 def test_a_layer_without_a_rule_keeps_its_channels_and_the_rest_prunes():
-    class WithGAT(nn.Module):
+    class WithTransformer(nn.Module):
         def __init__(self):
             super().__init__()
-            self.c1, self.gat, self.head = GCNConv(6, 16), GATConv(16, 8, heads=2), nn.Linear(16, 2)
+            self.c1, self.conv, self.head = GCNConv(6, 16), TransformerConv(16, 8, heads=2), nn.Linear(16, 2)
 
         def forward(self, x, edge_index, edge_attr, batch):
-            return self.head(self.gat(self.c1(x, edge_index).relu(), edge_index))
+            return self.head(self.conv(self.c1(x, edge_index).relu(), edge_index))
 
-    wrapped, _ = check(WithGAT(), setting="half")
+    wrapped, _ = check(WithTransformer(), setting="half")
     kept = lumos_fx.summary(wrapped).kept_whole
-    assert any("GATConv" in reason for reason in kept.values()), kept
+    assert any("TransformerConv" in reason for reason in kept.values()), kept
     assert "x" in lumos_fx.gates(wrapped)  # the input features are still selected
 
 
@@ -190,7 +242,8 @@ def test_sage_normalize_keeps_its_outputs():
     assert any("normalize=True" in reason for reason in lumos_fx.summary(wrapped).kept_whole.values())
 
 
-@pytest.mark.parametrize("model", [GraphModel("gine"), NodeModel("gcn"), NodeModel("sage")], ids=["gine", "gcn", "sage"])
+@pytest.mark.parametrize("model", [GraphModel("gine"), NodeModel("gcn"), NodeModel("sage"), AttentionModel("gat"),
+                                   AttentionModel("gatv2", concat=False)], ids=["gine", "gcn", "sage", "gat", "gatv2"])
 def test_a_pruned_graph_model_exports_and_reloads(tmp_path, model):
     _, pruned = check(model, setting="half")
     lumos_fx.export(pruned, tmp_path / "model")
@@ -247,3 +300,19 @@ def test_node_and_edge_feature_columns_are_selected():
     assert features["x"][1] == ["x[0]", "x[1]", "x[2]"] and features["edge_attr"][1] == ["edge_attr[1]"]
     # x is added to the edge encoding channel by channel: its closed columns leave the encoder too
     assert pruned.c1.lin.weight.shape == (3, 2) and pruned.get_submodule("c1.nn.0").in_features == 3
+
+
+def test_gatv2_without_self_loops_keeps_a_zero_width_layer_when_its_inputs_all_close(tmp_path):
+    """A node with no incoming edge gets b, the others b_l + b: not a constant."""
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(AttentionModel("gatv2", add_self_loops=False).eval(), graphs(3, 100))
+    set_gates(wrapped, "open", 0)
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["x"].log_alpha[:] = -6.0
+    pruned = lumos_fx.prune(wrapped)
+    assert pruned.c1.in_channels == 0 and pruned.c1.lin_l.weight.shape == (12, 0)
+    lumos_fx.export(pruned, tmp_path / "model")
+    batch = graphs(5, 3)
+    with torch.no_grad():
+        assert max_rel_error(pruned(*batch), wrapped.eval()(*batch)) <= 1e-5
+        assert max_rel_error(lumos_fx.load(tmp_path / "model")(*batch), pruned(*batch)) <= 1e-6

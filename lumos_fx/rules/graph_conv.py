@@ -82,9 +82,14 @@ class LinearInFeatures(ModuleRule):
 
     def resize(self, module: nn.Module) -> None:
         module.out_channels, module.in_channels = self.weights(module)[0].shape
-        for lin in module.children():
-            if isinstance(lin, PygLinear):
-                lin.out_channels, lin.in_channels = lin.weight.shape
+        resize_linears(module)
+
+
+def resize_linears(module: nn.Module) -> None:
+    """Set the sizes of `module`'s ``torch_geometric.nn.Linear`` children from their weights."""
+    for lin in module.children():
+        if isinstance(lin, PygLinear):
+            lin.out_channels, lin.in_channels = lin.weight.shape
 
 
 class GCNRule(LinearInFeatures):
