@@ -39,13 +39,16 @@ def loaded() -> bool:
 
 
 def is_leaf(module: nn.Module) -> bool:
-    """``MessagePassing`` layers, and ``torch_geometric.nn.Linear`` (its rule is nn.Linear's;
-    traced into, it would be a bare ``F.linear`` on attributes)."""
+    """``MessagePassing`` layers, ``torch_geometric.nn.Linear`` (its rule is nn.Linear's;
+    traced into, it would be a bare ``F.linear`` on attributes) and the normalisations that
+    take statistics per graph (they read the number of graphs off ``batch``). PyG's
+    ``BatchNorm`` is traced through to the ``BatchNorm1d`` it wraps."""
     if not loaded():
         return False
-    from torch_geometric.nn import Linear, MessagePassing
+    from torch_geometric.nn import BatchNorm, Linear, MessagePassing, norm
 
-    return isinstance(module, (MessagePassing, Linear))
+    per_graph = tuple(getattr(norm, name) for name in norm.__all__ if getattr(norm, name) is not BatchNorm)
+    return isinstance(module, (MessagePassing, Linear, *per_graph))
 
 
 def functions() -> tuple:
@@ -100,7 +103,7 @@ def reject_data(value, name: str, model: nn.Module) -> None:
 
 def register_rules() -> None:
     """Register the rules for PyG layers and ops (imports torch_geometric's classes)."""
-    from .rules import graph_attention, graph_conv, graph_ops  # noqa: F401  (registration)
+    from .rules import graph_attention, graph_conv, graph_norm, graph_ops  # noqa: F401  (registration)
 
 
 def _plain_call(conv, x, size) -> None:

@@ -175,6 +175,70 @@ def test_closing_a_head_removes_its_slices():
     assert pruned.c1.lin_edge is None and pruned.c2.edge_dim is None  # every edge feature closed
 
 
+class NormModel(nn.Module):
+    """GCN layers with torch_geometric's per-graph normalisations, pooled, a linear head."""
+
+    def __init__(self, kind):
+        super().__init__()
+        make = {"graph": lambda: torch_geometric.nn.GraphNorm(16),
+                "instance": lambda: torch_geometric.nn.InstanceNorm(16, affine=True),
+                "instance-running": lambda: torch_geometric.nn.InstanceNorm(16, track_running_stats=True),
+                "mean": lambda: torch_geometric.nn.MeanSubtractionNorm(),
+                "layer-graph": lambda: torch_geometric.nn.LayerNorm(16),
+                "layer-node": lambda: torch_geometric.nn.LayerNorm(16, mode="node")}[kind]
+        self.c1, self.c2, self.c3 = GCNConv(6, 16), GCNConv(16, 16), GCNConv(16, 8)
+        self.n1, self.n2 = make(), make()
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x, edge_index, edge_attr, batch):
+        h = self.n1(self.c1(x, edge_index), batch).relu()
+        h = self.n2(self.c2(h, edge_index), batch).relu()
+        return self.head(global_mean_pool(self.c3(h, edge_index), batch))
+
+
+NORMS = ["graph", "instance", "instance-running", "mean", "layer-graph", "layer-node"]
+
+
+@pytest.mark.parametrize("kind", NORMS)
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_graph_norm_models_prune_to_the_same_function(kind, setting):
+    model = NormModel(kind)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # affine terms and GraphNorm's mean scale away from 1, 0
+    wrapped, _ = check(model, setting=setting)
+    if setting == "half" and kind.startswith("layer"):
+        assert "c1" not in lumos_fx.gates(wrapped)
+        assert any("LayerNorm normalises over the channels" in r for r in lumos_fx.summary(wrapped).kept_whole.values())
+
+
+@pytest.mark.parametrize("kind", NORMS)
+def test_a_graph_norm_of_a_constant_is_the_layer_on_one_node(kind):
+    """Every input feature closed: c1 computes its bias, the same at every node of every graph."""
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(NormModel(kind).eval(), graphs(3, 100))
+    set_gates(wrapped, "open", 0)
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["x"].log_alpha[:] = -6.0
+    pruned = lumos_fx.prune(wrapped)
+    batch = graphs(5, 3)
+    with torch.no_grad():
+        assert max_rel_error(pruned(*batch), wrapped.eval()(*batch)) <= 1e-5
+    folded = {n.target for n in pruned.graph.nodes if n.op == "call_module"}.isdisjoint({"c1", "n1"})
+    assert folded == (not kind.startswith("layer"))
+
+
+@pytest.mark.parametrize("kind", ["graph", "instance", "layer-graph"])
+def test_a_pruned_model_with_graph_norms_exports_and_reloads(tmp_path, kind):
+    _, pruned = check(NormModel(kind), setting="half")
+    if kind == "graph":
+        assert pruned.n1.weight.shape[0] == pruned.n1.in_channels < 16
+    lumos_fx.export(pruned, tmp_path / "model")
+    batch = graphs(4, 7)
+    with torch.no_grad():
+        assert max_rel_error(lumos_fx.load(tmp_path / "model")(*batch), pruned(*batch)) <= 1e-6
+
+
 @pytest.mark.parametrize("kind", ["gin", "gine"])
 @pytest.mark.parametrize("setting", GATE_SETTINGS)
 @pytest.mark.parametrize("seed", range(2))
