@@ -12,9 +12,7 @@ import argparse
 
 import torch
 
-import lumos_fx
-
-from .gates import close_fraction
+from ..cut_report import print_cuts
 from .models import reference_models
 
 
@@ -24,21 +22,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32, help="input side length")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.3, 0.7])
     args = parser.parse_args()
-    print(f"{'model':<16} {'closed':>6} {'parameters':>26} {'kept':>6} {'FLOPs':>30} {'max rel diff':>12}")
-    for name, (model, shape) in reference_models(args.width, args.size).items():
-        torch.manual_seed(0)
-        wrapped = lumos_fx.instrument(model, (torch.randn(2, *shape),))
-        for fraction in args.fractions:
-            close_fraction(wrapped, fraction, seed=0)
-            pruned = lumos_fx.prune(wrapped)
-            s = lumos_fx.summary(pruned)
-            x = torch.randn(2, *shape)
-            with torch.no_grad():
-                ref = wrapped.eval()(x)
-                diff = ((pruned(x) - ref).abs().max() / ref.abs().max()).item()
-            print(f"{name:<16} {fraction:>6.0%} {s.params_before:>12,} -> {s.params_after:>10,} "
-                  f"{s.params_after / s.params_before:>6.1%} {s.flops_before:>14,} -> {s.flops_after:>13,} "
-                  f"{diff:>12.1e}")
+    models = {name: (model, lambda seed, shape=shape: (torch.randn(2, *shape, generator=torch.Generator().manual_seed(seed)),))
+              for name, (model, shape) in reference_models(args.width, args.size).items()}
+    print_cuts(models, args.fractions)
 
 
 if __name__ == "__main__":
