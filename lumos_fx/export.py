@@ -97,8 +97,8 @@ def _layer_imports(init: list[str]) -> list[str]:
 def export(pruned: fx.GraphModule, path) -> Path:
     """Write ``model.py`` and ``weights.pt`` into the folder `path`; returns the folder.
 
-    ``lumos_fx.load(path)`` (or ``import model; model.load()`` with only torch installed)
-    rebuilds the module.
+    ``lumos_fx.load(path)`` (or ``import model; model.load()`` with only torch installed,
+    and torch_geometric for a GNN) rebuilds the module.
     """
     if not isinstance(pruned, fx.GraphModule):
         raise ExportError(f"export() takes the GraphModule returned by lumos_fx.prune(), got {type(pruned).__name__}")
@@ -141,16 +141,18 @@ def export(pruned: fx.GraphModule, path) -> Path:
     # tracing it again; model.py is never traced, and wrap() is only legal at module level.
     src = "\n".join(line for line in code.src.splitlines() if not line.startswith("torch.fx._symbolic_trace.wrap("))
     forward = textwrap.indent(src.strip("\n"), " " * 4)
+    imports = _imports(code) + _layer_imports(init)
+    needs = "torch and torch_geometric" if any("torch_geometric" in line for line in imports) else "torch"
     source = f'''"""{class_name}, pruned by lumos_fx. Its weights are in weights.pt next to this file.
 
-Load it with only torch installed:
+Load it with only {needs} installed:
     import model; net = model.load()
 """
 import os
 
 import torch
 from torch import nn
-{chr(10).join(_imports(code) + _layer_imports(init))}
+{chr(10).join(imports)}
 
 # Input features the model reads, per input (by name and by index in the original input).
 KEPT_FEATURES = {kept}
