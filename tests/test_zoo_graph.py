@@ -86,5 +86,5 @@ def test_the_pruned_reference_gnns_load_in_a_fresh_process_without_lumos_fx(tmp_
             assert err < 1e-5, (name, err)
         print("ok")
     """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr
