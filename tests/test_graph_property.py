@@ -1,5 +1,5 @@
 """Generated graph neural networks: stacks of every torch_geometric layer with a rule (GCN,
-GraphConv, SAGE, GIN, GINE, GAT, GATv2 in their options), normalisations (BatchNorm, PyG's
+GraphConv, SAGE, SG, TAG, Cheb, GIN, GINE, GAT, GATv2 in their options), normalisations (BatchNorm, PyG's
 GraphNorm, InstanceNorm, LayerNorm), residuals, node- or graph-level readouts (pooling,
 jumping-knowledge cat), with and without edge features, under random gates.
 prune(w)(g) == w.eval()(g) on a batch of other graphs (other node, edge and graph counts)."""
@@ -27,6 +27,12 @@ def conv(kind, options, n_in, d):
         return gnn.GraphConv(n_in, d, aggr=options["aggr"])
     if kind == "sage":
         return gnn.SAGEConv(n_in, d, aggr=options["aggr"], root_weight=options["root"])
+    if kind == "sg":
+        return gnn.SGConv(n_in, d, K=options["heads"], bias=options["bias"])
+    if kind == "tag":
+        return gnn.TAGConv(n_in, d, K=options["heads"], bias=options["bias"], normalize=options["root"])
+    if kind == "cheb":
+        return gnn.ChebConv(n_in, d, K=options["heads"], bias=options["bias"])
     mlp = nn.Sequential(nn.Linear(n_in, d), nn.ReLU(), nn.Linear(d, d))
     if kind == "gin":
         return gnn.GINConv(mlp, train_eps=options["bias"])
@@ -78,7 +84,7 @@ def models(draw):
     d = draw(st.sampled_from([4, 6]))
     layers = []
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["gcn", "graph", "sage", "gin", "gine", "gat", "gatv2"]))
+        kind = draw(st.sampled_from(["gcn", "graph", "sage", "sg", "tag", "cheb", "gin", "gine", "gat", "gatv2"]))
         options = {"bias": draw(st.booleans()), "aggr": draw(st.sampled_from(["add", "mean", "max"])),
                    "root": draw(st.booleans()), "heads": draw(st.sampled_from([1, 2, 3])),
                    "concat": draw(st.booleans()), "edges": draw(st.booleans())}

@@ -48,6 +48,9 @@ class NodeModel(nn.Module):
     def __init__(self, conv):
         super().__init__()
         make = {"gcn": lambda i, o: GCNConv(i, o), "graph": lambda i, o: GraphConv(i, o, aggr="max"),
+                "sg": lambda i, o: torch_geometric.nn.SGConv(i, o, K=2),
+                "tag": lambda i, o: torch_geometric.nn.TAGConv(i, o, K=2),
+                "cheb": lambda i, o: torch_geometric.nn.ChebConv(i, o, K=3),
                 "sage": lambda i, o: SAGEConv(i, o), "sage_max": lambda i, o: SAGEConv(i, o, aggr="max",
                                                                                        root_weight=False)}[conv]
         self.c1, self.c2, self.c3 = make(6, 16), make(16, 16), make(16, 12)
@@ -118,7 +121,7 @@ def check(model, categorical=False, setting="random", seed=0):
     return wrapped, pruned
 
 
-@pytest.mark.parametrize("conv", ["gcn", "graph", "sage", "sage_max"])
+@pytest.mark.parametrize("conv", ["gcn", "graph", "sage", "sage_max", "sg", "tag", "cheb"])
 @pytest.mark.parametrize("setting", GATE_SETTINGS)
 @pytest.mark.parametrize("seed", range(2))
 def test_node_models_prune_to_the_same_function(conv, setting, seed):
@@ -307,7 +310,8 @@ def test_sage_normalize_keeps_its_outputs():
 
 
 @pytest.mark.parametrize("model", [GraphModel("gine"), NodeModel("gcn"), NodeModel("sage"), AttentionModel("gat"),
-                                   AttentionModel("gatv2", concat=False)], ids=["gine", "gcn", "sage", "gat", "gatv2"])
+                                   AttentionModel("gatv2", concat=False), NodeModel("tag"), NodeModel("cheb")],
+                         ids=["gine", "gcn", "sage", "gat", "gatv2", "tag", "cheb"])
 def test_a_pruned_graph_model_exports_and_reloads(tmp_path, model):
     _, pruned = check(model, setting="half")
     lumos_fx.export(pruned, tmp_path / "model")

@@ -8,7 +8,9 @@ Each is called by fx as one op (a leaf) and computes, with :math:`A_k` fixed by 
 
 - ``GCNConv``: :math:`y = \hat D^{-1/2} \hat A \hat D^{-1/2} x W^\top + b` (Lumos eq. 10);
 - ``GraphConv``: :math:`y = \mathrm{aggr}_{j \in \mathcal N(i)}(x_j) W_{rel}^\top + b + x_i W_{root}^\top`;
-- ``SAGEConv``: :math:`y = \mathrm{aggr}_{j \in \mathcal N(i)}(x_j) W_l^\top + b + x_i W_r^\top`.
+- ``SAGEConv``: :math:`y = \mathrm{aggr}_{j \in \mathcal N(i)}(x_j) W_l^\top + b + x_i W_r^\top`;
+- ``SGConv``: :math:`y = \hat A^K x W^\top + b`; ``TAGConv``: :math:`y = \sum_{k=0}^K \hat A^k x W_k^\top + b`;
+- ``ChebConv``: :math:`y = \sum_{k<K} T_k(\hat L)\, x W_k^\top + b` (Chebyshev polynomials of the scaled Laplacian).
 
 A gate on the input channels commutes with the graph operators (sum, mean, and with
 :math:`z \ge 0` also max and min act channel by channel), so it folds exactly into the
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import torch
 from torch import fx, nn
-from torch_geometric.nn import GCNConv, GraphConv, SAGEConv
+from torch_geometric.nn import ChebConv, GCNConv, GraphConv, SAGEConv, SGConv, TAGConv
 from torch_geometric.nn.dense.linear import Linear as PygLinear
 
 from .linear import LinearRule, consume_last_dim
@@ -87,7 +89,7 @@ class LinearInFeatures(ModuleRule):
 
 def resize_linears(module: nn.Module) -> None:
     """Set the sizes of `module`'s ``torch_geometric.nn.Linear`` children from their weights."""
-    for lin in module.children():
+    for lin in module.modules():
         if isinstance(lin, PygLinear):
             lin.out_channels, lin.in_channels = lin.weight.shape
 
@@ -145,6 +147,32 @@ class SAGERule(LinearInFeatures):
                 f"normalize={m.normalize}, root_weight={m.root_weight}, bias={m.lin_l.bias is not None})")
 
 
+class SGRule(GCNRule):
+    def bias(self, module: SGConv):
+        return module.lin.bias
+
+    def source(self, m: SGConv) -> str:
+        return (f"torch_geometric.nn.SGConv({m.in_channels}, {m.out_channels}, K={m.K}, cached={m.cached}, "
+                f"add_self_loops={m.add_self_loops}, bias={m.lin.bias is not None})")
+
+
+class PolynomialRule(LinearInFeatures):
+    """``TAGConv`` and ``ChebConv``: one weight per power (or polynomial) of the graph operator."""
+
+    def weights(self, module: TAGConv | ChebConv):
+        return [lin.weight for lin in module.lins]
+
+    def bias(self, module: TAGConv | ChebConv):
+        return module.bias
+
+    def source(self, m: TAGConv | ChebConv) -> str:
+        if isinstance(m, TAGConv):
+            return (f"torch_geometric.nn.TAGConv({m.in_channels}, {m.out_channels}, K={m.K}, "
+                    f"bias={m.bias is not None}, normalize={m.normalize})")
+        return (f"torch_geometric.nn.ChebConv({m.in_channels}, {m.out_channels}, K={len(m.lins)}, "
+                f"normalization={m.normalization!r}, bias={m.bias is not None})")
+
+
 class PygLinearRule(LinearRule):
     """``torch_geometric.nn.Linear``: ``nn.Linear`` with its sizes named ``in_channels`` and
     ``out_channels`` (GINEConv's edge encoder)."""
@@ -159,4 +187,6 @@ class PygLinearRule(LinearRule):
 REGISTRY.register(GCNRule(), GCNConv)
 REGISTRY.register(GraphConvRule(), GraphConv)
 REGISTRY.register(SAGERule(), SAGEConv)
+REGISTRY.register(SGRule(), SGConv)
+REGISTRY.register(PolynomialRule(), TAGConv, ChebConv)
 REGISTRY.register(PygLinearRule(), PygLinear)
