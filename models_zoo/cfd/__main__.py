@@ -18,7 +18,7 @@ from lumos_fx.report import count_flops
 from ..measure import interleaved_latency
 from ..training import column_stats, r2_score, standardized_mse, train
 from . import data
-from .model import FluxMLP
+from ..surrogate import SurrogateMLP
 
 
 def _times(before: float, after: float, digits: int = 1) -> str:
@@ -48,11 +48,11 @@ def main(argv=None) -> dict:
           f"{len(data.FEATURES)} inputs ({len(data.INFORMATIVE)} informative), {len(data.TARGETS)} fluxes")
 
     torch.manual_seed(args.seed)
-    dense = FluxMLP(*stats, hidden=args.hidden, depth=args.depth)
+    dense = SurrogateMLP(*stats, hidden=args.hidden, depth=args.depth)
     train(dense, x, y, steps=args.steps, seed=args.seed, loss_fn=loss_fn, desc="dense")
 
     torch.manual_seed(args.seed)
-    model = FluxMLP(*stats, hidden=args.hidden, depth=args.depth)
+    model = SurrogateMLP(*stats, hidden=args.hidden, depth=args.depth)
     wrapped = lumos_fx.instrument(model, (x[:256],), feature_names=data.FEATURES,
                                   config=lumos_fx.Config(lam=args.lam))
     train(wrapped, x, y, steps=args.steps, seed=args.seed, loss_fn=loss_fn, desc="lumos")

@@ -1,4 +1,4 @@
-"""The CFD surrogate: a deliberately over-sized MLP, as a scientist would start."""
+"""The MLP surrogates (CFD, Fluid, Synthetic): a deliberately over-sized MLP, as a scientist would start."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 
-class FluxMLP(nn.Module):
+class SurrogateMLP(nn.Module):
     """``standardise -> (Linear, SiLU) x depth -> Linear -> unstandardise``.
 
     The standardisation lives in the model (as buffers), so the model, and the pruned model
