@@ -53,7 +53,7 @@ class GraphAttentionRule(ModuleRule):
         raise NotImplementedError
 
     def attentions(self, module: nn.Module) -> list[torch.Tensor]:
-        """The attention vectors, shaped (1, H, C)."""
+        """The attention vectors, shaped (1, H, C), the edge term's included."""
         raise NotImplementedError
 
     def closed_output(self, module: nn.Module) -> torch.Tensor | None:
@@ -72,17 +72,13 @@ class GraphAttentionRule(ModuleRule):
         out = an.new_space(node, -1, producer=True)
         if module.concat:
             head_of = np.repeat(np.arange(heads), per_head)
-            for att in self.attentions(module) + ([module.att_edge] if getattr(module, "att_edge", None) is not None
-                                                  else []):
+            for att in self.attentions(module):
                 an.tie(out, an.param_space(att, 1), np.arange(heads * per_head), head_of)
-            rows = [lin.weight for lin in self.projections(module)] + [
-                lin.bias for lin in self.projections(module) if lin.bias is not None]
-            if module.lin_edge is not None:
-                rows.append(module.lin_edge.weight)
-            if module.bias is not None:
-                rows.append(module.bias)
+            lins = self.projections(module) + ([module.lin_edge] if module.lin_edge is not None else [])
+            rows = [t for lin in lins for t in (lin.weight, lin.bias)] + [module.bias]
             for tensor in rows:
-                an.tie(out, an.param_space(tensor, 0))
+                if tensor is not None:
+                    an.tie(out, an.param_space(tensor, 0))
         else:
             an.block(out, f"{an.describe(node)}: concat=False averages the heads inside every output channel")
         consume_last_dim(node, x, [an.param_space(lin.weight, 1) for lin in self.projections(module)], an)
@@ -132,7 +128,7 @@ class GATRule(GraphAttentionRule):
         return [module.lin] + ([module.res] if module.res is not None else [])
 
     def attentions(self, module: GATConv):
-        return [module.att_src, module.att_dst]
+        return [module.att_src, module.att_dst] + ([module.att_edge] if module.att_edge is not None else [])
 
     def closed_output(self, module: GATConv):
         bias = module.bias

@@ -58,8 +58,7 @@ class GraphChannelNorm(PygNormSource, ChannelNorm):
             with torch.no_grad():
                 value = module(one_node, torch.zeros(1, dtype=torch.long, device=one_node.device))
             return pc.broadcast_form(node, value.reshape(-1))
-        if pc.is_const(x):  # varies over nodes: the layer stays, reading it
-            return pc.materialize_dead_inputs(node)
+        # A constant that varies over nodes is fed to the layer at its runtime shape.
         self.set_width(module, pc.n_kept(pc.space(node)))
         return pc.materialize_dead_inputs(node)
 
