@@ -7,6 +7,7 @@ dense and an instrumented surrogate alike, prunes, and measures both.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -40,30 +41,52 @@ SURROGATES = {s.name: s for s in (Surrogate("cfd", cfd_data, 40_000), Surrogate(
                                   Surrogate("synthetic", synthetic_data, 20_000))}
 
 
-def run(name: str, *, steps: int = 2500, lam: float | None = None, seed: int = 0, hidden: int = 256,
-        depth: int = 4) -> dict:
-    """Train dense and instrumented (same seed, loop and data), prune; R^2, parameters and
-    the kept inputs against the simulator's truth."""
-    workload = SURROGATES[name]
-    x_all, y_all = workload.data.load(workload.samples, seed)
-    split = int(0.8 * len(x_all))
-    x, y = torch.as_tensor(x_all[:split]), torch.as_tensor(y_all[:split])
-    x_test, y_test = torch.as_tensor(x_all[split:]), torch.as_tensor(y_all[split:])
-    stats = (*column_stats(x_all[:split]), *column_stats(y_all[:split]))
-    loss_fn = standardized_mse(torch.as_tensor(stats[3]))
+@dataclass(frozen=True)
+class Split:
+    """A workload's data: training and held-out samples, the standardisation statistics of
+    the training part (x mean, x std, y mean, y std) and the loss in target standard deviations."""
 
+    x: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    stats: tuple
+    loss_fn: Callable
+
+
+def split(name: str, samples: int | None = None, seed: int = 0) -> Split:
+    """The first 80% of the workload's (cached) samples for training, the rest held out."""
+    workload = SURROGATES[name]
+    x_all, y_all = workload.data.load(samples or workload.samples, seed)
+    cut = int(0.8 * len(x_all))
+    stats = (*column_stats(x_all[:cut]), *column_stats(y_all[:cut]))
+    return Split(torch.as_tensor(x_all[:cut]), torch.as_tensor(y_all[:cut]), torch.as_tensor(x_all[cut:]),
+                 torch.as_tensor(y_all[cut:]), stats, standardized_mse(torch.as_tensor(stats[3])))
+
+
+def fit_pair(name: str, data: Split, *, steps: int = 2500, lam: float | None = None, seed: int = 0,
+             hidden: int = 256, depth: int = 4) -> tuple[torch.nn.Module, torch.fx.GraphModule, torch.fx.GraphModule]:
+    """Train a dense and an instrumented SurrogateMLP alike (same seed, loop and data), prune
+    the instrumented one: (dense, wrapped, pruned)."""
     torch.manual_seed(seed)
-    dense = SurrogateMLP(*stats, hidden=hidden, depth=depth)
-    train(dense, x, y, steps=steps, seed=seed, loss_fn=loss_fn, desc=f"{name} dense")
+    dense = SurrogateMLP(*data.stats, hidden=hidden, depth=depth)
+    train(dense, data.x, data.y, steps=steps, seed=seed, loss_fn=data.loss_fn, desc=f"{name} dense")
     torch.manual_seed(seed)
     config = lumos_fx.Config() if lam is None else lumos_fx.Config(lam=lam)
-    wrapped = lumos_fx.instrument(SurrogateMLP(*stats, hidden=hidden, depth=depth), (x[:256],),
-                                  feature_names=workload.data.FEATURES, config=config)
-    train(wrapped, x, y, steps=steps, seed=seed, loss_fn=loss_fn, desc=f"{name} lumos")
-    pruned = lumos_fx.prune(wrapped)
+    wrapped = lumos_fx.instrument(SurrogateMLP(*data.stats, hidden=hidden, depth=depth), (data.x[:256],),
+                                  feature_names=SURROGATES[name].data.FEATURES, config=config)
+    train(wrapped, data.x, data.y, steps=steps, seed=seed, loss_fn=data.loss_fn, desc=f"{name} lumos")
+    return dense, wrapped, lumos_fx.prune(wrapped)
+
+
+def run(name: str, *, steps: int = 2500, lam: float | None = None, seed: int = 0) -> dict:
+    """R^2, parameters and the kept inputs against the simulator's truth, dense vs pruned."""
+    workload = SURROGATES[name]
+    data = split(name, seed=seed)
+    dense, _, pruned = fit_pair(name, data, steps=steps, lam=lam, seed=seed)
     kept = set(lumos_fx.summary(pruned).features["x"][0])
     with torch.no_grad():
-        r2 = {"dense": r2_score(dense(x_test), y_test), "lumos": r2_score(pruned(x_test), y_test)}
+        r2 = {"dense": r2_score(dense(data.x_test), data.y_test), "lumos": r2_score(pruned(data.x_test), data.y_test)}
     return {
         "workload": name, "metric": "R^2", "metric_dense": r2["dense"], "metric_lumos": r2["lumos"],
         "params_dense": sum(p.numel() for p in dense.parameters()),

@@ -16,9 +16,9 @@ import lumos_fx
 from lumos_fx.report import count_flops
 
 from ..measure import interleaved_latency
-from ..training import column_stats, r2_score, standardized_mse, train
+from ..surrogates import fit_pair, split
+from ..training import r2_score
 from . import data
-from ..surrogate import SurrogateMLP
 
 
 def _times(before: float, after: float, digits: int = 1) -> str:
@@ -38,25 +38,12 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    x_all, y_all = data.load(args.samples, args.seed)
-    split = int(0.8 * len(x_all))
-    x, y = torch.as_tensor(x_all[:split]), torch.as_tensor(y_all[:split])
-    x_test, y_test = torch.as_tensor(x_all[split:]), torch.as_tensor(y_all[split:])
-    stats = (*column_stats(x_all[:split]), *column_stats(y_all[:split]))
-    loss_fn = standardized_mse(torch.as_tensor(stats[3]))
-    print(f"CFD flux surrogate: {split} training faces, {len(x_test)} test faces, "
+    d = split("cfd", args.samples, args.seed)
+    x_test, y_test = d.x_test, d.y_test
+    print(f"CFD flux surrogate: {len(d.x)} training faces, {len(x_test)} test faces, "
           f"{len(data.FEATURES)} inputs ({len(data.INFORMATIVE)} informative), {len(data.TARGETS)} fluxes")
-
-    torch.manual_seed(args.seed)
-    dense = SurrogateMLP(*stats, hidden=args.hidden, depth=args.depth)
-    train(dense, x, y, steps=args.steps, seed=args.seed, loss_fn=loss_fn, desc="dense")
-
-    torch.manual_seed(args.seed)
-    model = SurrogateMLP(*stats, hidden=args.hidden, depth=args.depth)
-    wrapped = lumos_fx.instrument(model, (x[:256],), feature_names=data.FEATURES,
-                                  config=lumos_fx.Config(lam=args.lam))
-    train(wrapped, x, y, steps=args.steps, seed=args.seed, loss_fn=loss_fn, desc="lumos")
-    pruned = lumos_fx.prune(wrapped)
+    dense, wrapped, pruned = fit_pair("cfd", d, steps=args.steps, lam=args.lam, seed=args.seed,
+                                      hidden=args.hidden, depth=args.depth)
     report = lumos_fx.summary(pruned)
     print(report)
 
