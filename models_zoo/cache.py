@@ -27,3 +27,18 @@ def cached(key: str, make: Callable[[], tuple[np.ndarray, ...]]) -> tuple[np.nda
     np.savez(tmp, **{f"a{i}": a for i, a in enumerate(arrays)})
     os.replace(tmp, path)
     return arrays
+
+
+def cached_objects(key: str, make: Callable[[], object]) -> object:
+    """Like :func:`cached` for tensors in lists and tuples (graph data sets), with torch.save."""
+    import torch
+
+    path = cache_dir() / f"{key}_v{VERSION}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.pt")
+    torch.save(value, tmp)
+    os.replace(tmp, path)
+    return value

@@ -1,12 +1,9 @@
-"""The MLP surrogate workloads (CFD, Fluid, Synthetic) by name, and one job that trains a
-dense and an instrumented surrogate alike, prunes, and measures both.
-
-    python -m models_zoo.surrogates fluid [--steps 2500] [--lam 1.0]
-"""
+"""The MLP surrogate workloads (CFD, Fluid, PureMD, Synthetic) by name: their data split,
+a dense and an instrumented surrogate trained alike, and each as a benchmark
+:class:`~models_zoo.workload.Workload`."""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -17,9 +14,11 @@ import lumos_fx
 
 from .cfd import data as cfd_data
 from .fluid import data as fluid_data
+from .puremd import data as puremd_data
 from .surrogate import SurrogateMLP
 from .synthetic import data as synthetic_data
-from .training import column_stats, r2_score, standardized_mse, train
+from .training import column_stats, standardized_mse, train
+from .workload import Rows, Scale, Task, Workload, standardized_loss
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class Surrogate:
 
 
 SURROGATES = {s.name: s for s in (Surrogate("cfd", cfd_data, 40_000), Surrogate("fluid", fluid_data, 40_000),
-                                  Surrogate("synthetic", synthetic_data, 20_000))}
+                                  Surrogate("puremd", puremd_data, 40_000), Surrogate("synthetic", synthetic_data, 20_000))}
 
 
 @dataclass(frozen=True)
@@ -79,39 +78,24 @@ def fit_pair(name: str, data: Split, *, steps: int = 2500, lam: float | None = N
     return dense, wrapped, lumos_fx.prune(wrapped)
 
 
-def run(name: str, *, steps: int = 2500, lam: float | None = None, seed: int = 0) -> dict:
-    """R^2, parameters and the kept inputs against the simulator's truth, dense vs pruned."""
-    workload = SURROGATES[name]
-    data = split(name, seed=seed)
-    dense, _, pruned = fit_pair(name, data, steps=steps, lam=lam, seed=seed)
-    kept = set(lumos_fx.summary(pruned).features["x"][0])
-    with torch.no_grad():
-        r2 = {"dense": r2_score(dense(data.x_test), data.y_test), "lumos": r2_score(pruned(data.x_test), data.y_test)}
-    return {
-        "workload": name, "metric": "R^2", "metric_dense": r2["dense"], "metric_lumos": r2["lumos"],
-        "params_dense": sum(p.numel() for p in dense.parameters()),
-        "params_lumos": sum(p.numel() for p in pruned.parameters()),
-        "features_total": len(workload.data.FEATURES), "features_kept": len(kept),
-        "informative_kept": workload.informative_kept(kept),
-        "uninformative_kept": [f for f in workload.data.UNINFORMATIVE if f in kept],
-    }
+SCALES = {
+    "smoke": Scale(samples=2_000, steps=60, batch=256, width=0.25),
+    "cpu": Scale(samples=40_000, steps=2500, batch=512),
+    "gpu": Scale(samples=200_000, steps=10_000, batch=2048),
+}
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description="train, prune and measure one MLP surrogate workload")
-    parser.add_argument("workload", choices=sorted(SURROGATES))
-    parser.add_argument("--steps", type=int, default=2500)
-    parser.add_argument("--lam", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    result = run(args.workload, steps=args.steps, lam=args.lam, seed=args.seed)
-    informative = SURROGATES[args.workload].data.INFORMATIVE
-    print(f"{args.workload}: R^2 dense {result['metric_dense']:.4f}  lumos {result['metric_lumos']:.4f}; "
-          f"parameters {result['params_dense']:,} -> {result['params_lumos']:,}; inputs "
-          f"{result['features_total']} -> {result['features_kept']} (informative kept "
-          f"{len(result['informative_kept'])}/{len(informative)}, uninformative kept {result['uninformative_kept']})")
-    return result
+def workload(name: str) -> Workload:
+    """The surrogate as a benchmark workload: R^2 of a SurrogateMLP (hidden 256 x width, depth 4)."""
+    surrogate = SURROGATES[name]
 
+    def data(scale: Scale, seed: int) -> Task:
+        d = split(name, scale.samples, seed)
+        return Task(Rows((d.x,), d.y, scale.batch), Rows((d.x_test,), d.y_test, scale.batch), (d.x[:256],),
+                    {"x": list(surrogate.data.FEATURES)}, {"stats": d.stats})
 
-if __name__ == "__main__":
-    main()
+    def build(task: Task, scale: Scale) -> torch.nn.Module:
+        return SurrogateMLP(*task.info["stats"], hidden=max(8, round(256 * scale.width)))
+
+    return Workload(name, "MLP", "R^2", data, build, standardized_loss, SCALES,
+                    informative=tuple(surrogate.data.INFORMATIVE), uninformative=tuple(surrogate.data.UNINFORMATIVE))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -29,11 +30,11 @@ def r2_score(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float((1 - ss_res / ss_tot).mean())
 
 
-def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, batch: int = 512,
-          lr: float = 2e-3, seed: int = 0, loss_fn=torch.nn.functional.mse_loss, desc: str = "train") -> list[float]:
-    """Adam with a cosine schedule on `loss_fn`. An instrumented model (from
-    lumos_fx.instrument) also gets the complexity term and its gate parameter group, and
-    nothing else changes."""
+def fit(model: torch.nn.Module, draw: Callable[[torch.Generator], tuple[tuple, torch.Tensor]], *, steps: int,
+        lr: float = 2e-3, seed: int = 0, loss_fn=torch.nn.functional.mse_loss, desc: str = "train") -> list[float]:
+    """Adam with a cosine schedule on ``loss_fn(model(*inputs), target)`` for ``(inputs, target)
+    = draw(generator)``. An instrumented model (from lumos_fx.instrument) also gets the
+    complexity term and its gate parameter group, and nothing else changes."""
     gated = isinstance(model, torch.fx.GraphModule) and "lumos" in model.meta
     params = lumos_fx.param_groups(model, lr) if gated else [{"params": model.parameters(), "lr": lr}]
     opt = torch.optim.Adam(params)
@@ -42,8 +43,8 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: in
     model.train()
     losses = []
     for step in tqdm(range(steps), desc=desc, mininterval=1.0, leave=False):
-        idx = torch.randint(0, len(x), (batch,), generator=gen)
-        loss = loss_fn(model(x[idx]), y[idx])
+        inputs, target = draw(gen)
+        loss = loss_fn(model(*inputs), target)
         total = loss + lumos_fx.complexity_loss(model) if gated else loss
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -54,3 +55,12 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: in
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, batch: int = 512,
+          **kw) -> list[float]:
+    """:func:`fit` on random mini-batches of the rows of `x` and `y`."""
+    def draw(gen):
+        idx = torch.randint(0, len(x), (batch,), generator=gen)
+        return (x[idx],), y[idx]
+    return fit(model, draw, steps=steps, **kw)

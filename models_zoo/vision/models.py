@@ -38,6 +38,26 @@ class CosmoFlow(nn.Module):
         return self.head(self.features(x))
 
 
+class CNNClassifier(nn.Module):
+    """Conv-BN-ReLU-pool blocks then a fully connected classifier (the DMS workload's
+    "CNN + FC")."""
+
+    def __init__(self, in_channels: int = 1, size: int = 32, n_classes: int = 3, width: float = 1.0,
+                 blocks: int = 3) -> None:
+        super().__init__()
+        layers, c = [], in_channels
+        for i in range(blocks):
+            out = _w(32 * 2 ** i, width)
+            layers += [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
+            c = out
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(c * (size // 2 ** blocks) ** 2, _w(256, width)),
+                                        nn.ReLU(), nn.Linear(_w(256, width), n_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
 _VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 

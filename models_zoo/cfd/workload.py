@@ -1,0 +1,5 @@
+"""The cfd workload for the benchmark (see models_zoo.surrogates)."""
+
+from ..surrogates import workload
+
+WORKLOAD = workload("cfd")

@@ -1,0 +1,11 @@
+"""EM-Denoise: a U-Net mapping low-dose micrographs to noise-free images (MSE)."""
+
+from ..vision.models import UNet
+from ..workload import Workload, image_scales, image_task, mse_loss
+from . import data
+
+WORKLOAD = Workload(
+    "emdenoise", "U-Net", "MSE",
+    lambda scale, seed: image_task(*data.load(scale.samples, scale.size, seed), scale.batch),
+    lambda task, scale: UNet(1, 1, width=scale.width, depth=3),
+    mse_loss, image_scales(), lr=1e-3)

@@ -1,0 +1,11 @@
+"""PPA: ogbg-ppa's GCN with edge features classifying graphs by generative model (accuracy)."""
+
+from ..graph.models import PPAGCN
+from ..workload import Workload, classification_loss, graph_scales, graph_task
+from . import data
+
+WORKLOAD = Workload(
+    "ppa", "GCN", "accuracy",
+    lambda scale, seed: graph_task(*data.load(scale.samples, seed), scale.batch),
+    lambda task, scale: PPAGCN(scale.width, layers=3, n_classes=len(data.CLASSES)),
+    classification_loss, graph_scales(), lr=1e-3)

@@ -1,0 +1,5 @@
+"""The puremd workload for the benchmark (see models_zoo.surrogates)."""
+
+from ..surrogates import workload
+
+WORKLOAD = workload("puremd")

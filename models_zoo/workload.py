@@ -1,0 +1,183 @@
+"""What every zoo workload is: data at a chosen scale, a model, a loss and a metric.
+
+A :class:`Workload` names its simulator and model family; ``workload.task(scale, seed)``
+builds the data (cached on disk by the simulator) and ``workload.model(task)`` a fresh
+model for it. The benchmark, the CLI and the tests find workloads by name in
+:mod:`models_zoo.registry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .training import fit, r2_score
+
+#: metric name -> (function of (prediction, target), higher is better)
+METRICS: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], float], bool]] = {
+    "R^2": (r2_score, True),
+    "MSE": (lambda pred, target: float(F.mse_loss(pred, target)), False),
+    "accuracy": (lambda pred, target: float((pred.argmax(1) == target).float().mean()), True),
+}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big a run is: simulated samples, training steps, mini-batch, the model's width
+    factor and the side length of image or volume inputs."""
+
+    samples: int
+    steps: int
+    batch: int = 64
+    width: float = 1.0
+    size: int = 32
+
+
+class Rows:
+    """Training data as tensors whose rows are samples: a draw is a random mini-batch."""
+
+    def __init__(self, inputs: tuple[torch.Tensor, ...], target: torch.Tensor, batch: int) -> None:
+        self.inputs, self.target, self.batch = inputs, target, batch
+
+    def __call__(self, gen: torch.Generator) -> tuple[tuple, torch.Tensor]:
+        idx = torch.randint(0, len(self.target), (self.batch,), generator=gen)
+        return tuple(t[idx] for t in self.inputs), self.target[idx]
+
+    def batches(self, size: int) -> list[tuple[tuple, torch.Tensor]]:
+        n = len(self.target)
+        return [(tuple(t[i:i + size] for t in self.inputs), self.target[i:i + size]) for i in range(0, n, size)]
+
+
+class Collated:
+    """Training data as ready mini-batches (graphs collated into one disjoint graph each): a
+    draw is a random one of them."""
+
+    def __init__(self, batches: list[tuple[tuple, torch.Tensor]]) -> None:
+        self.items = batches
+
+    def __call__(self, gen: torch.Generator) -> tuple[tuple, torch.Tensor]:
+        return self.items[int(torch.randint(0, len(self.items), (1,), generator=gen))]
+
+    def batches(self, size: int) -> list[tuple[tuple, torch.Tensor]]:
+        return self.items
+
+
+@dataclass
+class Task:
+    """A workload's data at one scale: training draws, held-out data, the example inputs
+    for instrument(), input column names (when inputs are tabular or band-like), and what
+    the model builder needs to know (``info``: e.g. standardisation statistics)."""
+
+    train: Rows | Collated
+    test: Rows | Collated
+    example: tuple
+    feature_names: dict[str, list[str]] | None = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One of the paper's workloads. ``data(scale, seed)`` builds the task; ``build(task,
+    scale)`` a fresh model; ``metric`` names an entry of :data:`METRICS`; ``loss`` trains it.
+    Surrogates also list the simulator's informative and uninformative inputs (the ground
+    truth of feature selection) and their column values for correlation plots."""
+
+    name: str
+    family: str
+    metric: str
+    data: Callable[[Scale, int], Task]
+    build: Callable[[Task, Scale], nn.Module]
+    loss: Callable[[Task], Callable]
+    scales: dict[str, Scale]
+    lr: float = 2e-3
+    lam: float | None = None
+    informative: tuple[str, ...] = ()
+    uninformative: tuple[str, ...] = ()
+
+    @property
+    def higher_is_better(self) -> bool:
+        return METRICS[self.metric][1]
+
+    def task(self, scale: str | Scale, seed: int = 0) -> Task:
+        return self.data(self.scales[scale] if isinstance(scale, str) else scale, seed)
+
+    def model(self, task: Task, scale: str | Scale, seed: int = 0) -> nn.Module:
+        torch.manual_seed(seed)
+        return self.build(task, self.scales[scale] if isinstance(scale, str) else scale)
+
+    def train(self, model: nn.Module, task: Task, steps: int, *, seed: int = 0, loss=None, desc: str = "") -> list[float]:
+        """Train `model` (dense, instrumented or pruned) on the task for `steps` steps;
+        `loss`, if given, wraps the task loss (a baseline's extra penalty)."""
+        base = self.loss(task)
+        loss_fn = base if loss is None else (lambda pred, target: loss(base(pred, target)))
+        return fit(model, task.train, steps=steps, lr=self.lr, seed=seed, loss_fn=loss_fn,
+                   desc=desc or f"{self.name}")
+
+    def predict(self, model: nn.Module, task: Task, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        model.eval()
+        with torch.no_grad():
+            parts = [(model(*inputs), target) for inputs, target in task.test.batches(batch)]
+        return torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])
+
+    def evaluate(self, model: nn.Module, task: Task) -> float:
+        """The workload's metric of `model` on the held-out data."""
+        return METRICS[self.metric][0](*self.predict(model, task))
+
+
+def split_rows(x: np.ndarray, y: np.ndarray, batch: int, test_fraction: float = 0.2) -> tuple[Rows, Rows]:
+    """The first samples for training, the last `test_fraction` held out."""
+    cut = int((1 - test_fraction) * len(x))
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    return Rows((xt[:cut],), yt[:cut], batch), Rows((xt[cut:],), yt[cut:], batch)
+
+
+def classification_loss(task: Task):
+    return F.cross_entropy
+
+
+def mse_loss(task: Task):
+    return F.mse_loss
+
+
+def standardized_loss(task: Task):
+    """MSE in units of each target column's standard deviation on the training data."""
+    scale = task.train.target.std(0).clamp_min(1e-8)
+    return lambda pred, target: F.mse_loss(pred / scale, target / scale)
+
+
+def image_task(x: np.ndarray, y: np.ndarray, batch: int, channel_names: list[str] | None = None) -> Task:
+    """Images or volumes (n, channels, ...) and their targets, 20% held out; `channel_names`
+    names the input channels when they are features worth selecting (bands, redshifts)."""
+    train, test = split_rows(x, y, batch)
+    return Task(train, test, (train.inputs[0][:8],), {"x": channel_names} if channel_names else None)
+
+
+def image_scales(size: int = 32, cpu_steps: int = 600, cpu_samples: int = 3000) -> dict[str, Scale]:
+    """smoke: seconds on a CPU; cpu: about a minute per training run; gpu: the full model."""
+    return {
+        "smoke": Scale(samples=96, steps=4, batch=16, width=0.125, size=size),
+        "cpu": Scale(samples=cpu_samples, steps=cpu_steps, batch=64, width=0.25, size=size),
+        "gpu": Scale(samples=20_000, steps=5000, batch=128, width=1.0, size=2 * size),
+    }
+
+
+def graph_task(graphs: list, labels: torch.Tensor, batch: int) -> Task:
+    """Graphs collated into mini-batches of `batch` graphs, 20% held out."""
+    from .graph.batching import graph_batches
+
+    cut = int(0.8 * len(graphs))
+    train = Collated(graph_batches(graphs[:cut], labels[:cut], batch))
+    return Task(train, Collated(graph_batches(graphs[cut:], labels[cut:], 256)), train.items[0][0])
+
+
+def graph_scales() -> dict[str, Scale]:
+    return {
+        "smoke": Scale(samples=64, steps=4, batch=16, width=0.1),
+        "cpu": Scale(samples=3000, steps=800, batch=32, width=0.25),
+        "gpu": Scale(samples=40_000, steps=10_000, batch=128, width=1.0),
+    }
