@@ -1,4 +1,6 @@
 # Two entry points: `make demo` and `make test`. Both create .venv on first use.
+# `make bench` runs the CPU benchmark into results/ (with the optional DepGraph baseline);
+# `make bench-smoke` runs every workload end to end at a tiny scale in under a minute.
 PYTHON ?= python3
 # The CPU wheel of torch 2.13.0 lies on the build machines' disk; a bare `torch`
 # would pull a CUDA build of several GB. Override with e.g. `make TORCH=torch==2.5.1`.
@@ -7,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +23,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[baselines]"
+	$(PY) -m models_zoo.bench --scale cpu --out results
+
+bench-smoke: $(STAMP)
+	$(PY) -m models_zoo.bench --scale smoke --out out/bench-smoke
 
 clean:
 	rm -rf $(VENV) out .cache .pytest_cache .hypothesis

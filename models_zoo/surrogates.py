@@ -85,8 +85,9 @@ SCALES = {
 }
 
 
-def workload(name: str) -> Workload:
-    """The surrogate as a benchmark workload: R^2 of a SurrogateMLP (hidden 256 x width, depth 4)."""
+def workload(name: str, **settings) -> Workload:
+    """The surrogate as a benchmark workload: R^2 of a SurrogateMLP (hidden 256 x width, depth
+    4); `settings` are the Workload's lumos_fx settings (``lam``, ``warmup``)."""
     surrogate = SURROGATES[name]
 
     def data(scale: Scale, seed: int) -> Task:
@@ -97,5 +98,5 @@ def workload(name: str) -> Workload:
     def build(task: Task, scale: Scale) -> torch.nn.Module:
         return SurrogateMLP(*task.info["stats"], hidden=max(8, round(256 * scale.width)))
 
-    return Workload(name, "MLP", "R^2", data, build, standardized_loss, SCALES,
+    return Workload(name, "MLP", "R^2", data, build, standardized_loss, SCALES, **settings,
                     informative=tuple(surrogate.data.INFORMATIVE), uninformative=tuple(surrogate.data.UNINFORMATIVE))

@@ -31,30 +31,44 @@ def r2_score(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def fit(model: torch.nn.Module, draw: Callable[[torch.Generator], tuple[tuple, torch.Tensor]], *, steps: int,
-        lr: float = 2e-3, seed: int = 0, loss_fn=torch.nn.functional.mse_loss, desc: str = "train") -> list[float]:
+        lr: float = 2e-3, seed: int = 0, loss_fn=torch.nn.functional.mse_loss, desc: str = "train",
+        device: str = "cpu", warmup: int = 0) -> list[float]:
     """Adam with a cosine schedule on ``loss_fn(model(*inputs), target)`` for ``(inputs, target)
     = draw(generator)``. An instrumented model (from lumos_fx.instrument) also gets the
-    complexity term and its gate parameter group, and nothing else changes."""
+    complexity term and its gate parameter group, and nothing else changes. With a `device`
+    other than the CPU the model trains there and comes back to the CPU at the end.
+
+    ``warmup`` steps first train the weights with every gate held at its deterministic
+    (open) value and no complexity term: inputs that only matter together (the components
+    of a vector) are learnt before stochastic gates can make them look like noise."""
     gated = isinstance(model, torch.fx.GraphModule) and "lumos" in model.meta
     params = lumos_fx.param_groups(model, lr) if gated else [{"params": model.parameters(), "lr": lr}]
     opt = torch.optim.Adam(params)
     base = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator().manual_seed(seed)
-    model.train()
+    model.to(device).train()
     losses = []
+    gate_modules = list(lumos_fx.gates(model).values()) if gated else []
+    for gate in gate_modules:
+        gate.train(warmup == 0)
     for step in tqdm(range(steps), desc=desc, mininterval=1.0, leave=False):
+        if step == warmup and step:
+            for gate in gate_modules:
+                gate.train()
         inputs, target = draw(gen)
+        if device != "cpu":
+            inputs, target = tuple(t.to(device, non_blocking=True) for t in inputs), target.to(device)
         loss = loss_fn(model(*inputs), target)
-        total = loss + lumos_fx.complexity_loss(model) if gated else loss
+        total = loss + lumos_fx.complexity_loss(model) if gated and step >= warmup else loss
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
         scale = 0.5 * (1 + math.cos(math.pi * step / steps))
         for group, lr0 in zip(opt.param_groups, base):
             group["lr"] = lr0 * (scale if group.get("name") != "gates" else 1.0)
-        losses.append(loss.item())
-    model.eval()
-    return losses
+        losses.append(loss.detach())
+    model.cpu().eval()
+    return [float(v) for v in losses]
 
 
 def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, batch: int = 512,

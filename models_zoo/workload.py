@@ -84,6 +84,9 @@ class Task:
 class Workload:
     """One of the paper's workloads. ``data(scale, seed)`` builds the task; ``build(task,
     scale)`` a fresh model; ``metric`` names an entry of :data:`METRICS`; ``loss`` trains it.
+    ``lam`` (Config.lam; None for the default) and ``warmup`` (the fraction of the training
+    steps an instrumented model trains with its gates held open, see
+    :func:`~models_zoo.training.fit`) are the workload's lumos_fx settings.
     Surrogates also list the simulator's informative and uninformative inputs (the ground
     truth of feature selection) and their column values for correlation plots."""
 
@@ -96,6 +99,7 @@ class Workload:
     scales: dict[str, Scale]
     lr: float = 2e-3
     lam: float | None = None
+    warmup: float = 0.0
     informative: tuple[str, ...] = ()
     uninformative: tuple[str, ...] = ()
 
@@ -110,13 +114,14 @@ class Workload:
         torch.manual_seed(seed)
         return self.build(task, self.scales[scale] if isinstance(scale, str) else scale)
 
-    def train(self, model: nn.Module, task: Task, steps: int, *, seed: int = 0, loss=None, desc: str = "") -> list[float]:
-        """Train `model` (dense, instrumented or pruned) on the task for `steps` steps;
-        `loss`, if given, wraps the task loss (a baseline's extra penalty)."""
+    def train(self, model: nn.Module, task: Task, steps: int, *, seed: int = 0, loss=None, desc: str = "",
+              device: str = "cpu", warmup: int = 0) -> list[float]:
+        """Train `model` (dense, instrumented or pruned) on the task for `steps` steps on
+        `device`; `loss`, if given, wraps the task loss (a baseline's extra penalty)."""
         base = self.loss(task)
         loss_fn = base if loss is None else (lambda pred, target: loss(base(pred, target)))
         return fit(model, task.train, steps=steps, lr=self.lr, seed=seed, loss_fn=loss_fn,
-                   desc=desc or f"{self.name}")
+                   desc=desc or f"{self.name}", device=device, warmup=warmup)
 
     def predict(self, model: nn.Module, task: Task, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()
@@ -147,7 +152,7 @@ def mse_loss(task: Task):
 def standardized_loss(task: Task):
     """MSE in units of each target column's standard deviation on the training data."""
     scale = task.train.target.std(0).clamp_min(1e-8)
-    return lambda pred, target: F.mse_loss(pred / scale, target / scale)
+    return lambda pred, target: F.mse_loss(pred / scale.to(pred.device), target / scale.to(pred.device))
 
 
 def image_task(x: np.ndarray, y: np.ndarray, batch: int, channel_names: list[str] | None = None) -> Task:
@@ -157,22 +162,25 @@ def image_task(x: np.ndarray, y: np.ndarray, batch: int, channel_names: list[str
     return Task(train, test, (train.inputs[0][:8],), {"x": channel_names} if channel_names else None)
 
 
-def image_scales(size: int = 32, cpu_steps: int = 600, cpu_samples: int = 3000) -> dict[str, Scale]:
+def image_scales(size: int = 32, cpu_steps: int = 600, cpu_samples: int = 3000, cpu_batch: int = 64,
+                 cpu_width: float = 0.25) -> dict[str, Scale]:
     """smoke: seconds on a CPU; cpu: about a minute per training run; gpu: the full model."""
     return {
         "smoke": Scale(samples=96, steps=4, batch=16, width=0.125, size=size),
-        "cpu": Scale(samples=cpu_samples, steps=cpu_steps, batch=64, width=0.25, size=size),
+        "cpu": Scale(samples=cpu_samples, steps=cpu_steps, batch=cpu_batch, width=cpu_width, size=size),
         "gpu": Scale(samples=20_000, steps=5000, batch=128, width=1.0, size=2 * size),
     }
 
 
-def graph_task(graphs: list, labels: torch.Tensor, batch: int) -> Task:
-    """Graphs collated into mini-batches of `batch` graphs, 20% held out."""
-    from .graph.batching import graph_batches
+def graph_task(graphs: list, labels: torch.Tensor, batch: int, feature_names: dict | None = None) -> Task:
+    """Graphs collated into mini-batches of `batch` graphs, 20% held out; ``info["single"]``
+    is one held-out graph alone (for batch-1 latency)."""
+    from .graph.batching import collate, graph_batches
 
     cut = int(0.8 * len(graphs))
     train = Collated(graph_batches(graphs[:cut], labels[:cut], batch))
-    return Task(train, Collated(graph_batches(graphs[cut:], labels[cut:], 256)), train.items[0][0])
+    return Task(train, Collated(graph_batches(graphs[cut:], labels[cut:], 256)), train.items[0][0], feature_names,
+                info={"single": collate(graphs[cut:cut + 1])})
 
 
 def graph_scales() -> dict[str, Scale]:

@@ -16,10 +16,12 @@ import numpy as np
 import torch
 
 from ..cache import cached_objects
-
 from ..graph.models import PPA_EDGE_FEATURES
 
 CLASSES = ["erdos_renyi", "barabasi_albert", "watts_strogatz", "block_model", "geometric"]
+INFORMATIVE = ["degree_min", "degree_max", "common_neighbours", "jaccard", "in_triangle"]
+UNINFORMATIVE = ["noise_1", "noise_2"]
+EDGE_FEATURES = INFORMATIVE + UNINFORMATIVE
 
 
 def generate(kind: str, n: int, seed: int) -> nx.Graph:

@@ -1,0 +1,88 @@
+"""Benchmark lumos_fx on the zoo's workloads against dense models and the baselines.
+
+    python -m models_zoo.bench [--scale smoke|cpu|gpu] [--workloads cfd dms ...] [--out results]
+                               [--no-baselines]
+
+Writes ``bench.json`` (one object per workload), ``baselines.json`` (one per workload and
+method), ``bench.md`` and the plots ``fig9_before_after.png`` and ``fig10_features.png``
+into ``--out``. ``make bench`` runs the CPU scale, ``make bench-smoke`` the smoke scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from ..registry import NAMES, get
+from . import report
+from .run import feature_correlations, run_baselines, run_workload
+
+
+def main(argv=None) -> tuple[list[dict], list[dict]]:
+    parser = argparse.ArgumentParser(description="benchmark lumos_fx on the zoo's workloads")
+    parser.add_argument("--scale", choices=("smoke", "cpu", "gpu"), default="cpu")
+    parser.add_argument("--workloads", nargs="+", choices=NAMES, default=list(NAMES))
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other workloads' results already in --out, replace these")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where models train (default: the GPU when there is one)")
+    parser.add_argument("--repeats", type=int, default=None, help="latency repeats (default 50, smoke 5)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    repeats = args.repeats or (5 if args.scale == "smoke" else 50)
+    rows, base_rows, correlations, names = [], [], {}, {}
+    start = time.perf_counter()
+    for name in args.workloads:
+        workload = get(name)
+        scale = workload.scales[args.scale]
+        t0 = time.perf_counter()
+        row, trained = run_workload(workload, scale, seed=args.seed, repeats=repeats, device=args.device)
+        rows.append(row)
+        correlations[name] = feature_correlations(trained["task"])
+        names[name] = trained["task"].feature_names or {}
+        if not args.no_baselines:
+            base_rows += run_baselines(workload, scale, row, trained, seed=args.seed, device=args.device)
+        print(f"{name:<11} {row['metric']:<8} dense {row['metric_dense']:.4f} lumos {row['metric_lumos']:.4f}  "
+              f"params {row['params_dense']:,} -> {row['params_lumos']:,}  features {row['features_kept']}/"
+              f"{row['features_total']}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    header = (f"Scale `{args.scale}`, seed {args.seed}, {platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
+              f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}; "
+              f"{time.perf_counter() - start:.0f} s in all. Latencies are medians of interleaved runs.")
+    if args.update:
+        rows, base_rows = _merged(out, rows, base_rows)
+        for name in {r["workload"] for r in rows} - set(names):  # kept rows: their data is cached
+            task = get(name).task(args.scale, args.seed)
+            correlations[name], names[name] = feature_correlations(task), task.feature_names or {}
+    report.write_json(out / "bench.json", rows)
+    report.write_json(out / "baselines.json", base_rows)
+    (out / "bench.md").write_text(report.markdown(rows, base_rows, header))
+    report.fig9(rows, out / "fig9_before_after.png")
+    report.fig10(rows, correlations, names, out / "fig10_features.png")
+    print(f"wrote {out / 'bench.json'}, {out / 'baselines.json'}, {out / 'bench.md'} and the plots")
+    return rows, base_rows
+
+
+def _merged(out: Path, rows: list[dict], base_rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The results in `out` with those of the workloads just run replaced, in registry order."""
+    new = {r["workload"] for r in rows}
+    old = json.loads((out / "bench.json").read_text()) if (out / "bench.json").exists() else []
+    old_base = json.loads((out / "baselines.json").read_text()) if (out / "baselines.json").exists() else []
+    order = {name: i for i, name in enumerate(NAMES)}
+    merged = sorted([r for r in old if r["workload"] not in new] + rows, key=lambda r: order[r["workload"]])
+    merged_base = sorted([b for b in old_base if b["workload"] not in new] + base_rows,
+                         key=lambda b: order[b["workload"]])
+    return merged, merged_base
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The benchmark's outputs: results as JSON, a Markdown table, and the paper's Fig. 9 and
+Fig. 10 as matplotlib plots."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+
+def write_json(path: Path, rows: list[dict]) -> None:
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("inf")
+
+
+def markdown(rows: list[dict], baselines: list[dict], header: str) -> str:
+    lines = [f"# lumos_fx benchmark\n\n{header}\n", "## Dense vs Lumos-pruned\n",
+             ("| workload | model | metric | dense | lumos | params dense | params lumos | params cut | FLOPs cut "
+              "| CPU speedup b1 | CPU speedup large | peak mem dense MB | peak mem lumos MB | train s dense "
+              "| train s lumos | features kept |"),
+             "|---" * 16 + "|"]
+    for r in rows:
+        lines.append(
+            f"| {r['workload']} | {r['family']} | {r['metric']} | {r['metric_dense']:.4f} | {r['metric_lumos']:.4f} "
+            f"| {r['params_dense']:,} | {r['params_lumos']:,} | {1 - r['params_lumos'] / r['params_dense']:.1%} "
+            f"| {1 - r['flops_lumos'] / r['flops_dense']:.1%} "
+            f"| {_ratio(r['latency_b1_dense_ms'], r['latency_b1_lumos_ms']):.2f}x "
+            f"| {_ratio(r['latency_large_dense_ms'], r['latency_large_lumos_ms']):.2f}x (batch {r['large_batch']}) "
+            f"| {r['peak_memory_dense_mb']:.1f} | {r['peak_memory_lumos_mb']:.1f} "
+            f"| {r['train_time_dense_s']:.0f} | {r['train_time_lumos_s']:.0f} "
+            f"| {r['features_kept']}/{r['features_total']} |")
+    if rows:
+        lines.append("\nAverages over workloads: parameter reduction "
+                     f"{statistics.mean(1 - r['params_lumos'] / r['params_dense'] for r in rows):.1%}, FLOPs reduction "
+                     f"{statistics.mean(1 - r['flops_lumos'] / r['flops_dense'] for r in rows):.1%}, CPU speedup batch 1 "
+                     f"{statistics.mean(_ratio(r['latency_b1_dense_ms'], r['latency_b1_lumos_ms']) for r in rows):.2f}x, "
+                     "large batch "
+                     f"{statistics.mean(_ratio(r['latency_large_dense_ms'], r['latency_large_lumos_ms']) for r in rows):.2f}x.")
+    if baselines:
+        lines += ["\n## Baselines at Lumos's parameter count\n",
+                  "| workload | metric | " + " | ".join(METHODS) + " |", "|---" * (2 + len(METHODS)) + "|"]
+        for name in dict.fromkeys(b["workload"] for b in baselines):
+            cells = []
+            for method in METHODS:
+                b = next((b for b in baselines if b["workload"] == name and b["method"] == method), None)
+                cells.append("n/a" if b is None else f"skipped ({b['skipped'][:60]})" if "skipped" in b
+                             else f"{b['metric_value']:.4f} ({b['params']:,})")
+            metric = next(b["metric"] for b in baselines if b["workload"] == name and "metric" in b)
+            lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
+    surrogate = [r for r in rows if "informative_kept" in r]
+    if surrogate:
+        lines += ["\n## Feature selection\n", "| workload | inputs | kept | informative kept | uninformative kept |",
+                  "|---|---|---|---|---|"]
+        for r in surrogate:
+            lines.append(f"| {r['workload']} | {r['features_total']} | {r['features_kept']} "
+                         f"| {len(r['informative_kept'])} | {', '.join(r['uninformative_kept']) or 'none'} |")
+    return "\n".join(lines) + "\n"
+
+
+METHODS = ("lumos", "l1", "slimming", "depgraph")
+
+
+def fig9(rows: list[dict], path: Path) -> None:
+    """Per workload, dense vs Lumos: CPU latency (batch 1), the metric, parameters, FLOPs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [r["workload"] for r in rows]
+    panels = [("CPU latency, batch 1 (ms)", "latency_b1_{}_ms", True), ("metric", "metric_{}", False),
+              ("parameters", "params_{}", True), ("FLOPs per sample", "flops_{}", True)]
+    fig, axes = plt.subplots(2, 2, figsize=(14, 8))
+    x = np.arange(len(rows))
+    for ax, (title, key, log) in zip(axes.flat, panels):
+        for k, (which, colour) in enumerate((("dense", "#999999"), ("lumos", "#d62728"))):
+            ax.bar(x + (k - 0.5) * 0.4, [r[key.format(which)] for r in rows], 0.4, label=which, color=colour)
+        ax.set_title(title)
+        ax.set_xticks(x, [f"{n}\n({r['metric']})" if title == "metric" else n for n, r in zip(names, rows)],
+                      rotation=45, ha="right", fontsize=8)
+        if log:
+            ax.set_yscale("log")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def fig10(rows: list[dict], correlations: dict[str, dict[str, list[float]]], feature_names: dict, path: Path) -> None:
+    """Per input feature of every workload with named features: its largest |Pearson r| with
+    the outputs, kept (filled) or removed (hollow) by Lumos."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if correlations.get(r["workload"])]
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.6), squeeze=False)
+    for ax, r in zip(axes[0], shown):
+        (name, corr), = correlations[r["workload"]].items()
+        names = feature_names[r["workload"]][name]
+        kept = set(r["features_kept_names"])
+        for i, (f, c) in enumerate(zip(names, corr)):
+            on = f in kept
+            ax.scatter(i, c, s=40, facecolors="#d62728" if on else "none", edgecolors="#d62728" if on else "#555555")
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        ax.set_title(r["workload"])
+        ax.set_ylabel("max |Pearson r| with outputs")
+    fig.suptitle("input features: kept (filled) vs removed (hollow)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

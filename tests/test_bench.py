@@ -1,0 +1,62 @@
+"""The benchmark harness: `make bench-smoke` end to end (every workload, every baseline), and
+the baselines' cut to a parameter budget."""
+
+import json
+
+import torch
+from torch import nn
+
+import lumos_fx
+from lumos_fx.instrument import gate_modules
+from models_zoo.bench import baselines
+from models_zoo.bench.__main__ import main
+from models_zoo.registry import NAMES
+
+FIELDS = ("workload", "metric", "metric_dense", "metric_lumos", "params_dense", "params_lumos", "flops_dense",
+          "flops_lumos", "latency_b1_dense_ms", "latency_b1_lumos_ms", "latency_large_dense_ms",
+          "latency_large_lumos_ms", "features_total", "features_kept")
+
+
+def test_the_smoke_benchmark_runs_every_workload_and_writes_every_result(tmp_path):
+    main(["--scale", "smoke", "--out", str(tmp_path), "--repeats", "2"])
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["workload"] for r in rows] == list(NAMES)
+    for r in rows:
+        assert all(k in r for k in FIELDS), r["workload"]
+        assert 0 <= r["params_lumos"] <= r["params_dense"] and r["flops_lumos"] <= r["flops_dense"]
+        assert r["latency_b1_dense_ms"] > 0 and r["peak_memory_dense_mb"] > 0
+    base = json.loads((tmp_path / "baselines.json").read_text())
+    for name in NAMES:
+        methods = {b["method"]: b for b in base if b["workload"] == name}
+        assert set(methods) == {"lumos", "l1", "slimming", "depgraph"}, name
+        assert "metric_value" in methods["l1"], methods["l1"]  # L1 cuts every model
+        for b in methods.values():
+            assert "skipped" in b or b["params"] <= b["params_dense"]
+    assert "| cfd |" in (tmp_path / "bench.md").read_text()
+    assert (tmp_path / "fig9_before_after.png").stat().st_size > 0
+    assert (tmp_path / "fig10_features.png").stat().st_size > 0
+
+
+def test_l1_cuts_the_weakest_filters_down_to_the_budget():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.arange(1, 9).float()[:, None])  # filter i has L1 norm ~ i
+    wrapped = lumos_fx.instrument(model, (torch.randn(3, 4),))
+    scores = baselines.l1_scores(wrapped)
+    (gid, score), = scores.items()
+    assert score.argsort().tolist()[:3] == [0, 1, 2]
+    baselines.cut_to_budget(wrapped, scores, params=4 * 5 + 5 + 5 * 2 + 2)  # 5 hidden units left
+    pruned = lumos_fx.prune(wrapped)
+    assert sum(p.numel() for p in pruned.parameters()) == 37
+    closed = (gate_modules(wrapped)[gid].log_alpha < 0).nonzero().flatten().tolist()
+    assert closed == [0, 1, 2]
+
+
+def test_slimming_scores_are_the_batchnorm_scales():
+    model = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 1))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([0.5, -2.0, 0.1, 1.0, -0.05, 3.0]))
+    wrapped = lumos_fx.instrument(model, (torch.randn(4, 3),))
+    (score,) = baselines.bn_scores(wrapped).values()
+    assert score.tolist() == [0.5, 2.0, 0.1, 1.0, 0.05, 3.0]
