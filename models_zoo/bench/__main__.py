@@ -51,6 +51,7 @@ def main(argv=None) -> tuple[list[dict], list[dict]]:
         names[name] = trained["task"].feature_names or {}
         if not args.no_baselines:
             base_rows += run_baselines(workload, scale, row, trained, seed=args.seed, device=args.device)
+        report.write_json(out / "bench.partial.json", rows)  # what a crash later would otherwise lose
         print(f"{name:<11} {row['metric']:<8} dense {row['metric_dense']:.4f} lumos {row['metric_lumos']:.4f}  "
               f"params {row['params_dense']:,} -> {row['params_lumos']:,}  features {row['features_kept']}/"
               f"{row['features_total']}  ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -65,6 +66,7 @@ def main(argv=None) -> tuple[list[dict], list[dict]]:
             correlations[name], names[name] = feature_correlations(task), task.feature_names or {}
     report.write_json(out / "bench.json", rows)
     report.write_json(out / "baselines.json", base_rows)
+    (out / "bench.partial.json").unlink(missing_ok=True)
     (out / "bench.md").write_text(report.markdown(rows, base_rows, header))
     report.fig9(rows, out / "fig9_before_after.png")
     report.fig10(rows, correlations, names, out / "fig10_features.png")

@@ -76,18 +76,34 @@ def _scores(wrapped, select) -> dict[int, np.ndarray]:
     return out
 
 
+def producer_units(wrapped) -> dict[int, list[set[int]]]:
+    """Group id -> the units of each layer output in the group (a U-Net's merge input holds
+    the skip path's channels and the upsampling path's)."""
+    plan = plan_of(wrapped)
+    out: dict[int, list[set[int]]] = {}
+    for space in plan.spaces.values():
+        if space.producer and space.node is not None and space.units is not None and space.refines is None:
+            out.setdefault(space.group, []).append(set(space.units.tolist()))
+    return out
+
+
 def cut_to_budget(wrapped, scores: dict[int, np.ndarray], params: int) -> int:
     """Close the globally least important units until at most `params` parameters remain
-    (counted as lumos_fx counts them); returns the units closed."""
+    (counted as lumos_fx counts them); returns the units closed. Every layer output keeps
+    at least one unit: closing all of one would cut its path out of the model."""
     gates = gate_modules(wrapped)
     ranked = sorted(((s / max(score.mean(), 1e-12), gid, u) for gid, score in scores.items()
                      for u, s in enumerate(score)))
+    outputs = producer_units(wrapped)
+    left = {(gid, i): len(units) for gid, sets in outputs.items() for i, units in enumerate(sets)}
+    left.update({(gid, None): len(score) for gid, score in scores.items()})  # the group as a whole
     candidates = []
-    left = {gid: len(score) for gid, score in scores.items()}
-    for _, gid, u in ranked:  # every group keeps its most important unit
-        if left[gid] > 1:
+    for _, gid, u in ranked:
+        holders = [(gid, None)] + [(gid, i) for i, units in enumerate(outputs.get(gid, [])) if u in units]
+        if all(left[h] > 1 for h in holders):
             candidates.append((gid, u))
-            left[gid] -= 1
+            for h in holders:
+                left[h] -= 1
     fixed = sum(p.numel() for n, p in wrapped.named_parameters() if not n.startswith("lumos_gates")) \
         - lumos_fx.expected_alive(wrapped)[1]
 

@@ -114,17 +114,19 @@ def gpu_measurements(models: dict, one: tuple, large: tuple, repeats: int) -> di
 
 
 def run_baselines(workload: Workload, scale: Scale, row: dict, trained: dict, *, seed: int = 0,
-                  methods: tuple[str, ...] = ("l1", "slimming", "depgraph"), device: str = "cpu") -> list[dict]:
+                  methods: tuple[str, ...] = ("lumos+ft", "l1", "slimming", "depgraph"),
+                  device: str = "cpu") -> list[dict]:
     """Each baseline cut to the Lumos model's parameter count, fine-tuned for half the
-    training steps, measured on the held-out data."""
-    task, dense = trained["task"], trained["dense"]
+    training steps, measured on the held-out data. ``lumos+ft`` fine-tunes the Lumos-pruned
+    model for the same steps, so that every method has had the same training budget."""
+    task = trained["task"]
     budget = row["params_lumos"]
     finetune = max(1, scale.steps // 2)
     rows = []
     for method in methods:
         start = time.perf_counter()
         try:
-            model, note = _baseline(method, workload, scale, task, dense, budget, seed, device)
+            model, note = _baseline(method, workload, scale, task, trained, budget, seed, device)
             if model is not None:
                 with torch.no_grad():
                     model.eval()(*task.example)  # a cut that no longer runs is reported, not trained
@@ -139,17 +141,25 @@ def run_baselines(workload: Workload, scale: Scale, row: dict, trained: dict, *,
             continue
         workload.train(model, task, finetune, seed=seed + 1, desc=f"{workload.name} {method} fine-tune",
                        device=device)
+        params = count_params(model)
         rows.append({"workload": workload.name, "method": method, "metric": workload.metric,
-                     "metric_value": workload.evaluate(model, task), "params": count_params(model),
-                     "params_dense": row["params_dense"], "time_s": time.perf_counter() - start, "note": note})
+                     "metric_value": workload.evaluate(model, task), "params": params,
+                     "params_dense": row["params_dense"], "within_budget": params <= BUDGET_SLACK * budget,
+                     "time_s": time.perf_counter() - start, "note": note})
     rows.append({"workload": workload.name, "method": "lumos", "metric": workload.metric,
                  "metric_value": row["metric_lumos"], "params": row["params_lumos"], "params_dense": row["params_dense"],
-                 "time_s": row["train_time_lumos_s"], "note": "one training run, no fine-tuning"})
+                 "within_budget": True, "time_s": row["train_time_lumos_s"], "note": "one training run, no fine-tuning"})
     return rows
 
 
-def _baseline(method: str, workload: Workload, scale: Scale, task: Task, dense, budget: int, seed: int,
+BUDGET_SLACK = 1.05  # a cut this close to Lumos's count is at equal compression; above it, flagged
+
+
+def _baseline(method: str, workload: Workload, scale: Scale, task: Task, trained: dict, budget: int, seed: int,
               device: str):
+    dense = trained["dense"]
+    if method == "lumos+ft":
+        return copy.deepcopy(trained["pruned"]), "the Lumos-pruned model, fine-tuned like the baselines"
     if method == "l1":
         return _cut_with_lumos(copy.deepcopy(dense), task, baselines.l1_scores, budget), "L1 norm of producing weights"
     if method == "slimming":
@@ -188,7 +198,8 @@ def feature_correlations(task: Task) -> dict[str, list[float]]:
         xs, ys = x.movedim(1, -1).reshape(-1, x.shape[1]), y.reshape(-1, 1)
     else:  # per-sample targets: channel means
         xs, ys = x.flatten(2).mean(-1), y.reshape(len(y), -1)
-    corr = np.nan_to_num(np.corrcoef(xs.T.numpy(), ys.T.numpy())[: xs.shape[1], xs.shape[1]:])
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant column has no correlation: 0
+        corr = np.nan_to_num(np.corrcoef(xs.T.numpy(), ys.T.numpy())[: xs.shape[1], xs.shape[1]:])
     out[next(iter(task.feature_names))] = np.abs(corr).max(1).tolist()
     return out
 

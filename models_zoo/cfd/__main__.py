@@ -19,6 +19,7 @@ from ..measure import interleaved_latency
 from ..surrogates import fit_pair, split
 from ..training import r2_score
 from . import data
+from .workload import WORKLOAD
 
 
 def _times(before: float, after: float, digits: int = 1) -> str:
@@ -32,7 +33,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=2500, help="training steps of each run")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--lam", type=float, default=lumos_fx.Config().lam)
+    parser.add_argument("--lam", type=float, default=WORKLOAD.lam, help="the benchmark's lam (see workload.py)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = Path(args.out)
