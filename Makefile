@@ -1,5 +1,6 @@
 # Two entry points: `make demo` and `make test`. Both create .venv on first use.
-# `make bench` runs the CPU benchmark into results/ (with the optional DepGraph baseline);
+# `make bench` runs the CPU benchmark into results/ (with the optional DepGraph baseline),
+# then the parameter budgets and the training-step overhead;
 # `make bench-smoke` runs every workload end to end at a tiny scale in under a minute.
 PYTHON ?= python3
 # The CPU wheel of torch 2.13.0 lies on the build machines' disk; a bare `torch`
@@ -27,6 +28,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[baselines]"
 	$(PY) -m models_zoo.bench --scale cpu --out results
+	$(PY) -m models_zoo.bench.budget --out results
+	$(PY) -m models_zoo.bench.overhead --out results
 
 bench-smoke: $(STAMP)
 	$(PY) -m models_zoo.bench --scale smoke --out out/bench-smoke

@@ -22,6 +22,7 @@ from .errors import (
     TraceError,
 )
 from .export import export, load
+from .fit import fit
 from .gate import Gate
 from .instrument import gates, instrument
 from .prune import prune
@@ -30,7 +31,7 @@ from .rules import ModuleRule, Rule, Unsupported, register_rule
 
 __all__ = [
     "Config", "Gate", "Summary", "ModuleRule", "Rule", "Unsupported",
-    "instrument", "gates", "param_groups", "complexity_loss", "expected_alive", "prune", "summary",
+    "instrument", "gates", "param_groups", "complexity_loss", "expected_alive", "fit", "prune", "summary",
     "export", "load", "register_rule",
     "LumosError", "TraceError", "InputError", "NotInstrumentedError", "GateError", "PruneError", "ExportError",
 ]

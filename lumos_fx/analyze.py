@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import networkx as nx
 import torch
 from torch import fx
 
@@ -31,6 +32,7 @@ class Plan:
     example_flops: int = 0  # forward FLOPs of the model on example_inputs
     refined: dict[str, list[Space]] = field(default_factory=dict)  # space key -> spaces refining it
     extras: dict[str, list[Space]] = field(default_factory=dict)  # node name -> its spaces off the channel dim
+    essential: set[int] = field(default_factory=set)  # groups every input-to-output path runs through
 
     def space_of(self, node_name: str) -> Space | None:
         return self.spaces.get(space_key_of_node(node_name))
@@ -191,7 +193,8 @@ def analyze(gm: fx.GraphModule) -> Plan:
     add_head_dims(an)
     groups = an.cg.groups()
     _block_unfoldable(an, groups)
-    plan = Plan(an.cg.spaces, groups, an.param_names, an.param_shapes, unruled=an.unruled)
+    essential = _block_lone_bottlenecks(an, groups)
+    plan = Plan(an.cg.spaces, groups, an.param_names, an.param_shapes, unruled=an.unruled, essential=essential)
     for space in an.cg.spaces.values():
         if space.refines is not None:
             plan.refined.setdefault(space.refines, []).append(space)
@@ -233,3 +236,32 @@ def _block_unfoldable(an: Analysis, groups: list[Group]) -> None:
                     reason = f"parameter '{param}' is also read by {sorted(others)}; its gate cannot be folded into it"
                     if reason not in group.blocked:
                         group.blocked.append(reason)
+
+
+def _block_lone_bottlenecks(an: Analysis, groups: list[Group]) -> set[int]:
+    """The groups whose channels every path from the inputs to the output runs through:
+    closing all their units leaves a model that ignores its inputs. A one-unit such group
+    (a one-channel image) would be a gate that can only ever be open; it is kept whole.
+    Returns the ids of all such groups (prune()'s budget snap keeps one unit of each)."""
+    flow = nx.DiGraph()
+    for node in an.gm.graph.nodes:
+        flow.add_node(node.name)
+        flow.add_edges_from((arg.name, node.name) for arg in node.all_input_nodes)
+    inputs = [n.name for n in an.gm.graph.nodes if n.op == "placeholder"]
+    output = next(n.name for n in an.gm.graph.nodes if n.op == "output")
+    members: dict[int, list[str]] = {}
+    for node in an.gm.graph.nodes:
+        space = an.cg.spaces.get(space_key_of_node(node.name))
+        if space is not None and space.group is not None:
+            members.setdefault(space.group, []).append(node.name)
+    essential = set()
+    for group in groups:
+        if not group.prunable or group.id not in members:
+            continue
+        rest = flow.subgraph(set(flow) - set(members[group.id]))
+        if not any(i in rest and nx.has_path(rest, i, output) for i in inputs):
+            essential.add(group.id)
+            if group.n_units == 1:
+                group.blocked.append("its one channel carries every path from the inputs to the output: "
+                                     "closing it would leave a model that ignores its inputs")
+    return essential

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
+from .budget import budget_of
 from .instrument import gate_modules, gates, plan_of
 
 
@@ -21,19 +22,25 @@ def expected_alive(wrapped: fx.GraphModule) -> tuple[torch.Tensor, int]:
 
 
 def complexity_loss(wrapped: fx.GraphModule) -> torch.Tensor:
-    """``lam`` times the expected fraction of prunable parameters still alive (Lumos eq. 4-5).
+    """``lam`` times the expected fraction of prunable parameters still alive (Lumos eq. 4-5);
+    with ``Config(target_params=t)``, the budget controller's term instead (see
+    :mod:`lumos_fx.budget`), which advances the controller by one step in training mode.
 
     Add it to the task loss: ``loss = task_loss + lumos_fx.complexity_loss(wrapped)``.
     """
     expected, total = expected_alive(wrapped)
     if total == 0:
         return expected
+    budget = budget_of(wrapped)
+    if budget is not None:
+        return budget(expected / total)
     return plan_of(wrapped).config.lam * expected / total
 
 
 def param_groups(wrapped: fx.GraphModule, lr: float, *, gate_lr: float | None = None, weight_decay: float = 0.0):
     """Optimizer parameter groups: the model's weights with `lr` and `weight_decay`; the
     gates' ``log_alpha`` with `gate_lr` (default ``Config.gate_lr``) and no weight decay.
+    (A budget's multipliers are not parameters: its controller updates them itself.)
 
     ``torch.optim.Adam(lumos_fx.param_groups(wrapped, lr=1e-3))``
     """

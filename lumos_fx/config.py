@@ -34,10 +34,18 @@ class Config:
     * ``init_log_alpha`` -- initial ``log_alpha`` of every gate. The eval gate is exactly 1
       for ``log_alpha >= open_threshold`` (2.398 with the default constants), so the
       default 3.0 makes a freshly instrumented model compute what the original computes.
+    * ``gate_seed`` -- seeds the training gates' noise, drawn per gate and step (see
+      :class:`lumos_fx.Gate`): identical on every process of a distributed run.
 
     Regulariser: ``lam`` multiplies the expected fraction of prunable parameters still alive
     in :func:`lumos_fx.complexity_loss`; ``gate_lr`` is the default learning rate of the
     gates in :func:`lumos_fx.param_groups` (gates take no weight decay).
+
+    Budget (see :mod:`lumos_fx.budget`): ``target_params`` is the fraction of prunable
+    parameters to keep (``0 < t < 1``); with it, :func:`lumos_fx.complexity_loss` is a
+    Lagrangian controller's term and ``lam`` is not used. ``budget_warmup`` steps lower the
+    target from 1 to ``target_params``; ``budget_lr`` is the multipliers' learning rate;
+    prune() snaps the gates to the target when they miss it by more than ``budget_tolerance``.
 
     Tracer: ``leaf_modules`` are modules torch.fx must not trace into, given as qualified
     names (``"encoder.block1"``), classes, or a predicate ``f(module, qualified_name)``.
@@ -53,8 +61,13 @@ class Config:
     zeta: float = 1.1
     noise_range: tuple[float, float] = (1e-6, 1.0 - 1e-6)
     init_log_alpha: float = 3.0
+    gate_seed: int = 0
     lam: float = 1.0
     gate_lr: float = 0.1
+    target_params: float | None = None
+    budget_warmup: int = 200
+    budget_lr: float = 0.05
+    budget_tolerance: float = 0.01
     leaf_modules: Sequence[LeafSpec] = field(default_factory=tuple)
     frozen: Sequence[LeafSpec] = field(default_factory=tuple)
 
@@ -66,6 +79,11 @@ class Config:
         t_l, t_u = self.noise_range
         if not (0.0 < t_l <= t_u < 1.0):
             raise ValueError(f"Config.noise_range must satisfy 0 < t_l <= t_u < 1, got {self.noise_range}")
+        if self.target_params is not None and not 0.0 < self.target_params < 1.0:
+            raise ValueError(f"Config.target_params is the fraction of prunable parameters to keep, "
+                             f"0 < target_params < 1; got {self.target_params}")
+        if self.budget_warmup < 0 or self.budget_lr <= 0 or not 0 <= self.budget_tolerance < 1:
+            raise ValueError("Config needs budget_warmup >= 0, budget_lr > 0 and 0 <= budget_tolerance < 1")
         if not math.isfinite(self.init_log_alpha):
             raise ValueError("Config.init_log_alpha must be finite")
 

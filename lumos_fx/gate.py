@@ -30,13 +30,22 @@ class Gate(nn.Module):
     .. math::
         P(z \neq 0) = \sigma\!\left(\log\alpha - \beta \log\frac{-\gamma}{\zeta}\right)
 
+    The noise of draw :math:`k` of a gate with a ``stream`` comes from a generator seeded
+    with ``(Config.gate_seed, stream, k)``, not from the global RNG: every process of a
+    distributed run draws the same gates at the same step (or the ranks would train
+    different sub-networks), and a run repeats whatever else consumes random numbers.
+    :func:`lumos_fx.instrument` gives each gate its group id as its stream; the draw count
+    is saved with the state dict, so a resumed run continues the sequence.
+
     Args:
         n: number of gates.
-        config: the gate constants ``beta, gamma, zeta, noise_range`` and ``init_log_alpha``.
+        config: the gate constants ``beta, gamma, zeta, noise_range``, ``init_log_alpha``
+            and ``gate_seed``.
         group: name of the channel group the gate controls (for reports).
+        stream: this gate's noise stream; None draws from the global RNG.
     """
 
-    def __init__(self, n: int, config: Config, group: str = "") -> None:
+    def __init__(self, n: int, config: Config, group: str = "", stream: int | None = None) -> None:
         super().__init__()
         self.log_alpha = nn.Parameter(torch.full((n,), float(config.init_log_alpha)))
         self.beta = float(config.beta)
@@ -44,6 +53,9 @@ class Gate(nn.Module):
         self.zeta = float(config.zeta)
         self.noise_range = tuple(float(t) for t in config.noise_range)
         self.group = group
+        self.stream = None if stream is None else (int(config.gate_seed), int(stream))
+        self.draws = 0
+        self._generator: torch.Generator | None = None
 
     @property
     def n(self) -> int:
@@ -55,9 +67,26 @@ class Gate(nn.Module):
     def sample(self) -> torch.Tensor:
         """A training sample of ``z``: one noise draw per gate."""
         t_l, t_u = self.noise_range
-        u = torch.empty_like(self.log_alpha).uniform_(t_l, t_u)
+        u = torch.empty_like(self.log_alpha).uniform_(t_l, t_u, generator=self._next_generator())
         s = torch.sigmoid((torch.logit(u) + self.log_alpha) / self.beta)
         return self._stretch(s)
+
+    def _next_generator(self) -> torch.Generator | None:
+        if self.stream is None:
+            return None
+        device = self.log_alpha.device
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+        # hash() of a tuple of ints is the same in every process (only str hashing is salted).
+        self._generator.manual_seed(hash((*self.stream, self.draws)) & (2 ** 63 - 1))
+        self.draws += 1
+        return self._generator
+
+    def get_extra_state(self) -> dict:
+        return {"draws": self.draws}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.draws = int(state["draws"])
 
     def eval_value(self) -> torch.Tensor:
         """The deterministic gate used in eval mode and folded into weights by prune()."""

@@ -10,6 +10,7 @@ import torch
 from torch import fx, nn
 
 from .analyze import Plan, analyze
+from .budget import BUDGET, Budget
 from .costs import CostModel
 from .config import Config
 from .errors import InputError, NotInstrumentedError
@@ -49,6 +50,10 @@ def instrument(model: nn.Module, example_inputs, *, feature_names=None, config: 
     plan.feature_names = _feature_names(gm, plan, feature_names)
     _insert_gates(gm, plan, config)
     plan.cost = CostModel(plan)
+    if config.target_params is not None:
+        if hasattr(gm, BUDGET):
+            raise InputError(f"the model already has an attribute '{BUDGET}'; lumos_fx needs that name")
+        gm.add_submodule(BUDGET, Budget(config).to(module_device(gm)))
     gm.meta["lumos"] = plan
     gm.meta["lumos_class_name"] = type(model).__name__
     gm.graph.lint()
@@ -138,7 +143,7 @@ def _insert_gates(gm: fx.GraphModule, plan: Plan, config: Config) -> None:
         if not group.prunable:
             continue
         key = _gate_key(group.name, taken)
-        modules[key] = Gate(group.n_units, config, group.name).to(device)
+        modules[key] = Gate(group.n_units, config, group.name, stream=group.id).to(device)
         plan.gate_keys[group.id] = key
         with gm.graph.inserting_after(insert_at):
             insert_at = gate_value[group.id] = gm.graph.call_module(f"{GATES}.{key}")

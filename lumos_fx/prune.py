@@ -29,6 +29,7 @@ from torch.fx.node import map_arg
 from torch.utils.flop_counter import FlopCounterMode
 
 from .analyze import Plan
+from .budget import snap_to_budget
 from .channels import Space
 from .errors import GateError, PruneError
 from .fxutil import describe, fetch_attr, free_attr_name, module_device, shape_of
@@ -456,6 +457,9 @@ def _error(wrapped: fx.GraphModule, pruned: fx.GraphModule, pruned_inputs: tuple
 def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphModule:
     """The compact model: every closed channel physically removed, verified on example_inputs.
 
+    With a budget (``Config(target_params=...)``), the gates of `wrapped` are first snapped
+    to it (:func:`lumos_fx.budget.snap_to_budget`), in place, so the invariant below holds.
+
     Args:
         wrapped: a model returned by :func:`lumos_fx.instrument` (trained or not).
         shrink_inputs: by default the pruned model still takes every input feature and
@@ -473,6 +477,8 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
         PruneError: the cut model does not reproduce the gated model (names the groups).
     """
     plan = plan_of(wrapped)
+    eval_gate_values(wrapped)  # non-finite gates are an error before the snap reads them
+    snap = snap_to_budget(wrapped)
     z = eval_gate_values(wrapped)
     keep = _masks(plan, z)
     pruned = cut(wrapped, keep, z, shrink_inputs)
@@ -490,5 +496,6 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
             f"groups whose cut alone breaks it: {offenders or 'none alone (an interaction)'}. "
             "This is a bug in a lumos_fx rule; please report it with the model."
         )
-    pruned.meta["lumos_summary"] = build_summary(wrapped, pruned, keep, flops, pruned.meta.pop("lumos_fixed_size"))
+    pruned.meta["lumos_summary"] = build_summary(wrapped, pruned, keep, flops, pruned.meta.pop("lumos_fixed_size"),
+                                                 snap)
     return pruned

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -9,6 +11,7 @@ import torch
 from torch import fx
 from torch.utils.flop_counter import FlopCounterMode
 
+from .budget import BUDGET, Snap
 from .errors import NotInstrumentedError
 from .instrument import GATES, plan_of
 from .verify import eval_mode
@@ -34,6 +37,7 @@ class Summary:
     flops_after: int
     features: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)  # input -> (kept, removed)
     fixed_size: list[str] = field(default_factory=list)  # ops that became constants at the example's size
+    budget: Snap | None = None  # with Config(target_params=...): the target and how the cut met it
 
     def __str__(self) -> str:
         width = max([len(r.name) for r in self.groups] + [5])
@@ -45,6 +49,8 @@ class Summary:
                      f"({_ratio(self.params_after, self.params_before)})")
         lines.append(f"FLOPs       {self.flops_before:>12,} -> {self.flops_after:,} "
                      f"({_ratio(self.flops_after, self.flops_before)}, forward on example_inputs)")
+        if self.budget is not None:
+            lines.append(str(self.budget))
         for name, (kept, removed) in self.features.items():
             lines.append(f"input '{name}': kept {len(kept)} of {len(kept) + len(removed)} features: {', '.join(kept)}")
             if removed:
@@ -73,11 +79,11 @@ def count_flops(model: torch.nn.Module, inputs: tuple) -> int:
 
 
 def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith(GATES + "."))
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith((GATES + ".", BUDGET + ".")))
 
 
 def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[int, np.ndarray],
-                  flops_after: int, fixed_size: list[str]) -> Summary:
+                  flops_after: int, fixed_size: list[str], budget: Snap | None = None) -> Summary:
     """The summary of a cut; `flops_after` is the pruned model's forward FLOPs on example_inputs."""
     plan = plan_of(wrapped)
     rows = []
@@ -104,6 +110,7 @@ def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[in
         flops_after=flops_after,
         features=features,
         fixed_size=fixed_size,
+        budget=budget,
     )
 
 
@@ -121,7 +128,9 @@ def summary(module) -> Summary:
     if isinstance(module, fx.GraphModule) and "lumos" in module.meta:
         from .prune import prune  # prune builds its summary with this module
 
-        return prune(module).meta["lumos_summary"]
+        # A copy: prune() snaps a budget's gates in place, and a report must not train the model.
+        plan = module.meta["lumos"]
+        return prune(copy.deepcopy(module, memo={id(plan): plan})).meta["lumos_summary"]
     raise NotInstrumentedError(
         f"summary() takes a model from lumos_fx.instrument() or lumos_fx.prune(), got {type(module).__name__}"
     )

@@ -11,6 +11,8 @@ from tqdm.auto import tqdm
 
 import lumos_fx
 
+from . import distributed
+
 
 def column_stats(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and standard deviation (1 for constant columns, which then map to 0)."""
@@ -40,25 +42,34 @@ def fit(model: torch.nn.Module, draw: Callable[[torch.Generator], tuple[tuple, t
 
     ``warmup`` steps first train the weights with every gate held at its deterministic
     (open) value and no complexity term: inputs that only matter together (the components
-    of a vector) are learnt before stochastic gates can make them look like noise."""
+    of a vector) are learnt before stochastic gates can make them look like noise.
+
+    Under ``torch.distributed`` (e.g. ``torchrun``) the model trains as
+    DistributedDataParallel: every rank draws the same global batch and trains on its share
+    (see :func:`shard`), so N ranks compute the step a single process computes on the whole
+    batch, gate samples included (they are seeded per step, see lumos_fx.Gate)."""
+    if not any(p.requires_grad for p in model.parameters()):
+        return []  # cut down to a constant: nothing left to train
     gated = isinstance(model, torch.fx.GraphModule) and "lumos" in model.meta
     params = lumos_fx.param_groups(model, lr) if gated else [{"params": model.parameters(), "lr": lr}]
     opt = torch.optim.Adam(params)
     base = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
+    rank, world = distributed.rank_and_world()
+    net = distributed.wrap(model, device)
     losses = []
     gate_modules = list(lumos_fx.gates(model).values()) if gated else []
     for gate in gate_modules:
         gate.train(warmup == 0)
-    for step in tqdm(range(steps), desc=desc, mininterval=1.0, leave=False):
+    for step in tqdm(range(steps), desc=desc, mininterval=1.0, leave=False, disable=rank > 0):
         if step == warmup and step:
             for gate in gate_modules:
                 gate.train()
-        inputs, target = draw(gen)
+        inputs, target = distributed.shard(draw, gen, rank, world)
         if device != "cpu":
             inputs, target = tuple(t.to(device, non_blocking=True) for t in inputs), target.to(device)
-        loss = loss_fn(model(*inputs), target)
+        loss = loss_fn(net(*inputs), target)
         total = loss + lumos_fx.complexity_loss(model) if gated and step >= warmup else loss
         opt.zero_grad(set_to_none=True)
         total.backward()

@@ -57,6 +57,8 @@ class Collated:
     """Training data as ready mini-batches (graphs collated into one disjoint graph each): a
     draw is a random one of them."""
 
+    splits_by_rows = False  # a disjoint graph is not split by rows (models_zoo.distributed.shard)
+
     def __init__(self, batches: list[tuple[tuple, torch.Tensor]]) -> None:
         self.items = batches
 

@@ -62,3 +62,29 @@ def test_slimming_scores_are_the_batchnorm_scales():
     wrapped = lumos_fx.instrument(model, (torch.randn(4, 3),))
     (score,) = baselines.bn_scores(wrapped).values()
     assert score.tolist() == pytest.approx([0.5, 2.0, 0.1, 1.0, 0.05, 3.0])
+
+
+def test_the_budget_and_overhead_benchmarks_run(tmp_path):
+    from models_zoo.bench import budget, overhead
+
+    rows = budget.main(["--workloads", "cfd", "dms", "--targets", "0.3", "--scale", "smoke", "--out", str(tmp_path)])
+    for r in rows:
+        assert abs(r["kept_by_gates"] - 0.3) <= 0.01 + 1e-9, r
+    assert "| cfd | R^2 | 30% |" in (tmp_path / "budget.md").read_text()
+    rows = overhead.main(["--workloads", "cfd", "--scale", "smoke", "--repeats", "3", "--out", str(tmp_path)])
+    assert rows[0]["ratio"] > 0 and 0 < rows[0]["gate_fraction"] < 1
+    assert json.loads((tmp_path / "overhead.json").read_text())[0]["workload"] == "cfd"
+
+
+def test_the_zoo_command_lists_and_trains(tmp_path, capsys, monkeypatch):
+    from models_zoo.__main__ import main as zoo
+
+    monkeypatch.setenv("LUMOS_DATA", str(tmp_path / "data"))
+    zoo(["list"])
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in NAMES)
+    result = zoo(["train", "synthetic", "--scale", "smoke", "--steps", "30", "--target", "0.5",
+                  "--out", str(tmp_path / "syn")])
+    assert (tmp_path / "syn" / "model" / "model.py").exists()
+    assert 0 < result["params_pruned"] < result["params_dense"]
+    assert zoo(["train", "synthetic", "--scale", "smoke", "--steps", "5", "--dense"])["metric_value"] < 1

@@ -1,0 +1,95 @@
+"""The zoo from the command line (also installed as ``lumos-fx``).
+
+    python -m models_zoo list
+    python -m models_zoo train WORKLOAD [--scale cpu] [--steps N] [--target 0.2 | --lam L | --dense]
+                                        [--seed 0] [--out out/WORKLOAD]
+    torchrun --nproc_per_node N -m models_zoo train WORKLOAD ...   # data-parallel, any workload
+
+``train`` trains the workload's model instrumented (with the workload's lam, or a budget:
+``--target`` is the fraction of prunable parameters to keep), prunes it, prints the summary
+and the metric, and exports the pruned model to ``--out``; ``--dense`` trains the plain
+model instead. Under torchrun every rank trains its share of each batch and rank 0
+prunes and exports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch.distributed as dist
+
+import lumos_fx
+from lumos_fx.report import count_params
+
+from . import distributed
+from .registry import NAMES, get
+
+
+def train(args) -> dict:
+    workload = get(args.workload)
+    scale = workload.scales[args.scale]
+    steps = args.steps or scale.steps
+    task = workload.task(scale, args.seed)
+    model = workload.model(task, scale, args.seed)
+    rank, _ = distributed.rank_and_world()
+    result = {"workload": workload.name, "metric": workload.metric, "params_dense": count_params(model)}
+    if args.dense:
+        workload.train(model, task, steps, seed=args.seed, desc=f"{workload.name} dense")
+        result["metric_value"] = workload.evaluate(model, task)
+        return result
+    if args.target is not None:
+        config = lumos_fx.Config(target_params=args.target)
+    else:
+        lam = args.lam if args.lam is not None else workload.lam
+        config = lumos_fx.Config() if lam is None else lumos_fx.Config(lam=lam)
+    wrapped = lumos_fx.instrument(model, task.example, feature_names=task.feature_names, config=config)
+    workload.train(wrapped, task, steps, seed=args.seed, desc=f"{workload.name} lumos",
+                   warmup=int(workload.warmup * steps) if args.target is None else 0)
+    if rank > 0:
+        return result
+    pruned = lumos_fx.prune(wrapped)
+    summary = lumos_fx.summary(pruned)
+    print(summary)
+    out = Path(args.out or f"out/{workload.name}")
+    lumos_fx.export(pruned, out / "model")
+    result.update(params_pruned=count_params(pruned), metric_value=workload.evaluate(pruned, task),
+                  kept_features={k: v[0] for k, v in summary.features.items()})
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv=None) -> dict | None:
+    parser = argparse.ArgumentParser(prog="lumos-fx", description="lumos_fx on the zoo's workloads")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the workloads")
+    t = sub.add_parser("train", help="train, prune, export one workload")
+    t.add_argument("workload", choices=NAMES)
+    t.add_argument("--scale", choices=("smoke", "cpu", "gpu"), default="cpu")
+    t.add_argument("--steps", type=int, default=None, help="training steps (default: the scale's)")
+    how = t.add_mutually_exclusive_group()
+    how.add_argument("--target", type=float, default=None, help="fraction of prunable parameters to keep")
+    how.add_argument("--lam", type=float, default=None, help="Config.lam (default: the workload's)")
+    how.add_argument("--dense", action="store_true", help="train the plain model, no gates")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default=None, help="where the pruned model goes (default out/WORKLOAD)")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for name in NAMES:
+            w = get(name)
+            print(f"{name:<11} {w.family:<16} {w.metric:<9} cpu scale: {w.scales['cpu'].steps} steps")
+        return None
+    launched = distributed.init_from_env()
+    try:
+        result = train(args)
+        if distributed.rank_and_world()[0] == 0:
+            print(json.dumps({k: v for k, v in result.items() if k != "kept_features"}))
+        return result
+    finally:
+        if launched:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
