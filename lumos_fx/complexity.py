@@ -25,12 +25,15 @@ def complexity_loss(wrapped: fx.GraphModule) -> torch.Tensor:
     """``lam`` times the expected fraction of prunable parameters still alive (Lumos eq. 4-5);
     with ``Config(target_params=t)``, the budget controller's term instead (see
     :mod:`lumos_fx.budget`), which advances the controller by one step in training mode.
+    Zero during the gates' warm-up (``Config.gate_warmup``).
 
     Add it to the task loss: ``loss = task_loss + lumos_fx.complexity_loss(wrapped)``.
     """
     expected, total = expected_alive(wrapped)
     if total == 0:
         return expected
+    if any(g.warmup and g.draws <= g.warmup for g in gate_modules(wrapped).values()):  # this step was held
+        return expected * 0.0  # the gates' warm-up: no pressure yet, and the budget waits
     budget = budget_of(wrapped)
     if budget is not None:
         return budget(expected / total)

@@ -34,6 +34,11 @@ class Config:
     * ``init_log_alpha`` -- initial ``log_alpha`` of every gate. The eval gate is exactly 1
       for ``log_alpha >= open_threshold`` (2.398 with the default constants), so the
       default 3.0 makes a freshly instrumented model compute what the original computes.
+    * ``gate_warmup`` -- training steps (forward calls) with every gate at its deterministic
+      value and no complexity term: the weights learn first (inputs that only matter
+      together, like the components of a vector, are learnt before noise can hide them).
+    * ``anneal_steps``, ``final_beta``, ``final_noise_range`` -- after the warm-up, ``beta``
+      and ``noise_range`` move linearly to these over ``anneal_steps`` (0: no annealing).
     * ``gate_seed`` -- seeds the training gates' noise, drawn per gate and step (see
       :class:`lumos_fx.Gate`): identical on every process of a distributed run.
 
@@ -62,6 +67,10 @@ class Config:
     noise_range: tuple[float, float] = (1e-6, 1.0 - 1e-6)
     init_log_alpha: float = 3.0
     gate_seed: int = 0
+    gate_warmup: int = 0
+    anneal_steps: int = 0
+    final_beta: float | None = None
+    final_noise_range: tuple[float, float] = (0.5, 0.5)
     lam: float = 1.0
     gate_lr: float = 0.1
     target_params: float | None = None
@@ -76,9 +85,12 @@ class Config:
             raise ValueError(f"Config needs gamma < 0 < 1 < zeta, got gamma={self.gamma}, zeta={self.zeta}")
         if self.beta <= 0:
             raise ValueError(f"Config.beta must be positive, got {self.beta}")
-        t_l, t_u = self.noise_range
-        if not (0.0 < t_l <= t_u < 1.0):
-            raise ValueError(f"Config.noise_range must satisfy 0 < t_l <= t_u < 1, got {self.noise_range}")
+        for name in ("noise_range", "final_noise_range"):
+            t_l, t_u = getattr(self, name)
+            if not (0.0 < t_l <= t_u < 1.0):
+                raise ValueError(f"Config.{name} must satisfy 0 < t_l <= t_u < 1, got {getattr(self, name)}")
+        if self.gate_warmup < 0 or self.anneal_steps < 0 or (self.final_beta is not None and self.final_beta <= 0):
+            raise ValueError("Config needs gate_warmup >= 0, anneal_steps >= 0 and a positive final_beta")
         if self.target_params is not None and not 0.0 < self.target_params < 1.0:
             raise ValueError(f"Config.target_params is the fraction of prunable parameters to keep, "
                              f"0 < target_params < 1; got {self.target_params}")

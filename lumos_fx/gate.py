@@ -20,6 +20,13 @@ class Gate(nn.Module):
         s = \sigma\!\left(\frac{\log u - \log(1-u) + \log\alpha}{\beta}\right), \quad
         z = \min(1, \max(0, s(\zeta - \gamma) + \gamma))
 
+    Schedules (see :class:`lumos_fx.Config`): for the first ``gate_warmup`` training draws
+    ``z`` is the deterministic value below (the weights learn before any gate can close);
+    then ``beta`` and :math:`(t_l, t_u)` move linearly to ``final_beta`` and
+    ``final_noise_range`` over ``anneal_steps`` draws, which with a range shrinking to
+    (0.5, 0.5) turns the gates semi-stochastic, then deterministic (the paper's
+    semi-stochastic gating).
+
     Evaluation (deterministic):
 
     .. math::
@@ -52,6 +59,10 @@ class Gate(nn.Module):
         self.gamma = float(config.gamma)
         self.zeta = float(config.zeta)
         self.noise_range = tuple(float(t) for t in config.noise_range)
+        self.warmup = int(config.gate_warmup)
+        self.anneal = int(config.anneal_steps)
+        self.final_beta = float(config.final_beta if config.final_beta is not None else config.beta)
+        self.final_noise_range = tuple(float(t) for t in config.final_noise_range)
         self.group = group
         self.stream = None if stream is None else (int(config.gate_seed), int(stream))
         self.draws = 0
@@ -64,14 +75,33 @@ class Gate(nn.Module):
     def _stretch(self, s: torch.Tensor) -> torch.Tensor:
         return torch.clamp(s * (self.zeta - self.gamma) + self.gamma, 0.0, 1.0)
 
+    def schedule(self) -> tuple[float, tuple[float, float]]:
+        """``beta`` and ``(t_l, t_u)`` at this draw: linear from the Config's values to its
+        ``final_beta`` / ``final_noise_range`` over ``anneal_steps`` draws after the warm-up."""
+        if not self.anneal:
+            return self.beta, self.noise_range
+        f = min(1.0, max(0, self.draws - self.warmup) / self.anneal)
+        (l0, u0), (l1, u1) = self.noise_range, self.final_noise_range
+        return self.beta + f * (self.final_beta - self.beta), (l0 + f * (l1 - l0), u0 + f * (u1 - u0))
+
+    @property
+    def warming_up(self) -> bool:
+        """True during the first ``Config.gate_warmup`` training draws."""
+        return self.draws < self.warmup
+
     def sample(self) -> torch.Tensor:
-        """A training sample of ``z``: one noise draw per gate."""
-        t_l, t_u = self.noise_range
-        u = torch.empty_like(self.log_alpha).uniform_(t_l, t_u, generator=self._next_generator())
-        s = torch.sigmoid((torch.logit(u) + self.log_alpha) / self.beta)
+        """A training sample of ``z``: one noise draw per gate (the deterministic value
+        during the warm-up)."""
+        if self.warming_up:
+            self.draws += 1
+            return self.eval_value()
+        beta, (t_l, t_u) = self.schedule()
+        u = torch.empty_like(self.log_alpha).uniform_(t_l, t_u, generator=self._seeded())
+        self.draws += 1
+        s = torch.sigmoid((torch.logit(u) + self.log_alpha) / beta)
         return self._stretch(s)
 
-    def _next_generator(self) -> torch.Generator | None:
+    def _seeded(self) -> torch.Generator | None:
         if self.stream is None:
             return None
         device = self.log_alpha.device
@@ -79,7 +109,6 @@ class Gate(nn.Module):
             self._generator = torch.Generator(device=device)
         # hash() of a tuple of ints is the same in every process (only str hashing is salted).
         self._generator.manual_seed(hash((*self.stream, self.draws)) & (2 ** 63 - 1))
-        self.draws += 1
         return self._generator
 
     def get_extra_state(self) -> dict:
@@ -93,8 +122,11 @@ class Gate(nn.Module):
         return self._stretch(torch.sigmoid(self.log_alpha))
 
     def prob_nonzero(self) -> torch.Tensor:
-        """Closed-form ``P(z != 0)`` per gate (differentiable in ``log_alpha``)."""
-        return torch.sigmoid(self.log_alpha - self.beta * math.log(-self.gamma / self.zeta))
+        """Closed-form ``P(z != 0)`` per gate (differentiable in ``log_alpha``), at the
+        current ``beta``. It is the full noise range's: as an annealed range narrows toward
+        0.5 the true probability turns into a step with no gradient, and the complexity
+        term would stop acting on the gates just as they settle."""
+        return torch.sigmoid(self.log_alpha - self.schedule()[0] * math.log(-self.gamma / self.zeta))
 
     def forward(self) -> torch.Tensor:
         return self.sample() if self.training else self.eval_value()

@@ -15,6 +15,7 @@ prunes and exports.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -39,14 +40,11 @@ def train(args) -> dict:
         workload.train(model, task, steps, seed=args.seed, desc=f"{workload.name} dense")
         result["metric_value"] = workload.evaluate(model, task)
         return result
-    if args.target is not None:
-        config = lumos_fx.Config(target_params=args.target)
-    else:
-        lam = args.lam if args.lam is not None else workload.lam
-        config = lumos_fx.Config() if lam is None else lumos_fx.Config(lam=lam)
+    config = workload.lumos_config(steps, args.target)
+    if args.lam is not None:
+        config = dataclasses.replace(config, lam=args.lam)
     wrapped = lumos_fx.instrument(model, task.example, feature_names=task.feature_names, config=config)
-    workload.train(wrapped, task, steps, seed=args.seed, desc=f"{workload.name} lumos",
-                   warmup=int(workload.warmup * steps) if args.target is None else 0)
+    workload.train(wrapped, task, steps, seed=args.seed, desc=f"{workload.name} lumos")
     if rank > 0:
         return result
     pruned = lumos_fx.prune(wrapped)

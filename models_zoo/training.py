@@ -34,15 +34,11 @@ def r2_score(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 def fit(model: torch.nn.Module, draw: Callable[[torch.Generator], tuple[tuple, torch.Tensor]], *, steps: int,
         lr: float = 2e-3, seed: int = 0, loss_fn=torch.nn.functional.mse_loss, desc: str = "train",
-        device: str = "cpu", warmup: int = 0) -> list[float]:
+        device: str = "cpu") -> list[float]:
     """Adam with a cosine schedule on ``loss_fn(model(*inputs), target)`` for ``(inputs, target)
     = draw(generator)``. An instrumented model (from lumos_fx.instrument) also gets the
     complexity term and its gate parameter group, and nothing else changes. With a `device`
     other than the CPU the model trains there and comes back to the CPU at the end.
-
-    ``warmup`` steps first train the weights with every gate held at its deterministic
-    (open) value and no complexity term: inputs that only matter together (the components
-    of a vector) are learnt before stochastic gates can make them look like noise.
 
     Under ``torch.distributed`` (e.g. ``torchrun``) the model trains as
     DistributedDataParallel: every rank draws the same global batch and trains on its share
@@ -59,18 +55,12 @@ def fit(model: torch.nn.Module, draw: Callable[[torch.Generator], tuple[tuple, t
     rank, world = distributed.rank_and_world()
     net = distributed.wrap(model, device)
     losses = []
-    gate_modules = list(lumos_fx.gates(model).values()) if gated else []
-    for gate in gate_modules:
-        gate.train(warmup == 0)
     for step in tqdm(range(steps), desc=desc, mininterval=1.0, leave=False, disable=rank > 0):
-        if step == warmup and step:
-            for gate in gate_modules:
-                gate.train()
         inputs, target = distributed.shard(draw, gen, rank, world)
         if device != "cpu":
             inputs, target = tuple(t.to(device, non_blocking=True) for t in inputs), target.to(device)
         loss = loss_fn(net(*inputs), target)
-        total = loss + lumos_fx.complexity_loss(model) if gated and step >= warmup else loss
+        total = loss + lumos_fx.complexity_loss(model) if gated else loss
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import lumos_fx
+
 from .training import fit, r2_score
 
 #: metric name -> (function of (prediction, target), higher is better)
@@ -87,8 +89,8 @@ class Workload:
     """One of the paper's workloads. ``data(scale, seed)`` builds the task; ``build(task,
     scale)`` a fresh model; ``metric`` names an entry of :data:`METRICS`; ``loss`` trains it.
     ``lam`` (Config.lam; None for the default) and ``warmup`` (the fraction of the training
-    steps an instrumented model trains with its gates held open, see
-    :func:`~models_zoo.training.fit`) are the workload's lumos_fx settings.
+    steps an instrumented model trains with its gates held open, Config.gate_warmup) are
+    the workload's lumos_fx settings.
     Surrogates also list the simulator's informative and uninformative inputs (the ground
     truth of feature selection) and their column values for correlation plots."""
 
@@ -116,14 +118,25 @@ class Workload:
         torch.manual_seed(seed)
         return self.build(task, self.scales[scale] if isinstance(scale, str) else scale)
 
+    def lumos_config(self, steps: int, target: float | None = None) -> lumos_fx.Config:
+        """The Config an instrumented model of this workload trains with for `steps` steps:
+        the workload's lam and gate warm-up, or with a `target` the budget and every other
+        setting the library's default."""
+        if target is not None:
+            return lumos_fx.Config(target_params=target)
+        settings = {"gate_warmup": int(self.warmup * steps)}
+        if self.lam is not None:
+            settings["lam"] = self.lam
+        return lumos_fx.Config(**settings)
+
     def train(self, model: nn.Module, task: Task, steps: int, *, seed: int = 0, loss=None, desc: str = "",
-              device: str = "cpu", warmup: int = 0) -> list[float]:
+              device: str = "cpu") -> list[float]:
         """Train `model` (dense, instrumented or pruned) on the task for `steps` steps on
         `device`; `loss`, if given, wraps the task loss (a baseline's extra penalty)."""
         base = self.loss(task)
         loss_fn = base if loss is None else (lambda pred, target: loss(base(pred, target)))
         return fit(model, task.train, steps=steps, lr=self.lr, seed=seed, loss_fn=loss_fn,
-                   desc=desc or f"{self.name}", device=device, warmup=warmup)
+                   desc=desc or f"{self.name}", device=device)
 
     def predict(self, model: nn.Module, task: Task, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()

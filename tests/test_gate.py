@@ -100,3 +100,48 @@ def test_config_rejects_bad_constants():
         Config(gamma=0.1)
     with pytest.raises(ValueError, match="noise_range"):
         Config(noise_range=(0.6, 0.4))
+
+
+def test_the_warm_up_holds_gates_deterministic_and_the_complexity_term_at_zero():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    wrapped = lumos_fx.instrument(model, (torch.randn(2, 4),), config=Config(gate_warmup=3)).train()
+    gates = list(lumos_fx.gates(wrapped).values())
+    with torch.no_grad():
+        for g in gates:
+            g.log_alpha.uniform_(-1, 1)
+    for _ in range(3):
+        wrapped(torch.randn(2, 4))
+        assert lumos_fx.complexity_loss(wrapped).item() == 0.0
+    held = [g.eval_value() for g in gates]
+    wrapped(torch.randn(2, 4))  # the fourth step samples
+    assert lumos_fx.complexity_loss(wrapped).item() > 0
+    assert not all(torch.equal(g(), h) for g, h in zip(gates, held))
+
+
+def test_warm_up_draws_return_the_eval_value():
+    gate = Gate(5, Config(gate_warmup=2)).train()
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.linspace(-2, 2, 5))
+    assert torch.equal(gate(), gate.eval_value()) and torch.equal(gate(), gate.eval_value())
+    assert not torch.equal(gate(), gate.eval_value())
+
+
+def test_annealing_moves_beta_and_the_noise_range_to_deterministic_gates():
+    gate = Gate(4, Config(gate_warmup=2, anneal_steps=10, final_beta=1 / 3, final_noise_range=(0.5, 0.5))).train()
+    assert gate.schedule() == (pytest.approx(2 / 3), (1e-6, 1 - 1e-6))
+    gate.draws = 2 + 5
+    beta, (t_l, t_u) = gate.schedule()
+    assert beta == pytest.approx(0.5) and t_l == pytest.approx(0.25, abs=1e-6) and t_u == pytest.approx(0.75, abs=1e-6)
+    gate.draws = 2 + 10
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.tensor([-1.0, 0.2, 0.5, 3.0]))
+    expected = torch.clamp(torch.sigmoid(gate.log_alpha / (1 / 3)) * 1.2 - 0.1, 0, 1)
+    torch.testing.assert_close(gate(), expected)  # semi-stochastic, then deterministic
+    torch.testing.assert_close(gate(), expected)
+    assert gate.prob_nonzero()[0].item() == pytest.approx(
+        1 / (1 + math.exp(1.0 + (1 / 3) * math.log(0.1 / 1.1))))  # the surrogate keeps a gradient
+
+
+def test_a_bad_final_noise_range_is_refused():
+    with pytest.raises(ValueError, match="final_noise_range"):
+        Config(final_noise_range=(0.6, 0.5))

@@ -1,7 +1,7 @@
 """Benchmark lumos_fx on the zoo's workloads against dense models and the baselines.
 
     python -m models_zoo.bench [--scale smoke|cpu|gpu] [--workloads cfd dms ...] [--out results]
-                               [--no-baselines]
+                               [--no-baselines] [--target 0.25]
 
 Writes ``bench.json`` (one object per workload), ``baselines.json`` (one per workload and
 method), ``bench.md`` and the plots ``fig9_before_after.png`` and ``fig10_features.png``
@@ -35,6 +35,9 @@ def main(argv=None) -> tuple[list[dict], list[dict]]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where models train (default: the GPU when there is one)")
     parser.add_argument("--repeats", type=int, default=None, help="latency repeats (default 50, smoke 5)")
+    parser.add_argument("--target", type=float, default=None,
+                        help="train every Lumos model to this budget (fraction of prunable parameters kept) "
+                             "with the library's defaults, instead of the workload's lam")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -45,7 +48,8 @@ def main(argv=None) -> tuple[list[dict], list[dict]]:
         workload = get(name)
         scale = workload.scales[args.scale]
         t0 = time.perf_counter()
-        row, trained = run_workload(workload, scale, seed=args.seed, repeats=repeats, device=args.device)
+        row, trained = run_workload(workload, scale, seed=args.seed, repeats=repeats, device=args.device,
+                                    target=args.target)
         rows.append(row)
         correlations[name] = feature_correlations(trained["task"])
         names[name] = trained["task"].feature_names or {}
@@ -55,10 +59,14 @@ def main(argv=None) -> tuple[list[dict], list[dict]]:
         print(f"{name:<11} {row['metric']:<8} dense {row['metric_dense']:.4f} lumos {row['metric_lumos']:.4f}  "
               f"params {row['params_dense']:,} -> {row['params_lumos']:,}  features {row['features_kept']}/"
               f"{row['features_total']}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    header = (f"Scale `{args.scale}`, seed {args.seed}, {platform.processor() or platform.machine()}, "
+    settings = (f"every Lumos model at a budget of {args.target:.0%} of its prunable parameters, library defaults"
+                if args.target is not None else "each workload's lam and gate warm-up (docs/zoo.md)")
+    header = (f"Scale `{args.scale}`, seed {args.seed}, {settings}; {platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
               f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}; "
-              f"{time.perf_counter() - start:.0f} s in all. Latencies are medians of interleaved runs.")
+              f"{time.perf_counter() - start:.0f} s in all"
+              f"{' (this run: ' + ', '.join(args.workloads) + '; other rows kept)' if args.update else ''}. "
+              "Latencies are medians of interleaved runs.")
     if args.update:
         rows, base_rows = _merged(out, rows, base_rows)
         for name in {r["workload"] for r in rows} - set(names):  # kept rows: their data is cached
