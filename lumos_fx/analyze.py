@@ -252,7 +252,7 @@ def _block_lone_bottlenecks(an: Analysis, groups: list[Group]) -> set[int]:
     members: dict[int, list[str]] = {}
     for node in an.gm.graph.nodes:
         space = an.cg.spaces.get(space_key_of_node(node.name))
-        if space is not None and space.group is not None:
+        if space is not None:
             members.setdefault(space.group, []).append(node.name)
     essential = set()
     for group in groups:

@@ -101,7 +101,7 @@ def snap_to_budget(wrapped: fx.GraphModule) -> Snap | None:
     fraction of prunable parameters to within ``Config.budget_tolerance``. Changes the gates
     of `wrapped` in place, so that ``wrapped.eval()`` and the pruned model still agree.
     None when `wrapped` has no budget."""
-    from .instrument import gate_modules, plan_of
+    from .instrument import gate_modules, plan_of  # instrument imports this module
 
     budget = budget_of(wrapped)
     if budget is None:
@@ -115,7 +115,8 @@ def snap_to_budget(wrapped: fx.GraphModule) -> Snap | None:
         def kept(masks) -> float:
             return float(plan.cost.expected({g: m.to(torch.float64) for g, m in masks.items()})) / plan.cost.total
 
-        snap = Snap(budget.target, kept(open_now), kept(open_now))
+        now = kept(open_now)
+        snap = Snap(budget.target, now, now)
         if plan.cost.total == 0 or abs(snap.from_gates - budget.target) <= tol:
             return snap
         closing = snap.from_gates > budget.target

@@ -32,7 +32,7 @@ def complexity_loss(wrapped: fx.GraphModule) -> torch.Tensor:
     expected, total = expected_alive(wrapped)
     if total == 0:
         return expected
-    if any(g.warmup and g.draws <= g.warmup for g in gate_modules(wrapped).values()):  # this step was held
+    if any(g.held for g in gate_modules(wrapped).values()):
         return expected * 0.0  # the gates' warm-up: no pressure yet, and the budget waits
     budget = budget_of(wrapped)
     if budget is not None:

@@ -69,7 +69,9 @@ def fit(wrapped: fx.GraphModule, loader, loss_fn, *, epochs: int = 1, lr: float 
             schedule.step()
             sums["loss"] += loss.item()
             sums["complexity"] += term.item()
-            bar.set_postfix(loss=f"{loss.item():.4g}", complexity=f"{term.item():.3g}", kept=f"{_kept(wrapped):.1%}")
+            if progress:  # the kept fraction costs a pass over the cost model
+                bar.set_postfix(loss=f"{loss.item():.4g}", complexity=f"{term.item():.3g}",
+                                kept=f"{_kept(wrapped):.1%}")
         history.append({"epoch": epoch + 1, **{k: v / max(1, len(loader)) for k, v in sums.items()},
                         "kept": _kept(wrapped)})
         if checkpoint is not None:

@@ -86,8 +86,14 @@ class Gate(nn.Module):
 
     @property
     def warming_up(self) -> bool:
-        """True during the first ``Config.gate_warmup`` training draws."""
+        """True while the next training draw is a warm-up draw."""
         return self.draws < self.warmup
+
+    @property
+    def held(self) -> bool:
+        """True while the last training draw was a warm-up draw (or, before any, the next
+        one will be): the step that drew it takes no complexity term."""
+        return self.draws <= self.warmup if self.warmup else False
 
     def sample(self) -> torch.Tensor:
         """A training sample of ``z``: one noise draw per gate (the deterministic value

@@ -477,9 +477,10 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
         PruneError: the cut model does not reproduce the gated model (names the groups).
     """
     plan = plan_of(wrapped)
-    eval_gate_values(wrapped)  # non-finite gates are an error before the snap reads them
+    z = eval_gate_values(wrapped)  # non-finite gates are an error before the snap reads them
     snap = snap_to_budget(wrapped)
-    z = eval_gate_values(wrapped)
+    if snap is not None and (snap.closed or snap.reopened):
+        z = eval_gate_values(wrapped)
     keep = _masks(plan, z)
     pruned = cut(wrapped, keep, z, shrink_inputs)
     inputs = _verify_inputs(plan, pruned, shrink_inputs)

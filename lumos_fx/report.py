@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 from torch import fx
 from torch.utils.flop_counter import FlopCounterMode
 
-from .budget import BUDGET, Snap
+from .budget import Snap, budget_of
 from .errors import NotInstrumentedError
 from .instrument import GATES, plan_of
 from .verify import eval_mode
@@ -79,7 +78,7 @@ def count_flops(model: torch.nn.Module, inputs: tuple) -> int:
 
 
 def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith((GATES + ".", BUDGET + ".")))
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith(GATES + "."))
 
 
 def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[int, np.ndarray],
@@ -128,9 +127,11 @@ def summary(module) -> Summary:
     if isinstance(module, fx.GraphModule) and "lumos" in module.meta:
         from .prune import prune  # prune builds its summary with this module
 
-        # A copy: prune() snaps a budget's gates in place, and a report must not train the model.
-        plan = module.meta["lumos"]
-        return prune(copy.deepcopy(module, memo={id(plan): plan})).meta["lumos_summary"]
+        if budget_of(module) is not None:
+            # A copy: prune() snaps a budget's gates in place, and a report must not change the model.
+            plan = module.meta["lumos"]
+            module = copy.deepcopy(module, memo={id(plan): plan})
+        return prune(module).meta["lumos_summary"]
     raise NotInstrumentedError(
         f"summary() takes a model from lumos_fx.instrument() or lumos_fx.prune(), got {type(module).__name__}"
     )

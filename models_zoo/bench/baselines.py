@@ -26,6 +26,7 @@ from torch import nn
 
 import lumos_fx
 from lumos_fx.instrument import gate_modules, plan_of
+from lumos_fx.report import count_params
 
 OPEN, CLOSED = 30.0, -30.0
 
@@ -104,8 +105,7 @@ def cut_to_budget(wrapped, scores: dict[int, np.ndarray], params: int) -> int:
             candidates.append((gid, u))
             for h in holders:
                 left[h] -= 1
-    fixed = sum(p.numel() for n, p in wrapped.named_parameters() if not n.startswith("lumos_gates")) \
-        - lumos_fx.expected_alive(wrapped)[1]
+    fixed = count_params(wrapped) - lumos_fx.expected_alive(wrapped)[1]
 
     def close(k: int) -> float:
         with torch.no_grad():
