@@ -10,7 +10,7 @@ model, verified to compute the same function, as readable Python::
     print(pruned.code); lumos_fx.export(pruned, "out/model")
 """
 
-from .complexity import complexity_loss, expected_alive, param_groups
+from .complexity import complexity_loss, expected_alive, expected_kept, param_groups
 from .config import Config
 from .errors import (
     ExportError,
@@ -31,7 +31,7 @@ from .rules import ModuleRule, Rule, Unsupported, register_rule
 
 __all__ = [
     "Config", "Gate", "Summary", "ModuleRule", "Rule", "Unsupported",
-    "instrument", "gates", "param_groups", "complexity_loss", "expected_alive", "fit", "prune", "summary",
+    "instrument", "gates", "param_groups", "complexity_loss", "expected_alive", "expected_kept", "fit", "prune", "summary",
     "export", "load", "register_rule",
     "LumosError", "TraceError", "InputError", "NotInstrumentedError", "GateError", "PruneError", "ExportError",
 ]

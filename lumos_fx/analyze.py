@@ -27,7 +27,8 @@ class Plan:
     feature_names: dict[str, list[str]] = field(default_factory=dict)  # input name -> column names
     example_inputs: tuple = ()
     config: object = None
-    cost: object = None  # costs.CostModel, set by instrument()
+    cost: object = None  # costs.CostModel of the prunable parameters, set by instrument()
+    flop_cost: object = None  # costs.CostModel of the gated layers' FLOPs, set by instrument()
     unruled: set[str] = field(default_factory=set)  # nodes with no rule, or whose rule refused them
     example_flops: int = 0  # forward FLOPs of the model on example_inputs
     refined: dict[str, list[Space]] = field(default_factory=dict)  # space key -> spaces refining it

@@ -1,8 +1,8 @@
-r"""A parameter budget: the Lagrangian controller that drives training to it, and the snap
-that makes the cut land on it.
+r"""A parameter or FLOP budget: the Lagrangian controller that drives training to it, and the
+snap that makes the cut land on it.
 
 With ``Config(target_params=t)`` the complexity term is no longer ``lam`` times the
-expected kept fraction :math:`\hat s` but (Wang et al. 2020; CoFi, Xia et al. 2022;
+expected kept fraction :math:`\hat s` of the prunable parameters but (Wang et al. 2020; CoFi, Xia et al. 2022;
 Sheared-LLaMA, Xia et al. 2023)
 
 .. math::
@@ -17,6 +17,11 @@ model is above the target and falls below it, so the task loss and the budget se
 target: one percentage point over a 5% budget pulls as hard as ten over a 50% one (with the
 absolute miss of CoFi, small budgets converged too slowly and ended far off: R^2 0.77
 instead of 0.99 on the CFD surrogate at 5%).
+
+With ``Config(target_flops=t)``, :math:`\hat s` is the expected kept fraction of the forward
+FLOPs of the gated layers instead: the same sum with every weight entry counted at the
+FLOPs it costs (:func:`lumos_fx.costs.parameter_flops`), so a channel of a convolution on a
+large feature map weighs more than one on a small map, and a linear layer's none the less.
 
 The controller drives the *expectation*; the cut is deterministic. :func:`snap_to_budget`,
 which :func:`lumos_fx.prune` calls first, counts what the eval gates keep and, when that
@@ -36,6 +41,7 @@ from torch import fx, nn
 from .config import Config
 
 BUDGET = "lumos_budget"
+WHAT = {"params": "prunable parameters", "flops": "FLOPs of the gated layers"}
 
 
 class Budget(nn.Module):
@@ -49,7 +55,7 @@ class Budget(nn.Module):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
-        self.target = float(config.target_params)
+        self.kind, self.target = config.budget
         self.warmup = int(config.budget_warmup)
         self.lr = float(config.budget_lr)
         self.register_buffer("lambda_1", torch.zeros(()))
@@ -72,33 +78,40 @@ class Budget(nn.Module):
         return term
 
     def extra_repr(self) -> str:
-        return f"target={self.target}, warmup={self.warmup}, lr={self.lr}"
+        return f"{self.kind}={self.target}, warmup={self.warmup}, lr={self.lr}"
 
 
 def budget_of(wrapped: fx.GraphModule) -> Budget | None:
     return getattr(wrapped, BUDGET, None)
 
 
+def cost_model(plan, kind: str):
+    """The plan's :class:`lumos_fx.costs.CostModel` that a budget of `kind` counts in."""
+    return plan.flop_cost if kind == "flops" else plan.cost
+
+
 @dataclass
 class Snap:
-    """What :func:`snap_to_budget` found and did (fractions of the prunable parameters)."""
+    """What :func:`snap_to_budget` found and did, as fractions of what the budget counts
+    (``kind``: ``"params"`` or ``"flops"``)."""
 
     target: float
     from_gates: float
     after: float
     closed: int = 0
     reopened: int = 0
+    kind: str = "params"
 
     def __str__(self) -> str:
         moved = (f"closed {self.closed} more units" if self.closed else
                  f"re-opened {self.reopened} units" if self.reopened else "no snap needed")
-        return (f"budget: keep {self.target:.1%} of prunable parameters; the gates kept {self.from_gates:.1%}, "
+        return (f"budget: keep {self.target:.1%} of {WHAT[self.kind]}; the gates kept {self.from_gates:.1%}, "
                 f"{moved}: {self.after:.1%}")
 
 
 def snap_to_budget(wrapped: fx.GraphModule) -> Snap | None:
     """Move the fewest gates, by ``log_alpha`` order, so that the eval gates keep the budget's
-    fraction of prunable parameters to within ``Config.budget_tolerance``. Changes the gates
+    fraction of prunable parameters (or FLOPs) to within ``Config.budget_tolerance``. Changes the gates
     of `wrapped` in place, so that ``wrapped.eval()`` and the pruned model still agree.
     None when `wrapped` has no budget."""
     from .instrument import gate_modules, plan_of  # instrument imports this module
@@ -107,17 +120,20 @@ def snap_to_budget(wrapped: fx.GraphModule) -> Snap | None:
     if budget is None:
         return None
     plan = plan_of(wrapped)
+    cost = cost_model(plan, budget.kind)
     gates = gate_modules(wrapped)
     tol = plan.config.budget_tolerance
     with torch.no_grad():
         open_now = {gid: (g.eval_value() > 0) for gid, g in gates.items()}
 
         def kept(masks) -> float:
-            return float(plan.cost.expected({g: m.to(torch.float64) for g, m in masks.items()})) / plan.cost.total
+            return float(cost.expected({g: m.to(torch.float64) for g, m in masks.items()})) / cost.total
 
+        if cost.total == 0:
+            return Snap(budget.target, 1.0, 1.0, kind=budget.kind)
         now = kept(open_now)
-        snap = Snap(budget.target, now, now)
-        if plan.cost.total == 0 or abs(snap.from_gates - budget.target) <= tol:
+        snap = Snap(budget.target, now, now, kind=budget.kind)
+        if abs(snap.from_gates - budget.target) <= tol:
             return snap
         closing = snap.from_gates > budget.target
         units = sorted(((float(g.log_alpha[u]), gid, u) for gid, g in gates.items() for u in range(g.n)

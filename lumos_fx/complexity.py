@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from .budget import budget_of
+from .budget import budget_of, cost_model
 from .instrument import gate_modules, gates, plan_of
 
 
@@ -21,23 +21,37 @@ def expected_alive(wrapped: fx.GraphModule) -> tuple[torch.Tensor, int]:
     return plan.cost.expected(probs), plan.cost.total
 
 
+def expected_kept(wrapped: fx.GraphModule) -> torch.Tensor:
+    """Expected kept fraction of what the model's budget counts: prunable parameters, or
+    with ``Config(target_flops=...)`` the gated layers' FLOPs. Differentiable in the gates."""
+    cost = _counted(wrapped)
+    if cost.total == 0:
+        return torch.ones(())
+    return cost.expected({gid: gate.prob_nonzero() for gid, gate in gate_modules(wrapped).items()}) / cost.total
+
+
+def _counted(wrapped: fx.GraphModule):
+    budget = budget_of(wrapped)
+    return cost_model(plan_of(wrapped), budget.kind if budget is not None else "params")
+
+
 def complexity_loss(wrapped: fx.GraphModule) -> torch.Tensor:
     """``lam`` times the expected fraction of prunable parameters still alive (Lumos eq. 4-5);
-    with ``Config(target_params=t)``, the budget controller's term instead (see
-    :mod:`lumos_fx.budget`), which advances the controller by one step in training mode.
-    Zero during the gates' warm-up (``Config.gate_warmup``).
+    with ``Config(target_params=t)`` or ``Config(target_flops=t)``, the budget controller's
+    term instead (see :mod:`lumos_fx.budget`), which advances the controller by one step in
+    training mode. Zero during the gates' warm-up (``Config.gate_warmup``).
 
     Add it to the task loss: ``loss = task_loss + lumos_fx.complexity_loss(wrapped)``.
     """
-    expected, total = expected_alive(wrapped)
-    if total == 0:
-        return expected
+    if _counted(wrapped).total == 0:
+        return torch.zeros(())  # nothing is prunable
+    kept = expected_kept(wrapped)
     if any(g.held for g in gate_modules(wrapped).values()):
-        return expected * 0.0  # the gates' warm-up: no pressure yet, and the budget waits
+        return kept * 0.0  # the gates' warm-up: no pressure yet, and the budget waits
     budget = budget_of(wrapped)
     if budget is not None:
-        return budget(expected / total)
-    return plan_of(wrapped).config.lam * expected / total
+        return budget(kept)
+    return plan_of(wrapped).config.lam * kept
 
 
 def param_groups(wrapped: fx.GraphModule, lr: float, *, gate_lr: float | None = None, weight_decay: float = 0.0):

@@ -47,9 +47,10 @@ class Config:
     gates in :func:`lumos_fx.param_groups` (gates take no weight decay).
 
     Budget (see :mod:`lumos_fx.budget`): ``target_params`` is the fraction of prunable
-    parameters to keep (``0 < t < 1``); with it, :func:`lumos_fx.complexity_loss` is a
-    Lagrangian controller's term and ``lam`` is not used. ``budget_warmup`` steps lower the
-    target from 1 to ``target_params``; ``budget_lr`` is the multipliers' learning rate;
+    parameters to keep (``0 < t < 1``), or ``target_flops`` the fraction of the forward
+    FLOPs of the gated layers (one of the two); with it, :func:`lumos_fx.complexity_loss`
+    is a Lagrangian controller's term and ``lam`` is not used. ``budget_warmup`` steps lower
+    the target from 1 to the budget; ``budget_lr`` is the multipliers' learning rate;
     prune() snaps the gates to the target when they miss it by more than ``budget_tolerance``.
 
     Tracer: ``leaf_modules`` are modules torch.fx must not trace into, given as qualified
@@ -74,6 +75,7 @@ class Config:
     lam: float = 1.0
     gate_lr: float = 0.1
     target_params: float | None = None
+    target_flops: float | None = None
     budget_warmup: int = 200
     budget_lr: float = 0.05
     budget_tolerance: float = 0.01
@@ -91,13 +93,25 @@ class Config:
                 raise ValueError(f"Config.{name} must satisfy 0 < t_l <= t_u < 1, got {getattr(self, name)}")
         if self.gate_warmup < 0 or self.anneal_steps < 0 or (self.final_beta is not None and self.final_beta <= 0):
             raise ValueError("Config needs gate_warmup >= 0, anneal_steps >= 0 and a positive final_beta")
-        if self.target_params is not None and not 0.0 < self.target_params < 1.0:
-            raise ValueError(f"Config.target_params is the fraction of prunable parameters to keep, "
-                             f"0 < target_params < 1; got {self.target_params}")
+        for name, what in (("target_params", "prunable parameters"), ("target_flops", "FLOPs of the gated layers")):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"Config.{name} is the fraction of {what} to keep, 0 < {name} < 1; got {value}")
+        if self.target_params is not None and self.target_flops is not None:
+            raise ValueError("Config takes one budget: target_params or target_flops, not both")
         if self.budget_warmup < 0 or self.budget_lr <= 0 or not 0 <= self.budget_tolerance < 1:
             raise ValueError("Config needs budget_warmup >= 0, budget_lr > 0 and 0 <= budget_tolerance < 1")
         if not math.isfinite(self.init_log_alpha):
             raise ValueError("Config.init_log_alpha must be finite")
+
+    @property
+    def budget(self) -> tuple[str, float] | None:
+        """``("params", t)`` or ``("flops", t)`` for a budget, else None."""
+        if self.target_params is not None:
+            return "params", float(self.target_params)
+        if self.target_flops is not None:
+            return "flops", float(self.target_flops)
+        return None
 
     @property
     def open_threshold(self) -> float:

@@ -17,20 +17,28 @@ A dim gated twice (row ``(h, d)`` of a query projection lives while head ``h`` a
 
 :class:`CostModel` computes each distinct ``a \cdot p`` once and sums the terms with two
 small matrix products, so the cost per training step does not grow with the layer count.
+
+Weighted by the FLOPs each entry costs (:func:`parameter_flops`), the same sum is the
+expected forward FLOPs of the gated layers: an entry of a linear layer's weight costs two
+FLOPs per row of its input, one of a convolution's two per output position, so a conv's
+share scales with its output's spatial size, which ShapeProp measured on the example.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import fx
 
 from .analyze import Plan
 
 
 class CostModel:
-    """Expected alive prunable parameters as a function of the gates' ``P(z != 0)``."""
+    """Expected alive prunable parameters as a function of the gates' ``P(z != 0)``; with
+    `weights` (canonical parameter name -> cost of one entry, see :func:`parameter_flops`)
+    the expected cost of the alive entries, parameters with no weight costing nothing."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, weights: dict[str, float] | None = None) -> None:
         dims: list[tuple] = []  # distinct per-dim terms, see _dim_term
         linear: dict[int, float] = {}
         pairs: dict[tuple[int, int], float] = {}
@@ -39,11 +47,12 @@ class CostModel:
         for name, spaces in plan.param_spaces().items():
             terms = [(s, _dim_term(plan, s)) for s in spaces]
             gated = [(s, t) for s, t in terms if t is not None]
-            if not gated:
+            weight = 1.0 if weights is None else weights.get(name, 0.0)
+            if not gated or not weight:
                 continue
             numel = int(np.prod(plan.param_shapes[name]))
-            rest = numel // int(np.prod([s.size for s, _ in gated]))
-            self.total += numel
+            rest = weight * (numel // int(np.prod([s.size for s, _ in gated])))
+            self.total += weight * numel
             index = []
             for _, term in gated:
                 found = next((i for i, known in enumerate(dims) if _same(known, term)), None)
@@ -91,6 +100,26 @@ class CostModel:
         for g, rest, c in diagonal:
             value = value - rest * (c @ (probs[g] * probs[g] - probs[g]))
         return value
+
+
+def parameter_flops(gm: fx.GraphModule, plan: Plan) -> dict[str, float]:
+    """Forward FLOPs per entry of each weight (a parameter of two or more dims) on the
+    example inputs: the FLOPs of the module calls that hold it (``node.meta["lumos_flops"]``,
+    from :func:`lumos_fx.trace.trace`) over its entry count. A module holding several
+    weights (a graph attention layer's projection and attention vectors) shares its FLOPs
+    among them by size. FLOPs between activations (attention scores, message passing)
+    belong to no weight and are not counted."""
+    canonical = {alias: name for name, aliases in plan.param_names.items() for alias in aliases}
+    flops: dict[str, float] = {}
+    for node in gm.graph.nodes:
+        cost = node.meta.get("lumos_flops", 0)
+        if node.op != "call_module" or not cost:
+            continue
+        weights = {canonical[f"{node.target}.{n}"]: p.numel()
+                   for n, p in gm.get_submodule(node.target).named_parameters() if p.dim() >= 2}
+        for w, size in weights.items():
+            flops[w] = flops.get(w, 0.0) + cost * size / sum(weights.values())
+    return {w: f / float(np.prod(plan.param_shapes[w])) for w, f in flops.items()}
 
 
 def _piece(probs, kind: str, groups: tuple, a: torch.Tensor, ones: bool) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import fx
 from tqdm.auto import tqdm
 
 from .budget import BUDGET, Budget, budget_of
-from .complexity import complexity_loss, expected_alive, param_groups
+from .complexity import complexity_loss, expected_kept, param_groups
 from .errors import InputError
 from .instrument import plan_of
 
@@ -82,8 +82,7 @@ def fit(wrapped: fx.GraphModule, loader, loss_fn, *, epochs: int = 1, lr: float 
 
 def _kept(wrapped) -> float:
     with torch.no_grad():
-        expected, total = expected_alive(wrapped)
-    return float(expected) / total if total else 1.0
+        return float(expected_kept(wrapped))
 
 
 def _attach_budget(wrapped, plan, target: float, steps: int) -> None:

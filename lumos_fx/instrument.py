@@ -11,11 +11,11 @@ from torch import fx, nn
 
 from .analyze import Plan, analyze
 from .budget import BUDGET, Budget
-from .costs import CostModel
 from .config import Config
+from .costs import CostModel, parameter_flops
 from .errors import InputError, NotInstrumentedError
-from .fxutil import module_device, shape_of
 from .freeze import freeze
+from .fxutil import module_device, shape_of
 from .gate import Gate
 from .trace import normalize_example_inputs, trace
 
@@ -50,7 +50,8 @@ def instrument(model: nn.Module, example_inputs, *, feature_names=None, config: 
     plan.feature_names = _feature_names(gm, plan, feature_names)
     _insert_gates(gm, plan, config)
     plan.cost = CostModel(plan)
-    if config.target_params is not None:
+    plan.flop_cost = CostModel(plan, parameter_flops(gm, plan))
+    if config.budget is not None:
         if hasattr(gm, BUDGET):
             raise InputError(f"the model already has an attribute '{BUDGET}'; lumos_fx needs that name")
         gm.add_submodule(BUDGET, Budget(config).to(module_device(gm)))

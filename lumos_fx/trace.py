@@ -62,13 +62,21 @@ class LumosTracer(fx.Tracer):
 
 
 class _RecordingShapeProp(ShapeProp):
-    """ShapeProp that remembers the node it was running when something failed."""
+    """ShapeProp that remembers the node it was running when something failed, and puts
+    each node's forward FLOPs (as `counter` counts them) in ``node.meta["lumos_flops"]``."""
 
     current: fx.Node | None = None
 
+    def __init__(self, gm: fx.GraphModule, counter: FlopCounterMode) -> None:
+        super().__init__(gm)
+        self.counter = counter
+
     def run_node(self, n: fx.Node) -> Any:
         self.current = n
-        return super().run_node(n)
+        before = self.counter.get_total_flops()
+        out = super().run_node(n)
+        n.meta["lumos_flops"] = self.counter.get_total_flops() - before
+        return out
 
 
 def normalize_example_inputs(example_inputs) -> tuple:
@@ -194,10 +202,11 @@ def _raise_mode_dependent(node: fx.Node):
 
 def _propagate(gm: fx.GraphModule, model: torch.nn.Module, example_inputs: tuple) -> int:
     """ShapeProp on `example_inputs` in eval mode, without gradients; the forward's FLOPs."""
-    prop = _RecordingShapeProp(gm)
+    flops = FlopCounterMode(display=False)
+    prop = _RecordingShapeProp(gm, flops)
     gm.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        with torch.no_grad(), flops:
             prop.propagate(*example_inputs)
     except Exception as e:
         given = ", ".join(

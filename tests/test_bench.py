@@ -71,6 +71,12 @@ def test_the_budget_and_overhead_benchmarks_run(tmp_path):
     for r in rows:
         assert abs(r["kept_by_gates"] - 0.3) <= 0.01 + 1e-9, r
     assert "| cfd | R^2 | 30% |" in (tmp_path / "budget.md").read_text()
+    (row,) = budget.main(["--workloads", "dms", "--targets", "0.3", "--kind", "flops", "--scale", "smoke",
+                          "--out", str(tmp_path)])
+    # one channel of the smoke-scale CNN is several percent of its FLOPs: the snap lands within one
+    assert row["kind"] == "flops" and abs(row["kept_by_gates"] - 0.3) <= 0.05, row
+    assert row["kept_physical"] == pytest.approx(row["kept_by_gates"], abs=0.02)
+    assert "FLOPs of the gated layers" in (tmp_path / "budget_flops.md").read_text()
     rows = overhead.main(["--workloads", "cfd", "--scale", "smoke", "--repeats", "3", "--out", str(tmp_path)])
     assert rows[0]["ratio"] > 0 and 0 < rows[0]["gate_fraction"] < 1
     assert json.loads((tmp_path / "overhead.json").read_text())[0]["workload"] == "cfd"
