@@ -6,7 +6,7 @@ import torch
 from torch import fx
 
 from .budget import budget_of, cost_model
-from .instrument import gate_modules, gates, plan_of
+from .instrument import GATES, gates, plan_of
 
 
 def expected_alive(wrapped: fx.GraphModule) -> tuple[torch.Tensor, int]:
@@ -15,24 +15,22 @@ def expected_alive(wrapped: fx.GraphModule) -> tuple[torch.Tensor, int]:
     A weight is alive when every channel it connects is alive (see :mod:`lumos_fx.costs`).
     """
     plan = plan_of(wrapped)
-    probs = {gid: gate.prob_nonzero() for gid, gate in gate_modules(wrapped).items()}
-    if not probs:
+    if not plan.gate_keys:
         return torch.zeros(()), 0
-    return plan.cost.expected(probs), plan.cost.total
+    return plan.cost.joined(wrapped.get_submodule(GATES).prob_joined()), plan.cost.total
 
 
 def expected_kept(wrapped: fx.GraphModule) -> torch.Tensor:
     """Expected kept fraction of what the model's budget counts: prunable parameters, or
     with ``Config(target_flops=...)`` the gated layers' FLOPs. Differentiable in the gates."""
-    cost = _counted(wrapped)
+    plan, budget = plan_of(wrapped), budget_of(wrapped)
+    return _kept(wrapped, cost_model(plan, budget.kind if budget is not None else "params"))
+
+
+def _kept(wrapped: fx.GraphModule, cost) -> torch.Tensor:
     if cost.total == 0:
         return torch.ones(())
-    return cost.expected({gid: gate.prob_nonzero() for gid, gate in gate_modules(wrapped).items()}) / cost.total
-
-
-def _counted(wrapped: fx.GraphModule):
-    budget = budget_of(wrapped)
-    return cost_model(plan_of(wrapped), budget.kind if budget is not None else "params")
+    return cost.joined(wrapped.get_submodule(GATES).prob_joined()) / cost.total
 
 
 def complexity_loss(wrapped: fx.GraphModule) -> torch.Tensor:
@@ -43,15 +41,14 @@ def complexity_loss(wrapped: fx.GraphModule) -> torch.Tensor:
 
     Add it to the task loss: ``loss = task_loss + lumos_fx.complexity_loss(wrapped)``.
     """
-    if _counted(wrapped).total == 0:
+    plan, budget = plan_of(wrapped), budget_of(wrapped)
+    cost = cost_model(plan, budget.kind if budget is not None else "params")
+    if cost.total == 0:
         return torch.zeros(())  # nothing is prunable
-    kept = expected_kept(wrapped)
-    if any(g.held for g in gate_modules(wrapped).values()):
+    kept = _kept(wrapped, cost)
+    if wrapped.get_submodule(GATES).held:
         return kept * 0.0  # the gates' warm-up: no pressure yet, and the budget waits
-    budget = budget_of(wrapped)
-    if budget is not None:
-        return budget(kept)
-    return plan_of(wrapped).config.lam * kept
+    return budget(kept) if budget is not None else plan.config.lam * kept
 
 
 def param_groups(wrapped: fx.GraphModule, lr: float, *, gate_lr: float | None = None, weight_decay: float = 0.0):

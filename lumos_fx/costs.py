@@ -15,8 +15,9 @@ A dim gated twice (row ``(h, d)`` of a query projection lives while head ``h`` a
 ``d`` both do) has :math:`p_H^\top M p_D` in place of :math:`a \cdot p_A`, with
 :math:`M_{hd}` its rows per (head, dim).
 
-:class:`CostModel` computes each distinct ``a \cdot p`` once and sums the terms with two
-small matrix products, so the cost per training step does not grow with the layer count.
+:class:`CostModel` computes each distinct ``a \cdot p`` once, all of them as one product
+:math:`A\,p` with :math:`p` every gate's probabilities joined, and sums the terms with two
+small matrix products: a handful of tensor ops per training step, whatever the layer count.
 
 Weighted by the FLOPs each entry costs (:func:`parameter_flops`), the same sum is the
 expected forward FLOPs of the gated layers: an entry of a linear layer's weight costs two
@@ -70,7 +71,6 @@ class CostModel:
                     self.diagonal.append((a.group, rest, ta[0][2] * tb[0][2]))
             else:
                 raise NotImplementedError(f"parameter {name} is tied on {len(index)} gated dims")
-        self.dims = dims
         n = len(dims)
         self.linear = np.zeros(n)
         self.quadratic = np.zeros((n, n))
@@ -78,28 +78,56 @@ class CostModel:
             self.linear[i] = rest
         for (i, j), rest in pairs.items():
             self.quadratic[i, j] += rest
+        self._join(plan, dims)
         self._on: dict = {}
+
+    def _join(self, plan: Plan, dims: list[tuple]) -> None:
+        """Lay the terms out over the joined probabilities of every prunable group (in
+        group order): ``lin`` pieces become rows of ``A``, constants ``const``, the
+        same-gate corrections one vector; ``bil`` pieces stay apart."""
+        self.order = [g.id for g in plan.groups if g.prunable]  # as instrument() fills the gate bank
+        self.sizes = [plan.groups[g].n_units for g in self.order]
+        offset = dict(zip(self.order, np.cumsum([0] + [plan.groups[g].n_units for g in self.order])))
+        width = sum(plan.groups[g].n_units for g in self.order)
+        self.rows = np.zeros((len(dims), width))
+        self.const = np.zeros(len(dims))
+        self.bilinear: list[tuple[int, int, int, np.ndarray]] = []  # (term, head group, dim group, M)
+        for i, term in enumerate(dims):
+            for kind, groups, a in term:
+                if kind == "lin":
+                    self.rows[i, offset[groups[0]]:offset[groups[0]] + len(a)] += a
+                elif kind == "bil":
+                    self.bilinear.append((i, *groups, a))
+                else:
+                    self.const[i] += a
+        self.same_gate = np.zeros(width)
+        for g, rest, c in self.diagonal:
+            self.same_gate[offset[g]:offset[g] + len(c)] += rest * c
 
     def _tensors(self, like: torch.Tensor):
         key = (like.device, like.dtype)
         if key not in self._on:
             as_t = lambda a: torch.as_tensor(a, dtype=like.dtype, device=like.device)  # noqa: E731
-            terms = [[(kind, groups, as_t(a), bool(np.all(a == 1))) for kind, groups, a in t] for t in self.dims]
-            self._on[key] = (terms, as_t(self.linear), as_t(self.quadratic),
-                             [(g, r, as_t(c)) for g, r, c in self.diagonal])
+            bilinear = [(i, g, f, as_t(m)) for i, g, f, m in self.bilinear]
+            self._on[key] = (as_t(self.rows), as_t(self.const), bilinear, as_t(self.linear), as_t(self.quadratic),
+                             as_t(self.same_gate), torch.tensor([i for i, *_ in self.bilinear], device=like.device))
         return self._on[key]
 
     def expected(self, probs: dict[int, torch.Tensor]) -> torch.Tensor:
         """Expected alive entries for ``probs[group id] = P(z != 0)`` per unit."""
-        like = next(iter(probs.values()))
-        terms, linear, quadratic, diagonal = self._tensors(like)
-        if not terms:
-            return like.sum() * 0
-        dots = torch.stack([sum(_piece(probs, *piece) for piece in term) for term in terms])
-        value = linear @ dots + dots @ quadratic @ dots
-        for g, rest, c in diagonal:
-            value = value - rest * (c @ (probs[g] * probs[g] - probs[g]))
-        return value
+        return self.joined(torch.cat([probs[g] for g in self.order]))
+
+    def joined(self, p: torch.Tensor) -> torch.Tensor:
+        """:meth:`expected` for every prunable group's probabilities joined in group order
+        (as :meth:`lumos_fx.gate.GateBank.prob_joined` gives them)."""
+        if not len(self.linear):
+            return p.sum() * 0
+        rows, const, bilinear, linear, quadratic, same_gate, bil_index = self._tensors(p)
+        dots = rows @ p + const
+        if bilinear:
+            probs = dict(zip(self.order, p.split(self.sizes)))
+            dots = dots.index_add(0, bil_index, torch.stack([probs[g] @ m @ probs[f] for _, g, f, m in bilinear]))
+        return linear @ dots + dots @ quadratic @ dots - same_gate @ (p * p - p)
 
 
 def parameter_flops(gm: fx.GraphModule, plan: Plan) -> dict[str, float]:
@@ -120,14 +148,6 @@ def parameter_flops(gm: fx.GraphModule, plan: Plan) -> dict[str, float]:
         for w, size in weights.items():
             flops[w] = flops.get(w, 0.0) + cost * size / sum(weights.values())
     return {w: f / float(np.prod(plan.param_shapes[w])) for w, f in flops.items()}
-
-
-def _piece(probs, kind: str, groups: tuple, a: torch.Tensor, ones: bool) -> torch.Tensor:
-    if kind == "lin":
-        return probs[groups[0]].sum() if ones else a @ probs[groups[0]]
-    if kind == "bil":
-        return probs[groups[0]] @ a @ probs[groups[1]]
-    return a
 
 
 def _dim_term(plan: Plan, space) -> tuple | None:

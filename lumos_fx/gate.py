@@ -73,7 +73,13 @@ class Gate(nn.Module):
         return self.log_alpha.shape[0]
 
     def _stretch(self, s: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(s * (self.zeta - self.gamma) + self.gamma, 0.0, 1.0)
+        # hardtanh is the clamp to [0, 1] with a one-kernel backward (clamp's takes five ops)
+        return nn.functional.hardtanh(s * (self.zeta - self.gamma) + self.gamma, 0.0, 1.0)
+
+    def _concrete(self, log_alpha: torch.Tensor, u: torch.Tensor, beta: float) -> torch.Tensor:
+        """The training sample for noise `u` (eq. 1-2); :class:`GateBank` calls it on the
+        log_alpha of all its gates at once."""
+        return self._stretch(torch.sigmoid((torch.logit(u) + log_alpha) * (1.0 / beta)))
 
     def schedule(self) -> tuple[float, tuple[float, float]]:
         """``beta`` and ``(t_l, t_u)`` at this draw: linear from the Config's values to its
@@ -102,10 +108,13 @@ class Gate(nn.Module):
             self.draws += 1
             return self.eval_value()
         beta, (t_l, t_u) = self.schedule()
+        return self._concrete(self.log_alpha, self.noise(t_l, t_u), beta)
+
+    def noise(self, t_l: float, t_u: float) -> torch.Tensor:
+        """This draw's uniform noise ``u`` in ``(t_l, t_u)``, one per gate; counts the draw."""
         u = torch.empty_like(self.log_alpha).uniform_(t_l, t_u, generator=self._seeded())
         self.draws += 1
-        s = torch.sigmoid((torch.logit(u) + self.log_alpha) / beta)
-        return self._stretch(s)
+        return u
 
     def _seeded(self) -> torch.Generator | None:
         if self.stream is None:
@@ -132,10 +141,48 @@ class Gate(nn.Module):
         current ``beta``. It is the full noise range's: as an annealed range narrows toward
         0.5 the true probability turns into a step with no gradient, and the complexity
         term would stop acting on the gates just as they settle."""
-        return torch.sigmoid(self.log_alpha - self.schedule()[0] * math.log(-self.gamma / self.zeta))
+        return self._prob(self.log_alpha)
+
+    def _prob(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(log_alpha - self.schedule()[0] * math.log(-self.gamma / self.zeta))
 
     def forward(self) -> torch.Tensor:
         return self.sample() if self.training else self.eval_value()
 
     def extra_repr(self) -> str:
         return f"n={self.n}, group={self.group!r}, beta={self.beta:.4g}, gamma={self.gamma}, zeta={self.zeta}"
+
+
+class GateBank(nn.ModuleDict):
+    """The gates of an instrumented model (``wrapped.lumos_gates``), by key, computed together.
+
+    One call returns every gate's ``z`` (a tuple in key order) from one pass over all their
+    ``log_alpha`` joined: the same values as calling each :class:`Gate`, noise streams
+    included, for a handful of tensor ops per step instead of a handful per gate, which on
+    a small model is most of what gating costs. The gates share one :class:`Config` and so
+    one schedule; each counts its own draws, as it does alone.
+    """
+
+    def forward(self) -> tuple[torch.Tensor, ...]:
+        gates = list(self.values())
+        first = gates[0]
+        joined = torch.cat([g.log_alpha for g in gates])
+        if not self.training or first.warming_up:
+            if self.training:
+                for g in gates:
+                    g.draws += 1
+            z = first._stretch(torch.sigmoid(joined))
+        else:
+            beta, (t_l, t_u) = first.schedule()
+            z = first._concrete(joined, torch.cat([g.noise(t_l, t_u) for g in gates]), beta)
+        return z.split([g.n for g in gates])
+
+    def prob_joined(self) -> torch.Tensor:
+        """:meth:`Gate.prob_nonzero` of every gate, joined in key order, in one pass."""
+        gates = list(self.values())
+        return gates[0]._prob(torch.cat([g.log_alpha for g in gates]))
+
+    @property
+    def held(self) -> bool:
+        """:attr:`Gate.held` of the gates (all alike)."""
+        return any(g.held for g in self.values())

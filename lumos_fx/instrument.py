@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 import re
+from collections import Counter
 
 import numpy as np
 import torch
@@ -16,7 +17,8 @@ from .costs import CostModel, parameter_flops
 from .errors import InputError, NotInstrumentedError
 from .freeze import freeze
 from .fxutil import module_device, shape_of
-from .gate import Gate
+from .gate import Gate, GateBank
+from .gate_fold import fold, foldable
 from .trace import normalize_example_inputs, trace
 
 GATES = "lumos_gates"
@@ -48,9 +50,10 @@ def instrument(model: nn.Module, example_inputs, *, feature_names=None, config: 
     plan.example_inputs = tuple(x.detach() if isinstance(x, torch.Tensor) else x
                                 for x in normalize_example_inputs(example_inputs))
     plan.feature_names = _feature_names(gm, plan, feature_names)
+    flops = parameter_flops(gm, plan)  # before the gates fold into layers' weights
     _insert_gates(gm, plan, config)
     plan.cost = CostModel(plan)
-    plan.flop_cost = CostModel(plan, parameter_flops(gm, plan))
+    plan.flop_cost = CostModel(plan, flops)
     if config.budget is not None:
         if hasattr(gm, BUDGET):
             raise InputError(f"the model already has an attribute '{BUDGET}'; lumos_fx needs that name")
@@ -123,60 +126,78 @@ def _gate_key(name: str, taken: set[str]) -> str:
 
 
 def _insert_gates(gm: fx.GraphModule, plan: Plan, config: Config) -> None:
-    """One gate call per group right after the inputs (one sample per forward, shared by all
-    its consumers), and ``input * z`` in front of each consumer.
+    """One call of the gate bank right after the inputs (one sample per gate per forward,
+    shared by all the group's consumers), and ``input * z`` in front of each consumer.
 
     Every inserted node carries ``meta["lumos_gate"]`` so prune() can take them out again.
     """
     if hasattr(gm, GATES):
         raise InputError(f"the model already has an attribute '{GATES}'; lumos_fx needs that name")
-    modules = nn.ModuleDict()
+    modules = GateBank()
     device = module_device(gm)
     gm.add_submodule(GATES, modules)
     nodes = {n.name: n for n in gm.graph.nodes}
     position = {n: i for i, n in enumerate(gm.graph.nodes)}
     last_input = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
     taken: set[str] = set()
-    gate_value: dict[int, fx.Node] = {}
     gated: dict[tuple[str, int], fx.Node] = {}
-    insert_at = last_input
     for group in plan.groups:
-        if not group.prunable:
-            continue
-        key = _gate_key(group.name, taken)
-        modules[key] = Gate(group.n_units, config, group.name, stream=group.id).to(device)
-        plan.gate_keys[group.id] = key
-        with gm.graph.inserting_after(insert_at):
-            insert_at = gate_value[group.id] = gm.graph.call_module(f"{GATES}.{key}")
-        insert_at.meta["lumos_gate"] = "value"
+        if group.prunable:
+            key = _gate_key(group.name, taken)
+            modules[key] = Gate(group.n_units, config, group.name, stream=group.id).to(device)
+            plan.gate_keys[group.id] = key
+    gate_value: dict[int, fx.Node] = {}
+    if plan.gate_keys:
+        with gm.graph.inserting_after(last_input):
+            bank = gm.graph.call_module(GATES)
+        bank.meta["lumos_gate"] = "bank"
+        insert_at = bank
+        for i, gid in enumerate(plan.gate_keys):
+            with gm.graph.inserting_after(insert_at):
+                insert_at = gate_value[gid] = gm.graph.call_function(operator.getitem, (bank, i))
+            insert_at.meta["lumos_gate"] = "value"
 
     consumers = [(c, g) for g in plan.groups if g.prunable for c in g.consumers]
     consumers.sort(key=lambda cg: position[nodes[cg[0].node]])
+    gates_on = Counter((c.node, c.input) for c, _ in consumers)
     current: dict[tuple[str, str], fx.Node] = {}  # what a consumer reads now in place of an input
     for consumer, group in consumers:
         node, inp = nodes[consumer.node], nodes[consumer.input]
+        space = plan.spaces[consumer.space]
+        if gates_on[consumer.node, consumer.input] == 1 and foldable(gm, node, inp, space.dim):
+            with gm.graph.inserting_before(node):
+                z = _units(gm, plan, group.id, gate_value[group.id], space)
+            for added in fold(gm, node, z):
+                added.meta["lumos_gate"] = "fold"
+            continue
         now = current.get((node.name, inp.name), inp)
         # Two gates on one input (a head and its dims) multiply: gate what the first gated.
         key = (now.name, group.id)
         if key not in gated:
             with gm.graph.inserting_before(node):
-                gated[key] = _gate_input(gm, plan, group.id, now, len(shape_of(inp)), gate_value[group.id],
-                                         plan.spaces[consumer.space])
+                gated[key] = _gate_input(gm, plan, group.id, now, len(shape_of(inp)), gate_value[group.id], space)
         node.replace_input_with(now, gated[key])
         current[node.name, inp.name] = gated[key]
+
+
+def _units(gm, plan, gid, z: fx.Node, space) -> fx.Node:
+    """``z[units]``: the gate value of each channel of the space, in its order."""
+    gate = gm.get_submodule(f"{GATES}.{plan.gate_keys[gid]}")
+    if np.array_equal(space.units, np.arange(gate.n)):
+        return z
+    name = "units_" + re.sub(r"\W", "_", space.key.partition(":")[2])
+    gate.register_buffer(name, torch.as_tensor(space.units, dtype=torch.long, device=gate.log_alpha.device),
+                         persistent=False)
+    index = gm.graph.get_attr(f"{GATES}.{plan.gate_keys[gid]}.{name}")
+    z = gm.graph.call_function(torch.index_select, (z, 0, index))
+    index.meta["lumos_gate"] = z.meta["lumos_gate"] = "index"
+    return z
 
 
 def _gate_input(gm, plan, gid, inp: fx.Node, ndim: int, z: fx.Node, space) -> fx.Node:
     """``inp * z[units]``, with ``z`` shaped to broadcast along the space's channel dim."""
     graph = gm.graph
-    gate = gm.get_submodule(f"{GATES}.{plan.gate_keys[gid]}")
-    if not np.array_equal(space.units, np.arange(gate.n)):
-        name = "units_" + re.sub(r"\W", "_", space.key.partition(":")[2])
-        gate.register_buffer(name, torch.as_tensor(space.units, dtype=torch.long, device=gate.log_alpha.device),
-                             persistent=False)
-        index = graph.get_attr(f"{GATES}.{plan.gate_keys[gid]}.{name}")
-        z = graph.call_function(torch.index_select, (z, 0, index))
-        index.meta["lumos_gate"] = z.meta["lumos_gate"] = "index"
+    z = _units(gm, plan, gid, z, space)
     if space.dim != ndim - 1:
         z = graph.call_method("view", (z, -1, *([1] * (ndim - 1 - space.dim))))
         z.meta["lumos_gate"] = "view"

@@ -33,6 +33,7 @@ from .budget import snap_to_budget
 from .channels import Space
 from .errors import GateError, PruneError
 from .fxutil import describe, fetch_attr, free_attr_name, module_device, shape_of
+from .gate_fold import FOLD, unfold
 from .instrument import GATES, gate_modules, plan_of
 from .rules import REGISTRY
 from .report import build_summary
@@ -285,6 +286,9 @@ def _masks(plan: Plan, z: dict[int, torch.Tensor]) -> dict[int, np.ndarray]:
 
 
 def _strip_gates(gm: fx.GraphModule) -> None:
+    for node in gm.graph.nodes:
+        if FOLD in node.meta:
+            unfold(node)
     nodes = [n for n in gm.graph.nodes if "lumos_gate" in n.meta]
     for node in nodes:
         if node.meta["lumos_gate"] == "mul":

@@ -8,10 +8,11 @@ import math
 import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
+from support import _varying_nodes, alive_entries
 from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from support import _varying_nodes, alive_entries
+from lumos_fx.gate_fold import FOLD
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 CONVT = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
@@ -291,9 +292,15 @@ class _Shapes(fx.Interpreter):
 
     def run_node(self, n):
         value = super().run_node(n)
-        if n.op == "call_module" and n.args:
+        if module_called(n) and n.args:
             self.shapes[n.name] = (self.env[n.args[0]].shape, value.shape)
         return value
+
+
+def module_called(node: fx.Node) -> str | None:
+    """The module a node calls: its target, or for a layer whose input gate lumos_fx folded
+    into its weight (a functional call on the scaled weight), the module it stands for."""
+    return node.target if node.op == "call_module" else node.meta.get(FOLD)
 
 
 def expected_flops(wrapped: fx.GraphModule, x: torch.Tensor, seed: int = 0) -> int:
@@ -315,10 +322,11 @@ def expected_flops(wrapped: fx.GraphModule, x: torch.Tensor, seed: int = 0) -> i
     grads = dict(zip(weights, torch.autograd.grad((out * r).sum(), list(weights.values()), allow_unused=True)))
     total = 0
     for node in w.graph.nodes:
-        if node.op != "call_module" or not varies.get(node.name, False):
+        target = module_called(node)
+        if target is None or not varies.get(node.name, False):
             continue
-        module = w.get_submodule(node.target)
-        grad = grads.get(f"{node.target}.weight")
+        module = w.get_submodule(target)
+        grad = grads.get(f"{target}.weight")
         if not isinstance(module, (*CONV.values(), *CONVT.values(), nn.Linear)) or grad is None:
             continue
         in_shape, out_shape = recorder.shapes[node.name]

@@ -252,8 +252,9 @@ def _readers(w: fx.GraphModule) -> dict[str, list[str]]:
         if node.op == "call_module":
             for pname, _ in w.get_submodule(node.target).named_parameters():
                 readers.setdefault(f"{node.target}.{pname}", []).append(node.name)
-        elif node.op == "get_attr":
-            readers.setdefault(node.target, []).extend(u.name for u in node.users)
+        elif node.op == "get_attr":  # a weight a gate folded into is read by the layer behind the scaling
+            users = [v for u in node.users for v in (u.users if u.meta.get("lumos_gate") == "fold" else [u])]
+            readers.setdefault(node.target, []).extend(u.name for u in users)
     return readers
 
 

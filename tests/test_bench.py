@@ -77,7 +77,7 @@ def test_the_budget_and_overhead_benchmarks_run(tmp_path):
     assert row["kind"] == "flops" and abs(row["kept_by_gates"] - 0.3) <= 0.05, row
     assert row["kept_physical"] == pytest.approx(row["kept_by_gates"], abs=0.02)
     assert "FLOPs of the gated layers" in (tmp_path / "budget_flops.md").read_text()
-    rows = overhead.main(["--workloads", "cfd", "--scale", "smoke", "--repeats", "3", "--out", str(tmp_path)])
+    rows = overhead.main(["--workloads", "cfd", "--scale", "smoke", "--repeats", "3", "--batch-factors", "1", "--out", str(tmp_path)])
     assert rows[0]["ratio"] > 0 and 0 < rows[0]["gate_fraction"] < 1
     assert json.loads((tmp_path / "overhead.json").read_text())[0]["workload"] == "cfd"
 

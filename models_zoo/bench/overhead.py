@@ -1,18 +1,23 @@
 """What gating costs in training: the time of one training step of the instrumented model
 over the original's, and the gates' share of the parameters.
 
-    python -m models_zoo.bench.overhead [--workloads cfd dms molhiv] [--repeats 60] [--out results]
+    python -m models_zoo.bench.overhead [--workloads cfd dms molhiv] [--repeats 60]
+                                        [--batch-factors 1 8] [--out results]
 
 A step is forward, task loss (plus ``complexity_loss`` for the instrumented model),
 backward and an Adam step, on the same mini-batches. The two models take turns on every
 repeat, in alternating order, and the ratio is of the medians, so drift in the machine's
-load hits both alike. Writes ``overhead.json`` and ``overhead.md`` into ``--out``.
+load hits both alike. Each workload runs at its own mini-batch and at `--batch-factors`
+times it: what the gates cost per step hardly grows with the batch (they scale weights,
+not activations; see :mod:`lumos_fx.gate_fold`), so their share falls as it grows.
+Writes ``overhead.json`` and ``overhead.md`` into ``--out``.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
@@ -32,9 +37,11 @@ def _step(model, opt, loss_fn, inputs, target, gated: bool) -> None:
     opt.step()
 
 
-def run(name: str, scale_name: str = "cpu", repeats: int = 60, warmup: int = 5, seed: int = 0) -> dict:
+def run(name: str, scale_name: str = "cpu", repeats: int = 60, warmup: int = 5, seed: int = 0,
+        batch_factor: int = 1) -> dict:
     workload = get(name)
     scale = workload.scales[scale_name]
+    scale = replace(scale, batch=scale.batch * batch_factor)
     task = workload.task(scale, seed)
     plain = workload.model(task, scale, seed).train()
     wrapped = lumos_fx.instrument(workload.model(task, scale, seed), task.example).train()
@@ -74,9 +81,12 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> list[dict]:
     parser = cli.parser("training-step overhead of lumos_fx gates", ["cfd", "dms", "molhiv"])
     parser.add_argument("--repeats", type=int, default=60)
+    parser.add_argument("--batch-factors", nargs="+", type=int, default=[1, 8],
+                        help="also time each workload at these multiples of its mini-batch")
     args = parser.parse_args(argv)
     out = cli.out_dir(args.out)
-    rows = [run(name, args.scale, args.repeats, seed=args.seed) for name in args.workloads]
+    rows = [run(name, args.scale, args.repeats, seed=args.seed, batch_factor=f)
+            for name in args.workloads for f in args.batch_factors]
     text = markdown(rows)
     print(text, end="")
     report.write_json(out / "overhead.json", rows)

@@ -1,0 +1,67 @@
+"""Gates folded into the weight of the linear or conv layer that reads them."""
+
+import pytest
+import torch
+from torch import nn
+
+import lumos_fx
+from lumos_fx.gate_fold import FOLD
+
+
+def folded(wrapped) -> dict[str, str]:
+    return {n.name: n.meta[FOLD] for n in wrapped.graph.nodes if FOLD in n.meta}
+
+
+def test_linear_and_plain_convs_fold_grouped_convs_do_not():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(),
+                          nn.Conv2d(8, 6, 1, padding_mode="circular"), nn.ReLU(),
+                          nn.Conv2d(6, 4, 1), nn.Flatten(), nn.Linear(4 * 8 * 8, 2))
+    x = torch.randn(2, 3, 12, 12)
+    wrapped = lumos_fx.instrument(model, (x,))
+    assert folded(wrapped) == {"_0": "0", "_6": "6", "_8": "8"}
+    assert "self.lumos_gates()" in wrapped.code and "conv2d(" in wrapped.code
+    pruned = lumos_fx.prune(wrapped)
+    assert "conv2d(" not in pruned.code and "linear(" not in pruned.code  # module calls again
+    torch.testing.assert_close(pruned(x), wrapped.eval()(x))
+
+
+def test_folded_gates_train_as_gates_on_the_input_do():
+    """With the noise range at (0.5, 0.5) a training gate is deterministic: the folded graph
+    and ``linear(x * z, W)`` written out must give the same loss and gradients."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    x = torch.randn(16, 5)
+    wrapped = lumos_fx.instrument(model, (x,), config=lumos_fx.Config(noise_range=(0.5, 0.5))).train()
+    assert len(folded(wrapped)) == 2
+    gates = list(lumos_fx.gates(wrapped).values())
+    with torch.no_grad():
+        for g in gates:
+            g.log_alpha.uniform_(-2, 2)
+    wrapped(x).square().sum().backward()
+    got = [g.log_alpha.grad.clone() for g in gates]
+    weights = [wrapped.get_parameter(n).grad.clone() for n in ("0.weight", "2.weight")]
+
+    la = [g.log_alpha.detach().clone().requires_grad_() for g in gates]
+    ws = [wrapped.get_parameter(n).detach().clone().requires_grad_() for n in ("0.weight", "2.weight")]
+    bs = [wrapped.get_parameter(n).detach() for n in ("0.bias", "2.bias")]
+    z = [gates[0]._stretch(torch.sigmoid(a / (2 / 3))) for a in la]  # logit(0.5) = 0
+    h = torch.tanh(nn.functional.linear(x * z[0], ws[0], bs[0]))
+    nn.functional.linear(h * z[1], ws[1], bs[1]).square().sum().backward()
+    for a, b in zip(got, [a.grad for a in la]):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(weights, [w.grad for w in ws]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("conv", [nn.Conv1d, nn.Conv3d])
+def test_conv_folds_in_every_dimension(conv):
+    torch.manual_seed(0)
+    model = nn.Sequential(conv(2, 4, 3), nn.ReLU(), conv(4, 3, 1))
+    x = torch.randn(2, 2, *([6] * (1 if conv is nn.Conv1d else 3)))
+    wrapped = lumos_fx.instrument(model, (x,))
+    assert set(folded(wrapped).values()) == {"0", "2"}
+    with torch.no_grad():
+        for g in lumos_fx.gates(wrapped).values():
+            g.log_alpha.copy_(torch.where(torch.arange(g.n) % 2 == 0, 5.0, -5.0))
+    torch.testing.assert_close(lumos_fx.prune(wrapped)(x), wrapped.eval()(x))
