@@ -1,6 +1,6 @@
 # Two entry points: `make demo` and `make test`. Both create .venv on first use.
 # `make bench` runs the CPU benchmark into results/ (with the optional DepGraph baseline),
-# then the parameter budgets and the training-step overhead;
+# every workload at its budget, then the parameter and FLOP budgets and the training-step overhead;
 # `make bench-smoke` runs every workload end to end at a tiny scale in under a minute.
 PYTHON ?= python3
 # The CPU wheel of torch 2.13.0 lies on the build machines' disk; a bare `torch`
@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[baselines]"
 	$(PY) -m models_zoo.bench --scale cpu --out results
 	$(PY) -m models_zoo.bench.budget --out results
+	$(PY) -m models_zoo.bench.budget --kind flops --workloads dms stemdl --targets 0.5 0.2 --out results
 	$(PY) -m models_zoo.bench.overhead --out results
 
 bench-smoke: $(STAMP)

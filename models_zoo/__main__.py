@@ -5,8 +5,9 @@
                                         [--seed 0] [--out out/WORKLOAD]
     torchrun --nproc_per_node N -m models_zoo train WORKLOAD ...   # data-parallel, any workload
 
-``train`` trains the workload's model instrumented (with the workload's lam, or a budget:
-``--target`` is the fraction of prunable parameters to keep), prunes it, prints the summary
+``train`` trains the workload's model instrumented (to the workload's budget, or to
+``--target``, the fraction of prunable parameters to keep; ``--lam`` trains with that lam
+and no budget), prunes it, prints the summary
 and the metric, and exports the pruned model to ``--out``; ``--dense`` trains the plain
 model instead. Under torchrun every rank trains its share of each batch and rank 0
 prunes and exports.
@@ -15,7 +16,6 @@ prunes and exports.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -40,9 +40,7 @@ def train(args) -> dict:
         workload.train(model, task, steps, seed=args.seed, desc=f"{workload.name} dense")
         result["metric_value"] = workload.evaluate(model, task)
         return result
-    config = workload.lumos_config(steps, args.target)
-    if args.lam is not None:
-        config = dataclasses.replace(config, lam=args.lam)
+    config = workload.lam_config(steps, args.lam) if args.lam is not None else workload.lumos_config(steps, args.target)
     wrapped = lumos_fx.instrument(model, task.example, feature_names=task.feature_names, config=config)
     workload.train(wrapped, task, steps, seed=args.seed, desc=f"{workload.name} lumos")
     if rank > 0:
@@ -67,8 +65,9 @@ def main(argv=None) -> dict | None:
     t.add_argument("--scale", choices=("smoke", "cpu", "gpu"), default="cpu")
     t.add_argument("--steps", type=int, default=None, help="training steps (default: the scale's)")
     how = t.add_mutually_exclusive_group()
-    how.add_argument("--target", type=float, default=None, help="fraction of prunable parameters to keep")
-    how.add_argument("--lam", type=float, default=None, help="Config.lam (default: the workload's)")
+    how.add_argument("--target", type=float, default=None,
+                     help="fraction of prunable parameters to keep (default: the workload's budget)")
+    how.add_argument("--lam", type=float, default=None, help="no budget: train with this Config.lam")
     how.add_argument("--dense", action="store_true", help="train the plain model, no gates")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default=None, help="where the pruned model goes (default out/WORKLOAD)")
@@ -76,7 +75,8 @@ def main(argv=None) -> dict | None:
     if args.command == "list":
         for name in NAMES:
             w = get(name)
-            print(f"{name:<11} {w.family:<16} {w.metric:<9} cpu scale: {w.scales['cpu'].steps} steps")
+            print(f"{name:<11} {w.family:<16} {w.metric:<9} budget {w.target:<5.0%} cpu scale: "
+                  f"{w.scales['cpu'].steps} steps")
         return None
     launched = distributed.init_from_env()
     try:

@@ -88,9 +88,11 @@ class Task:
 class Workload:
     """One of the paper's workloads. ``data(scale, seed)`` builds the task; ``build(task,
     scale)`` a fresh model; ``metric`` names an entry of :data:`METRICS`; ``loss`` trains it.
-    ``lam`` (Config.lam; None for the default) and ``warmup`` (the fraction of the training
-    steps an instrumented model trains with its gates held open, Config.gate_warmup) are
-    the workload's lumos_fx settings.
+    Its lumos_fx settings: ``target``, the budget (the fraction of prunable parameters a
+    Lumos model keeps, ``Config.target_params``), and ``warmup``, the fraction of the
+    training steps an instrumented model trains with its gates held (``Config.gate_warmup``);
+    ``lam`` (``Config.lam``, None for the default) is what the workload trained with before
+    budgets, kept to repeat those runs.
     Surrogates also list the simulator's informative and uninformative inputs (the ground
     truth of feature selection) and their column values for correlation plots."""
 
@@ -102,6 +104,7 @@ class Workload:
     loss: Callable[[Task], Callable]
     scales: dict[str, Scale]
     lr: float = 2e-3
+    target: float = 0.25
     lam: float | None = None
     warmup: float = 0.0
     informative: tuple[str, ...] = ()
@@ -120,14 +123,14 @@ class Workload:
 
     def lumos_config(self, steps: int, target: float | None = None) -> lumos_fx.Config:
         """The Config an instrumented model of this workload trains with for `steps` steps:
-        the workload's lam and gate warm-up, or with a `target` the budget and every other
-        setting the library's default."""
-        if target is not None:
-            return lumos_fx.Config(target_params=target)
-        settings = {"gate_warmup": int(self.warmup * steps)}
-        if self.lam is not None:
-            settings["lam"] = self.lam
-        return lumos_fx.Config(**settings)
+        the workload's budget (or `target`) and gate warm-up."""
+        return lumos_fx.Config(target_params=self.target if target is None else target,
+                               gate_warmup=int(self.warmup * steps))
+
+    def lam_config(self, steps: int, lam: float | None = None) -> lumos_fx.Config:
+        """As :meth:`lumos_config` with no budget but `lam` (default: the workload's)."""
+        lam = self.lam if lam is None else lam
+        return lumos_fx.Config(gate_warmup=int(self.warmup * steps), **({} if lam is None else {"lam": lam}))
 
     def train(self, model: nn.Module, task: Task, steps: int, *, seed: int = 0, loss=None, desc: str = "",
               device: str = "cpu") -> list[float]:

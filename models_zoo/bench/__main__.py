@@ -1,11 +1,12 @@
 """Benchmark lumos_fx on the zoo's workloads against dense models and the baselines.
 
     python -m models_zoo.bench [--scale smoke|cpu|gpu] [--workloads cfd dms ...] [--out results]
-                               [--no-baselines] [--target 0.25]
+                               [--no-baselines] [--target 0.25 | --lam]
 
 Writes ``bench.json`` (one object per workload), ``baselines.json`` (one per workload and
 method), ``bench.md`` and the plots ``fig9_before_after.png`` and ``fig10_features.png``
-into ``--out``. ``make bench`` runs the CPU scale, ``make bench-smoke`` the smoke scale.
+into ``--out``. Every Lumos model trains to its workload's budget (``Workload.target``,
+docs/zoo.md). ``make bench`` runs the CPU scale, ``make bench-smoke`` the smoke scale.
 """
 
 from __future__ import annotations
@@ -35,9 +36,12 @@ def main(argv=None) -> tuple[list[dict], list[dict]]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where models train (default: the GPU when there is one)")
     parser.add_argument("--repeats", type=int, default=None, help="latency repeats (default 50, smoke 5)")
-    parser.add_argument("--target", type=float, default=None,
-                        help="train every Lumos model to this budget (fraction of prunable parameters kept) "
-                             "with the library's defaults, instead of the workload's lam")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--target", type=float, default=None,
+                     help="train every Lumos model to this budget (fraction of prunable parameters kept) "
+                          "instead of its workload's")
+    how.add_argument("--lam", action="store_true",
+                     help="train with each workload's lam and no budget (the runs before budgets)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,7 +53,7 @@ def main(argv=None) -> tuple[list[dict], list[dict]]:
         scale = workload.scales[args.scale]
         t0 = time.perf_counter()
         row, trained = run_workload(workload, scale, seed=args.seed, repeats=repeats, device=args.device,
-                                    target=args.target)
+                                    target=args.target, lam=args.lam)
         rows.append(row)
         correlations[name] = feature_correlations(trained["task"])
         names[name] = trained["task"].feature_names or {}
@@ -59,8 +63,10 @@ def main(argv=None) -> tuple[list[dict], list[dict]]:
         print(f"{name:<11} {row['metric']:<8} dense {row['metric_dense']:.4f} lumos {row['metric_lumos']:.4f}  "
               f"params {row['params_dense']:,} -> {row['params_lumos']:,}  features {row['features_kept']}/"
               f"{row['features_total']}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    settings = (f"every Lumos model at a budget of {args.target:.0%} of its prunable parameters, library defaults"
-                if args.target is not None else "each workload's lam and gate warm-up (docs/zoo.md)")
+    settings = (f"every Lumos model at a budget of {args.target:.0%} of its prunable parameters"
+                if args.target is not None else "each workload's lam and no budget" if args.lam
+                else "each workload's budget")
+    settings += ", gate warm-up as docs/zoo.md lists, every other setting the library's default"
     header = (f"Scale `{args.scale}`, seed {args.seed}, {settings}; {platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
               f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}; "

@@ -16,16 +16,23 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else float("inf")
 
 
+def _budget(row: dict) -> str:
+    """The row's Lumos setting: its budget (kept fraction of prunable parameters) or its lam."""
+    if row.get("target") is not None:
+        return f"keep {row['target']:.0%}"
+    return f"lam {row['lam']:g}" if row.get("lam") is not None else "lam 1"
+
+
 def markdown(rows: list[dict], baselines: list[dict], header: str) -> str:
     lines = [f"# lumos_fx benchmark\n\n{header}\n", "## Dense vs Lumos-pruned\n",
-             ("| workload | model | metric | dense | lumos | params dense | params lumos | params cut | FLOPs cut "
-              "| CPU speedup b1 | CPU speedup large | peak mem dense MB | peak mem lumos MB | train s dense "
-              "| train s lumos | features kept |"),
-             "|---" * 16 + "|"]
+             ("| workload | model | metric | dense | lumos | budget | params dense | params lumos | params cut "
+              "| FLOPs cut | CPU speedup b1 | CPU speedup large | peak mem dense MB | peak mem lumos MB "
+              "| train s dense | train s lumos | features kept |"),
+             "|---" * 17 + "|"]
     for r in rows:
         lines.append(
             f"| {r['workload']} | {r['family']} | {r['metric']} | {r['metric_dense']:.4f} | {r['metric_lumos']:.4f} "
-            f"| {r['params_dense']:,} | {r['params_lumos']:,} | {1 - r['params_lumos'] / r['params_dense']:.1%} "
+            f"| {_budget(r)} | {r['params_dense']:,} | {r['params_lumos']:,} | {1 - r['params_lumos'] / r['params_dense']:.1%} "
             f"| {1 - r['flops_lumos'] / r['flops_dense']:.1%} "
             f"| {_ratio(r['latency_b1_dense_ms'], r['latency_b1_lumos_ms']):.2f}x "
             f"| {_ratio(r['latency_large_dense_ms'], r['latency_large_lumos_ms']):.2f}x (batch {r['large_batch']}) "

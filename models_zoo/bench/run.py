@@ -46,15 +46,14 @@ def features(summary: lumos_fx.Summary, task: Task) -> tuple[int, int, list[str]
 
 
 def run_workload(workload: Workload, scale: Scale, *, seed: int = 0, repeats: int = 50,
-                 device: str = "cpu", target: float | None = None) -> tuple[dict, dict]:
+                 device: str = "cpu", target: float | None = None, lam: bool = False) -> tuple[dict, dict]:
     """The benchmark row of `workload` (see results/bench.json) and the models and task the
     baselines need. Training runs on `device`; pruning and the CPU measurements on the CPU.
-    With a `target` the Lumos model trains to that budget (``Config(target_params=target)``)
-    with every other setting the library's default; without, with the workload's lam and
-    gate warm-up."""
+    The Lumos model trains to the workload's budget, or to `target`; with `lam`, to no
+    budget but with the workload's lam (the runs before budgets)."""
     task = workload.task(scale, seed)
     dense = workload.model(task, scale, seed)
-    config = workload.lumos_config(scale.steps, target)
+    config = workload.lam_config(scale.steps) if lam else workload.lumos_config(scale.steps, target)
     wrapped = lumos_fx.instrument(workload.model(task, scale, seed), task.example,
                                   feature_names=task.feature_names, config=config)
     train_dense = _timed_training(workload, dense, task, scale.steps, seed=seed, desc=f"{workload.name} dense",
@@ -81,7 +80,7 @@ def run_workload(workload: Workload, scale: Scale, *, seed: int = 0, repeats: in
         "peak_memory_lumos_mb": peak_inference_bytes(pruned, large) / 2 ** 20,
         "train_time_dense_s": train_dense, "train_time_lumos_s": train_lumos,
         "features_total": total, "features_kept": kept, "features_kept_names": kept_names,
-        "scale": vars(scale), "target": target, "lam": None if target is not None else config.lam,
+        "scale": vars(scale), "target": config.target_params, "lam": config.lam if lam else None,
     }
     if workload.informative or workload.uninformative:
         names = set(kept_names)

@@ -6,4 +6,4 @@ lam 10 closed every gate."""
 
 from ..surrogates import workload
 
-WORKLOAD = workload("cfd", lam=3.0)
+WORKLOAD = workload("cfd", target=0.04, lam=3.0)

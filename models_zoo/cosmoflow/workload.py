@@ -10,4 +10,4 @@ WORKLOAD = Workload(
                                    [f"z={z}" for z in data.REDSHIFTS]),
     lambda task, scale: CosmoFlow(in_channels=len(data.REDSHIFTS), size=scale.size, n_out=len(data.PARAMS),
                                   width=scale.width),
-    mse_loss, image_scales(size=16, cpu_samples=2000, cpu_width=0.5), lr=1e-3, lam=0.05)
+    mse_loss, image_scales(size=16, cpu_samples=2000, cpu_width=0.5), lr=1e-3, target=0.7, lam=0.05)

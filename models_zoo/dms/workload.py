@@ -8,4 +8,4 @@ WORKLOAD = Workload(
     "dms", "CNN + FC", "accuracy",
     lambda scale, seed: image_task(*data.load(scale.samples, scale.size, seed), scale.batch),
     lambda task, scale: CNNClassifier(1, scale.size, len(data.CLASSES), width=scale.width),
-    classification_loss, image_scales(), lr=1e-3, lam=0.5)
+    classification_loss, image_scales(), lr=1e-3, target=0.15, lam=0.5)

@@ -2,4 +2,4 @@
 
 from ..surrogates import workload
 
-WORKLOAD = workload("fluid")
+WORKLOAD = workload("fluid", target=0.1)

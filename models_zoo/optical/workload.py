@@ -9,4 +9,4 @@ WORKLOAD = Workload(
     "optical", "encoder-decoder", "MSE",
     lambda scale, seed: image_task(*data.load(scale.samples, scale.size, seed), scale.batch),
     lambda task, scale: EncoderDecoder(1, scale.size, latent=max(8, round(256 * scale.width)), width=scale.width),
-    mse_loss, image_scales(), lr=1e-3, lam=0.1)
+    mse_loss, image_scales(), lr=1e-3, target=0.05, lam=0.1)

@@ -8,5 +8,5 @@ WORKLOAD = Workload(
     "ppa", "GCN", "accuracy",
     lambda scale, seed: graph_task(*data.load(scale.samples, seed), scale.batch, {"edge_attr": data.EDGE_FEATURES}),
     lambda task, scale: PPAGCN(scale.width, layers=3, n_classes=len(data.CLASSES)),
-    classification_loss, graph_scales(), lr=1e-3, lam=0.3,
+    classification_loss, graph_scales(), lr=1e-3, target=0.4, lam=0.3,
     informative=tuple(data.INFORMATIVE), uninformative=tuple(data.UNINFORMATIVE))

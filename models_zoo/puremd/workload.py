@@ -9,4 +9,4 @@ open, then lam 0.1, keeps every informative input (R^2 0.987).
 
 from ..surrogates import workload
 
-WORKLOAD = workload("puremd", lam=0.1, warmup=0.5)
+WORKLOAD = workload("puremd", target=0.5, lam=0.1, warmup=0.5)

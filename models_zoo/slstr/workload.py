@@ -8,5 +8,5 @@ WORKLOAD = Workload(
     "slstr", "U-Net", "accuracy",
     lambda scale, seed: image_task(*data.load(scale.samples, scale.size, seed), scale.batch, data.BANDS),
     lambda task, scale: UNet(len(data.BANDS), 2, width=scale.width, depth=3),
-    classification_loss, image_scales(cpu_steps=500, cpu_batch=32), lr=1e-3, lam=0.3,
+    classification_loss, image_scales(cpu_steps=500, cpu_batch=32), lr=1e-3, target=0.02, lam=0.3,
     informative=tuple(b for b in data.BANDS if b not in data.UNINFORMATIVE), uninformative=tuple(data.UNINFORMATIVE))

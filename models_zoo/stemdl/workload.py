@@ -8,4 +8,4 @@ WORKLOAD = Workload(
     "stemdl", "VGG", "accuracy",
     lambda scale, seed: image_task(*data.load(scale.samples, scale.size, seed), scale.batch),
     lambda task, scale: VGG11(1, len(data.CLASSES), width=scale.width),
-    classification_loss, image_scales(), lr=1e-3, lam=0.3)
+    classification_loss, image_scales(), lr=1e-3, target=0.4, lam=0.3)

@@ -2,4 +2,4 @@
 
 from ..surrogates import workload
 
-WORKLOAD = workload("synthetic")
+WORKLOAD = workload("synthetic", target=0.04)
