@@ -8,4 +8,4 @@ WORKLOAD = Workload(
     "emdenoise", "U-Net", "MSE",
     lambda scale, seed: image_task(*data.load(scale.samples, scale.size, seed), scale.batch),
     lambda task, scale: UNet(1, 1, width=scale.width, depth=3),
-    mse_loss, image_scales(cpu_steps=500, cpu_batch=32), lr=1e-3, target=0.06, lam=0.01, warmup=0.3)
+    mse_loss, image_scales(cpu_steps=500, cpu_batch=32), lr=1e-3, target=0.06, lam=0.01)
