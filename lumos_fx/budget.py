@@ -26,7 +26,9 @@ large feature map weighs more than one on a small map, and a linear layer's none
 The controller drives the *expectation*; the cut is deterministic. :func:`snap_to_budget`,
 which :func:`lumos_fx.prune` calls first, counts what the eval gates keep and, when that
 misses the target by more than ``Config.budget_tolerance``, closes the open units with the
-smallest ``log_alpha`` (or re-opens the closed ones with the largest) until it does not.
+smallest ``log_alpha`` (or re-opens the closed ones with the largest) until it does not;
+when the last of them jumps past the tolerance band, the next in order that lands inside
+it is taken instead.
 It never closes the last open unit of a group that every input-to-output path runs through
 (``Plan.essential``): that would leave a model that ignores its inputs.
 """
@@ -142,31 +144,37 @@ def snap_to_budget(wrapped: fx.GraphModule) -> Snap | None:
             left = {gid: int(open_now[gid].sum()) for gid in plan.essential if gid in gates}
             units = [(la, gid, u) for la, gid, u in units if gid not in left or _take(left, gid)]
 
-        def moved(k: int) -> dict:
+        def moved(chosen: list) -> dict:
             masks = {gid: m.clone() for gid, m in open_now.items()}
-            for _, gid, u in units[:k]:
+            for _, gid, u in chosen:
                 masks[gid][u] = not closing
             return masks
 
         def done(k: int) -> bool:
-            value = kept(moved(k))
+            value = kept(moved(units[:k]))
             return value <= budget.target + tol if closing else value >= budget.target - tol
 
         lo, hi = 0, len(units)
         while lo < hi:  # the kept fraction is monotone in k
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if done(mid) else (mid + 1, hi)
+        chosen = units[:lo]
+        if lo and abs(kept(moved(chosen)) - budget.target) > tol:
+            # The last unit jumped over the tolerance band (a unit can be several percent of
+            # the FLOPs): the next unit in order that lands inside it takes its place.
+            inside = (c for c in units[lo:] if abs(kept(moved(chosen[:-1] + [c])) - budget.target) <= tol)
+            chosen = next((chosen[:-1] + [c] for c in inside), chosen)
         # Snapped shut: one below the eval gate's exact zero; re-opened: halfway between
         # its exact zero and exact one (eval value 0.5 with the default constants).
         config = plan.config
         value = config.closed_threshold - 1.0 if closing else (config.closed_threshold + config.open_threshold) / 2
-        for _, gid, u in units[:lo]:
+        for _, gid, u in chosen:
             gates[gid].log_alpha[u] = value
-        snap.after = kept(moved(lo))
+        snap.after = kept(moved(chosen))
         if closing:
-            snap.closed = lo
+            snap.closed = len(chosen)
         else:
-            snap.reopened = lo
+            snap.reopened = len(chosen)
     return snap
 
 

@@ -176,3 +176,26 @@ def test_a_residual_branch_may_close_whole():
     wrapped = lumos_fx.instrument(Block(), (torch.randn(2, 4),))
     plan = plan_of(wrapped)
     assert "branch" not in {plan.groups[g].name for g in plan.essential}
+
+
+def test_when_the_last_unit_jumps_past_the_band_the_next_that_lands_in_it_is_taken():
+    """Inputs 0 and 1 weigh 50 parameters each (14.3% of 350), a hidden unit 7 (2%): by
+    log_alpha order the snap would close inputs 0 and 1 (71.4% kept for a target of 84%);
+    closing input 0 and a hidden unit (6 parameters left to it) lands at 84.0%."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 50), nn.ReLU(), nn.Linear(50, 2))
+    x = torch.randn(8, 4)
+    wrapped = lumos_fx.instrument(model, (x,), config=lumos_fx.Config(target_params=0.84))
+    gates = lumos_fx.gates(wrapped)
+    with torch.no_grad():
+        gates["input"].log_alpha.copy_(torch.tensor([2.5, 2.6, 3.5, 3.5]))
+        gates["0"].log_alpha.fill_(3.0)
+    pruned = lumos_fx.prune(wrapped)
+    snap = lumos_fx.summary(pruned).budget
+    assert snap.closed == 2 and snap.after == pytest.approx(294 / 350)
+    assert summary_channels(pruned) == {"input": 3, "0": 49}
+    torch.testing.assert_close(pruned(x), wrapped.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def summary_channels(pruned) -> dict[str, int]:
+    return {r.name: r.after for r in lumos_fx.summary(pruned).groups}
