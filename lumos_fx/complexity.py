@@ -23,8 +23,13 @@ def expected_alive(wrapped: fx.GraphModule) -> tuple[torch.Tensor, int]:
 def expected_kept(wrapped: fx.GraphModule) -> torch.Tensor:
     """Expected kept fraction of what the model's budget counts: prunable parameters, or
     with ``Config(target_flops=...)`` the gated layers' FLOPs. Differentiable in the gates."""
+    return _kept(wrapped, _counted(wrapped)[2])
+
+
+def _counted(wrapped: fx.GraphModule):
+    """The plan, the budget (or None) and the cost model the budget counts in (parameters without one)."""
     plan, budget = plan_of(wrapped), budget_of(wrapped)
-    return _kept(wrapped, cost_model(plan, budget.kind if budget is not None else "params"))
+    return plan, budget, cost_model(plan, budget.kind if budget is not None else "params")
 
 
 def _kept(wrapped: fx.GraphModule, cost) -> torch.Tensor:
@@ -41,8 +46,7 @@ def complexity_loss(wrapped: fx.GraphModule) -> torch.Tensor:
 
     Add it to the task loss: ``loss = task_loss + lumos_fx.complexity_loss(wrapped)``.
     """
-    plan, budget = plan_of(wrapped), budget_of(wrapped)
-    cost = cost_model(plan, budget.kind if budget is not None else "params")
+    plan, budget, cost = _counted(wrapped)
     if cost.total == 0:
         return torch.zeros(())  # nothing is prunable
     kept = _kept(wrapped, cost)

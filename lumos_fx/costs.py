@@ -87,8 +87,8 @@ class CostModel:
         same-gate corrections one vector; ``bil`` pieces stay apart."""
         self.order = [g.id for g in plan.groups if g.prunable]  # as instrument() fills the gate bank
         self.sizes = [plan.groups[g].n_units for g in self.order]
-        offset = dict(zip(self.order, np.cumsum([0] + [plan.groups[g].n_units for g in self.order])))
-        width = sum(plan.groups[g].n_units for g in self.order)
+        offset = dict(zip(self.order, np.cumsum([0] + self.sizes)))
+        width = sum(self.sizes)
         self.rows = np.zeros((len(dims), width))
         self.const = np.zeros(len(dims))
         self.bilinear: list[tuple[int, int, int, np.ndarray]] = []  # (term, head group, dim group, M)

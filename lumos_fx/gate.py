@@ -104,11 +104,7 @@ class Gate(nn.Module):
     def sample(self) -> torch.Tensor:
         """A training sample of ``z``: one noise draw per gate (the deterministic value
         during the warm-up)."""
-        if self.warming_up:
-            self.draws += 1
-            return self.eval_value()
-        beta, (t_l, t_u) = self.schedule()
-        return self._concrete(self.log_alpha, self.noise(t_l, t_u), beta)
+        return _draw([self], self.log_alpha)
 
     def noise(self, t_l: float, t_u: float) -> torch.Tensor:
         """This draw's uniform noise ``u`` in ``(t_l, t_u)``, one per gate; counts the draw."""
@@ -134,7 +130,10 @@ class Gate(nn.Module):
 
     def eval_value(self) -> torch.Tensor:
         """The deterministic gate used in eval mode and folded into weights by prune()."""
-        return self._stretch(torch.sigmoid(self.log_alpha))
+        return self._deterministic(self.log_alpha)
+
+    def _deterministic(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        return self._stretch(torch.sigmoid(log_alpha))
 
     def prob_nonzero(self) -> torch.Tensor:
         """Closed-form ``P(z != 0)`` per gate (differentiable in ``log_alpha``), at the
@@ -165,16 +164,8 @@ class GateBank(nn.ModuleDict):
 
     def forward(self) -> tuple[torch.Tensor, ...]:
         gates = list(self.values())
-        first = gates[0]
         joined = torch.cat([g.log_alpha for g in gates])
-        if not self.training or first.warming_up:
-            if self.training:
-                for g in gates:
-                    g.draws += 1
-            z = first._stretch(torch.sigmoid(joined))
-        else:
-            beta, (t_l, t_u) = first.schedule()
-            z = first._concrete(joined, torch.cat([g.noise(t_l, t_u) for g in gates]), beta)
+        z = _draw(gates, joined) if self.training else gates[0]._deterministic(joined)
         return z.split([g.n for g in gates])
 
     def prob_joined(self) -> torch.Tensor:
@@ -186,3 +177,17 @@ class GateBank(nn.ModuleDict):
     def held(self) -> bool:
         """:attr:`Gate.held` of the gates (all alike)."""
         return any(g.held for g in self.values())
+
+
+def _draw(gates: list[Gate], log_alpha: torch.Tensor) -> torch.Tensor:
+    """One training draw of `gates` (alike in Config, so in schedule and draw count) from
+    their `log_alpha` joined: the deterministic value during the warm-up, else the
+    hard-concrete sample on each gate's own noise."""
+    first = gates[0]
+    if first.warming_up:
+        for g in gates:
+            g.draws += 1
+        return first._deterministic(log_alpha)
+    beta, (t_l, t_u) = first.schedule()
+    noise = [g.noise(t_l, t_u) for g in gates]
+    return first._concrete(log_alpha, noise[0] if len(noise) == 1 else torch.cat(noise), beta)

@@ -40,14 +40,16 @@ def run(name: str, target: float, scale_name: str, seed: int = 0, kind: str = "p
     snap = lumos_fx.summary(pruned).budget
     plan = plan_of(wrapped)
     total = cost_model(plan, kind).total
-    measure = {"params": lambda m: count_params(m), "flops": lambda m: count_flops(m, task.example)}[kind]
-    fixed = (count_params(wrapped) if kind == "params" else plan.example_flops) - total
+    counts = {"params": (count_params(wrapped), count_params(pruned)),
+              "flops": (plan.example_flops, count_flops(pruned, task.example))}
+    dense, cut = counts[kind]
+    fixed = dense - total  # what no gate controls
     return {"workload": name, "metric": workload.metric, "kind": kind, "target": target,
             "expected_at_end": expected, "kept_by_gates_before_snap": snap.from_gates,
-            "kept_by_gates": snap.after, "kept_physical": (measure(pruned) - fixed) / total,
+            "kept_by_gates": snap.after, "kept_physical": (cut - fixed) / total,
             "snap_closed": snap.closed, "snap_reopened": snap.reopened,
-            "params_dense": count_params(wrapped), "params_pruned": count_params(pruned),
-            "flops_dense": plan.example_flops, "flops_pruned": count_flops(pruned, task.example),
+            "params_dense": counts["params"][0], "params_pruned": counts["params"][1],
+            "flops_dense": counts["flops"][0], "flops_pruned": counts["flops"][1],
             "metric_pruned": workload.evaluate(pruned, task), "train_s": seconds}
 
 
