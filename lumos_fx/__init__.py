@@ -20,6 +20,7 @@ from .errors import (
     NotInstrumentedError,
     PruneError,
     TraceError,
+    TrainingError,
 )
 from .export import export, load
 from .fit import fit
@@ -34,5 +35,6 @@ __all__ = [
     "instrument", "gates", "param_groups", "complexity_loss", "expected_alive", "expected_kept", "fit", "prune", "summary",
     "export", "load", "register_rule",
     "LumosError", "TraceError", "InputError", "NotInstrumentedError", "GateError", "PruneError", "ExportError",
+    "TrainingError",
 ]
 __version__ = "0.1.0"

@@ -34,6 +34,7 @@ class Plan:
     refined: dict[str, list[Space]] = field(default_factory=dict)  # space key -> spaces refining it
     extras: dict[str, list[Space]] = field(default_factory=dict)  # node name -> its spaces off the channel dim
     essential: set[int] = field(default_factory=set)  # groups every input-to-output path runs through
+    stateful: frozenset[str] = frozenset()  # buffers and parameters forward updates on every call
 
     def space_of(self, node_name: str) -> Space | None:
         return self.spaces.get(space_key_of_node(node_name))
@@ -192,16 +193,33 @@ def analyze(gm: fx.GraphModule) -> Plan:
         if node not in an.handled:
             an.run(node)
     add_head_dims(an)
+    stateful = gm.meta.get("lumos_stateful", frozenset())
+    _block_stateful(an, stateful)
     groups = an.cg.groups()
     _block_unfoldable(an, groups)
     essential = _block_lone_bottlenecks(an, groups)
-    plan = Plan(an.cg.spaces, groups, an.param_names, an.param_shapes, unruled=an.unruled, essential=essential)
+    plan = Plan(an.cg.spaces, groups, an.param_names, an.param_shapes, unruled=an.unruled, essential=essential,
+                stateful=stateful)
     for space in an.cg.spaces.values():
         if space.refines is not None:
             plan.refined.setdefault(space.refines, []).append(space)
         elif space.node is not None and space.key != space_key_of_node(space.node):
             plan.extras.setdefault(space.node, []).append(space)
     return plan
+
+
+def _block_stateful(an: Analysis, stateful: frozenset[str]) -> None:
+    """A buffer forward updates on every call (a running statistic written by hand) carries
+    state from call to call: its channels, and those it meets, are kept."""
+    for node in an.gm.graph.nodes:
+        if node.op != "get_attr" or node.target not in stateful:
+            continue
+        reason = f"'{node.target}' is updated by forward on every call; lumos_fx keeps its channels"
+        if an.space(node) is not None:
+            an.block(an.space(node), reason)
+        tensor = fetch_attr(an.gm, node.target)
+        for dim in range(tensor.dim()):
+            an.block(an.param_space(tensor, dim), reason)
 
 
 def _block_unfoldable(an: Analysis, groups: list[Group]) -> None:

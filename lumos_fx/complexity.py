@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import fx
 
-from .budget import budget_of, cost_model
-from .instrument import GATES, gates, plan_of
+from .budget import Budget, budget_of, cost_model
+from .errors import GateError, TrainingError
+from .instrument import GATES, gate_modules, gates, plan_of
 
 
 def expected_alive(wrapped: fx.GraphModule) -> tuple[torch.Tensor, int]:
@@ -45,14 +48,49 @@ def complexity_loss(wrapped: fx.GraphModule) -> torch.Tensor:
     training mode. Zero during the gates' warm-up (``Config.gate_warmup``).
 
     Add it to the task loss: ``loss = task_loss + lumos_fx.complexity_loss(wrapped)``.
+
+    Raises, at the first step where the term or a budget multiplier is NaN or inf (one check
+    per call, so that a diverged run stops there and not at prune()):
+        GateError: a gate's ``log_alpha`` is NaN or inf (named, with the step).
+        TrainingError: the budget's multipliers diverged (lower ``Config.budget_lr``).
     """
     plan, budget, cost = _counted(wrapped)
     if cost.total == 0:
         return torch.zeros(())  # nothing is prunable
     kept = _kept(wrapped, cost)
     if wrapped.get_submodule(GATES).held:
-        return kept * 0.0  # the gates' warm-up: no pressure yet, and the budget waits
-    return budget(kept) if budget is not None else plan.config.lam * kept
+        term = kept * 0.0  # the gates' warm-up: no pressure yet, and the budget waits
+    else:
+        term = budget(kept) if budget is not None else plan.config.lam * kept
+    _check_finite(wrapped, term, budget)
+    return term
+
+
+def _check_finite(wrapped: fx.GraphModule, term: torch.Tensor, budget: Budget | None) -> None:
+    # One sum, one read: NaN and inf survive addition (inf - inf is NaN), so the sum is
+    # finite exactly when every part is, short of an overflow that is a divergence too.
+    watched = term.detach() if budget is None else term.detach() + budget.lambda_1 + budget.lambda_2
+    if not math.isfinite(watched.item()):
+        raise _divergence(wrapped, term, budget)
+
+
+def _divergence(wrapped: fx.GraphModule, term: torch.Tensor, budget: Budget | None) -> TrainingError:
+    """The error for a non-finite complexity term or multiplier: the gates that hold NaN or
+    inf, or else the budget's multipliers (with finite gates nothing else can diverge:
+    Config keeps ``lam`` finite)."""
+    step = max(g.draws for g in gate_modules(wrapped).values())
+    where = f"step {step} (the model's forward calls in train mode so far)"
+    bad = [f"'{name}' ({int((~torch.isfinite(g.log_alpha)).sum())} of {g.n} values)"
+           for name, g in gates(wrapped).items() if not torch.isfinite(g.log_alpha).all()]
+    if bad:
+        return GateError(f"complexity_loss is {term.item()} at {where}: the log_alpha of gate {', '.join(bad)} "
+                         "became NaN or inf. An earlier step's gradients were not finite (check the task loss and "
+                         "the batches for NaN), or the gates' learning rate is too high: lower Config.gate_lr (now "
+                         f"{plan_of(wrapped).config.gate_lr}) or param_groups(wrapped, lr, gate_lr=...).")
+    assert budget is not None
+    return TrainingError(f"complexity_loss: the budget's multipliers diverged at {where}: lambda_1="
+                      f"{budget.lambda_1.item()}, lambda_2={budget.lambda_2.item()} (the term is {term.item()}). "
+                      f"Lower Config.budget_lr (now {budget.lr}).")
 
 
 def param_groups(wrapped: fx.GraphModule, lr: float, *, gate_lr: float | None = None, weight_decay: float = 0.0):

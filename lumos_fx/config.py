@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import difflib
 import math
+import numbers
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import torch
 
+from .errors import InputError
+
 LeafSpec = Union[str, type, Callable[[torch.nn.Module, str], bool]]
+
+
+def check_module_names(specs, model: torch.nn.Module, field: str) -> None:
+    """Every qualified name among `specs` names a submodule of `model`, else an InputError
+    that says which do not and which names are near them."""
+    names = [n for n, _ in model.named_modules() if n]
+    unknown = [s for s in specs if isinstance(s, str) and s not in names]
+    if not unknown:
+        return
+    hints = "; ".join(f"'{s}': did you mean {difflib.get_close_matches(s, names, n=3)}?"
+                      for s in unknown if difflib.get_close_matches(s, names, n=3))
+    raise InputError(
+        f"Config.{field} names modules {type(model).__name__} does not have: {unknown}"
+        f"{f' ({hints})' if hints else ''}. Its modules are named as model.named_modules() names them; "
+        f"top level: {[n for n, _ in model.named_children()]}."
+    )
 
 
 def module_matches(spec: LeafSpec, module: torch.nn.Module, qualname: str) -> bool:
@@ -60,6 +80,10 @@ class Config:
     Fine-tuning: ``frozen`` names modules (the same three ways) whose weights stay as they
     are (``requires_grad=False`` in the instrumented model, so :func:`lumos_fx.param_groups`
     leaves them out); their gates still train and prune() cuts them like any others.
+
+    Every field is checked when a Config is made (and by ``dataclasses.replace``): a value
+    of the wrong type raises TypeError, one out of range ValueError, each naming the field,
+    the value given and what is allowed.
     """
 
     beta: float = 2.0 / 3.0
@@ -83,26 +107,16 @@ class Config:
     frozen: Sequence[LeafSpec] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if not (self.gamma < 0.0 < 1.0 < self.zeta):
-            raise ValueError(f"Config needs gamma < 0 < 1 < zeta, got gamma={self.gamma}, zeta={self.zeta}")
-        if self.beta <= 0:
-            raise ValueError(f"Config.beta must be positive, got {self.beta}")
+        """Check every field, so that a bad setting fails here, naming itself, and not as a
+        NaN or a raw error deep in training (``dataclasses.replace`` checks again)."""
+        for name, rule in _NUMBERS.items():
+            _check_number(name, getattr(self, name), rule)
         for name in ("noise_range", "final_noise_range"):
-            t_l, t_u = getattr(self, name)
-            if not (0.0 < t_l <= t_u < 1.0):
-                raise ValueError(f"Config.{name} must satisfy 0 < t_l <= t_u < 1, got {getattr(self, name)}")
-        if self.gate_warmup < 0 or self.anneal_steps < 0 or (self.final_beta is not None and self.final_beta <= 0):
-            raise ValueError("Config needs gate_warmup >= 0, anneal_steps >= 0 and a positive final_beta")
-        for name, what in (("target_params", "prunable parameters"), ("target_flops", "FLOPs of the gated layers")):
-            value = getattr(self, name)
-            if value is not None and not 0.0 < value < 1.0:
-                raise ValueError(f"Config.{name} is the fraction of {what} to keep, 0 < {name} < 1; got {value}")
+            _check_noise_range(name, getattr(self, name))
         if self.target_params is not None and self.target_flops is not None:
             raise ValueError("Config takes one budget: target_params or target_flops, not both")
-        if self.budget_warmup < 0 or self.budget_lr <= 0 or not 0 <= self.budget_tolerance < 1:
-            raise ValueError("Config needs budget_warmup >= 0, budget_lr > 0 and 0 <= budget_tolerance < 1")
-        if not math.isfinite(self.init_log_alpha):
-            raise ValueError("Config.init_log_alpha must be finite")
+        for name in ("leaf_modules", "frozen"):
+            _check_specs(name, getattr(self, name))
 
     @property
     def budget(self) -> tuple[str, float] | None:
@@ -124,3 +138,90 @@ class Config:
         """``log_alpha`` at and below which the eval gate is exactly 0."""
         q = -self.gamma / (self.zeta - self.gamma)
         return math.log(q / (1.0 - q))
+
+
+class _Rule(NamedTuple):
+    """What a numeric field of :class:`Config` accepts: the kind of number (bools are not
+    numbers here), a test of its value, what to tell the user, and whether None is allowed."""
+
+    kind: type
+    ok: Callable[[Any], bool]
+    allowed: str
+    optional: bool = False
+
+
+def _fraction(v) -> bool:
+    """A budget keeps part of the model: not nothing, not everything."""
+    return 0.0 < v < 1.0
+
+
+_NUMBERS: dict[str, _Rule] = {
+    "beta": _Rule(numbers.Real, lambda v: v > 0, "a finite number > 0 (the concrete temperature)"),
+    "gamma": _Rule(numbers.Real, lambda v: v < 0, "a finite number < 0 (the stretch needs gamma < 0 < 1 < zeta)"),
+    "zeta": _Rule(numbers.Real, lambda v: v > 1, "a finite number > 1 (the stretch needs gamma < 0 < 1 < zeta)"),
+    "init_log_alpha": _Rule(numbers.Real, lambda v: True, "a finite number"),
+    "gate_seed": _Rule(numbers.Integral, lambda v: True, "an int"),
+    "gate_warmup": _Rule(numbers.Integral, lambda v: v >= 0, "an int >= 0 (training steps)"),
+    "anneal_steps": _Rule(numbers.Integral, lambda v: v >= 0, "an int >= 0 (training steps; 0: no annealing)"),
+    "final_beta": _Rule(numbers.Real, lambda v: v > 0, "None (keep beta) or a finite number > 0", optional=True),
+    "lam": _Rule(numbers.Real, lambda v: v >= 0, "a finite number >= 0 (0: no complexity term)"),
+    "gate_lr": _Rule(numbers.Real, lambda v: v > 0, "a finite number > 0"),
+    "target_params": _Rule(numbers.Real, _fraction, "None or the fraction of prunable parameters to keep, "
+                           "0 < target_params < 1", optional=True),
+    "target_flops": _Rule(numbers.Real, _fraction, "None or the fraction of FLOPs of the gated layers to keep, "
+                          "0 < target_flops < 1", optional=True),
+    "budget_warmup": _Rule(numbers.Integral, lambda v: v >= 0, "an int >= 0 (training steps)"),
+    "budget_lr": _Rule(numbers.Real, lambda v: v > 0, "a finite number > 0"),
+    "budget_tolerance": _Rule(numbers.Real, lambda v: 0 <= v < 1, "a finite number, 0 <= budget_tolerance < 1"),
+}
+
+
+def _check_number(name: str, value: Any, rule: _Rule) -> None:
+    """TypeError for a value that is not a number of the rule's kind, ValueError for one it refuses."""
+    if value is None and rule.optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, rule.kind):
+        raise TypeError(f"Config.{name} must be {rule.allowed}; got {value!r} ({type(value).__name__})")
+    finite = isinstance(value, numbers.Integral) or math.isfinite(value)  # a big int has no float
+    if not (finite and rule.ok(value)):
+        raise ValueError(f"Config.{name} must be {rule.allowed}; got {value!r}")
+
+
+def _check_noise_range(name: str, pair: Any) -> None:
+    """A noise range is ``(t_l, t_u)`` with ``0 < t_l <= t_u < 1``: the uniform noise must
+    stay inside (0, 1), where its logit is finite."""
+    numeric = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(
+        isinstance(t, numbers.Real) and not isinstance(t, bool) for t in pair)
+    if not numeric:
+        raise TypeError(f"Config.{name} must be a pair (t_l, t_u) of numbers; got {pair!r}")
+    t_l, t_u = pair
+    if not (0.0 < t_l <= t_u < 1.0):
+        raise ValueError(f"Config.{name} must satisfy 0 < t_l <= t_u < 1, got {pair!r}")
+
+
+def _check_specs(name: str, specs: Any) -> None:
+    """``leaf_modules`` and ``frozen`` are collections of specs (see :func:`module_matches`).
+    A bare spec would be iterated (a string letter by letter), so it is refused with the
+    list to write instead."""
+    if not isinstance(specs, (list, tuple, set, frozenset)):
+        shown = repr(specs) if isinstance(specs, str) else getattr(specs, "__name__", repr(specs))
+        fix = f": write {name}=[{shown}]" if _spec_problem(specs) is None else ""
+        raise TypeError(f"Config.{name} must be a list of module specs (qualified names, nn.Module classes "
+                        f"or predicates f(module, name)); got {specs!r}{fix}")
+    for i, spec in enumerate(specs):
+        problem = _spec_problem(spec)
+        if problem is not None:
+            raise TypeError(f"Config.{name}[{i}] {problem}")
+
+
+def _spec_problem(spec: Any) -> str | None:
+    """What is wrong with one spec, or None for a qualified name, a module class or a predicate."""
+    if isinstance(spec, type):
+        if issubclass(spec, torch.nn.Module):
+            return None
+        return (f"is the class {spec.__name__}, which is not an nn.Module; a spec is a qualified name, an "
+                "nn.Module subclass, or a predicate f(module, name)")
+    if isinstance(spec, str) or callable(spec):
+        return None
+    return (f"must be a qualified name (str), an nn.Module subclass, or a predicate f(module, name); "
+            f"got {spec!r} ({type(spec).__name__})")

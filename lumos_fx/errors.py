@@ -32,6 +32,10 @@ class PruneError(LumosError):
     """The pruned model would not compute what the gated model computes."""
 
 
+class TrainingError(LumosError):
+    """Training diverged: the task loss or a budget's multipliers became NaN or inf."""
+
+
 class ExportError(LumosError):
     """A module of the pruned model cannot be written as Python source."""
 
@@ -40,32 +44,34 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 _LUMOS_DIR = os.path.dirname(__file__)
 
 
-def _is_library_file(filename: str) -> bool:
+def is_library_file(filename: str) -> bool:
     return filename.startswith(_TORCH_DIR) or filename.startswith(_LUMOS_DIR)
 
 
 def user_frame_of_traceback(tb) -> traceback.FrameSummary | None:
     """The innermost frame of `tb` that lies in the user's code (not torch, not lumos_fx)."""
-    frames = [f for f in traceback.extract_tb(tb) if not _is_library_file(f.filename)]
+    frames = [f for f in traceback.extract_tb(tb) if not is_library_file(f.filename)]
     return frames[-1] if frames else None
 
 
 def user_line_of_stack_trace(stack_trace: str | None) -> str | None:
-    """`file:line: code` of the user frame in an fx node's recorded stack trace."""
+    """`file:line: code` of the innermost user frame in an fx node's recorded stack trace
+    (the line that made the op, not the forward that called a helper that did)."""
     if not stack_trace:
         return None
     lines = stack_trace.strip().splitlines()
+    found = None
     for i, line in enumerate(lines):
         line = line.strip()
         if not line.startswith("File "):
             continue
         filename = line.split('"')[1]
-        if _is_library_file(filename):
+        if is_library_file(filename):
             continue
         lineno = line.split(", line ")[1].split(",")[0]
         code = lines[i + 1].strip() if i + 1 < len(lines) else ""
-        return f"{filename}:{lineno}: {code}"
-    return None
+        found = f"{filename}:{lineno}: {code}"
+    return found
 
 
 def describe_frame(frame: traceback.FrameSummary) -> str:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from torch import fx, nn
 
-from .config import module_matches
-from .errors import InputError
+from .config import check_module_names, module_matches
 
 
 def freeze(wrapped: fx.GraphModule, model: nn.Module, specs) -> list[str]:
@@ -21,12 +20,9 @@ def freeze(wrapped: fx.GraphModule, model: nn.Module, specs) -> list[str]:
     specs = tuple(specs)
     if not specs:
         return []
+    check_module_names(specs, model, "frozen")
     prefixes = {name for name, module in model.named_modules()
                 if name and any(module_matches(s, module, name) for s in specs)}
-    unmatched = [s for s in specs if isinstance(s, str) and s not in prefixes]
-    if unmatched:
-        raise InputError(f"Config.frozen names modules the model does not have: {unmatched}; its top-level "
-                         f"modules are {[n for n, _ in model.named_children()]}")
     frozen = []
     for name, param in wrapped.named_parameters():
         parts = name.split(".")

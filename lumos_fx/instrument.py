@@ -19,7 +19,8 @@ from .freeze import freeze
 from .fxutil import module_device, shape_of
 from .gate import Gate, GateBank
 from .gate_fold import fold, foldable
-from .trace import normalize_example_inputs, trace
+from .inputs import fresh, normalize_example_inputs
+from .trace import trace
 
 GATES = "lumos_gates"
 
@@ -39,17 +40,15 @@ def instrument(model: nn.Module, example_inputs, *, feature_names=None, config: 
         in eval mode it computes what `model` computes. It trains with any optimizer (see
         :func:`lumos_fx.param_groups`), moves with ``.to()``, and saves with ``state_dict()``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"instrument() takes an nn.Module, got {type(model).__name__}")
+    _refuse_instrumented(model)
     config = config or Config()
     gm = trace(model, example_inputs, config)
     freeze(gm, model, config.frozen)
     plan = analyze(gm)
     plan.config = config
     plan.example_flops = gm.meta.pop("lumos_example_flops")
-    plan.example_inputs = tuple(x.detach() if isinstance(x, torch.Tensor) else x
-                                for x in normalize_example_inputs(example_inputs))
-    plan.feature_names = _feature_names(gm, plan, feature_names)
+    plan.example_inputs = fresh(normalize_example_inputs(example_inputs))  # the user's tensors stay theirs
+    plan.feature_names = _feature_names(gm, plan, feature_names, getattr(model, "input_features", {}))
     flops = parameter_flops(gm, plan)  # before the gates fold into layers' weights
     _insert_gates(gm, plan, config)
     plan.cost = CostModel(plan)
@@ -63,6 +62,17 @@ def instrument(model: nn.Module, example_inputs, *, feature_names=None, config: 
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def _refuse_instrumented(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"instrument() takes an nn.Module, got {type(model).__name__}")
+    if isinstance(model, fx.GraphModule) and "lumos" in model.meta or hasattr(model, GATES):
+        raise InputError(
+            "this model was already instrumented by lumos_fx (it holds gates): train it and call "
+            "lumos_fx.prune(wrapped), or instrument the original model. To prune a pruned model again, "
+            "instrument the model lumos_fx.prune() returned."
+        )
 
 
 def plan_of(module) -> Plan:
@@ -90,26 +100,35 @@ def gate_modules(wrapped: fx.GraphModule) -> dict[int, Gate]:
     return {gid: modules[key] for gid, key in plan.gate_keys.items()}
 
 
-def _feature_names(gm: fx.GraphModule, plan: Plan, feature_names) -> dict[str, list[str]]:
+def input_name(node: fx.Node) -> str:
+    """A model input's name in the user's terms: ``x``, ``batch['x']``, ``args[1]``."""
+    return node.meta.get("lumos_input", node.target)
+
+
+def _feature_names(gm: fx.GraphModule, plan: Plan, feature_names, inherited: dict) -> dict[str, list[str]]:
+    """Column names per input node: the user's, else those a pruned model kept of its own
+    inputs (``pruned.input_features``, so a model pruned again keeps naming them), else
+    ``x[0], x[1], ...``."""
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder" and plan.space_of(n.name) is not None]
+    names_of = {input_name(n): n for n in inputs}
     if feature_names is not None and not isinstance(feature_names, dict):
         if len(inputs) != 1:
             raise InputError(
                 f"the model has {len(inputs)} tensor inputs; give feature_names as a dict "
-                f"{{input name: [names]}} with input names from {[n.target for n in inputs]}"
+                f"{{input name: [names]}} with input names from {list(names_of)}"
             )
-        feature_names = {inputs[0].target: feature_names}
+        feature_names = {input_name(inputs[0]): feature_names}
     feature_names = dict(feature_names or {})
-    unknown = set(feature_names) - {n.target for n in inputs}
+    unknown = set(feature_names) - set(names_of)
     if unknown:
-        raise InputError(f"feature_names names inputs {sorted(unknown)}; the model's inputs are "
-                         f"{[n.target for n in inputs]}")
+        raise InputError(f"feature_names names inputs {sorted(unknown)}; the model's inputs are {list(names_of)}")
     out = {}
-    for node in inputs:
+    for name, node in names_of.items():
         size = plan.space_of(node.name).size
-        names = [str(n) for n in feature_names.get(node.target, [f"{node.target}[{j}]" for j in range(size)])]
+        default = inherited.get(name) if len(inherited.get(name, ())) == size else None
+        names = [str(n) for n in feature_names.get(name, default or [f"{name}[{j}]" for j in range(size)])]
         if len(names) != size:
-            raise InputError(f"feature_names for input '{node.target}' has {len(names)} names; "
+            raise InputError(f"feature_names for input '{name}' has {len(names)} names; "
                              f"the input has {size} features")
         out[node.name] = names
     return out

@@ -19,6 +19,7 @@ The pass, on a deep copy of the instrumented model:
 from __future__ import annotations
 
 import copy
+import operator
 from collections import deque
 
 import numpy as np
@@ -32,12 +33,14 @@ from .analyze import Plan
 from .budget import snap_to_budget
 from .channels import Space
 from .errors import GateError, PruneError
-from .fxutil import describe, fetch_attr, free_attr_name, module_device, shape_of
+from .fxutil import describe, fetch_attr, free_attr_name, shape_of
 from .gate_fold import FOLD, unfold
 from .instrument import GATES, gate_modules, plan_of
 from .rules import REGISTRY
 from .report import build_summary
-from .verify import eval_mode, on_device_of, output_error, within_tolerance
+from .input_columns import input_columns, kept_features, select, select_in_graph
+from .guards import add_guards
+from .verify import on_device_of, output_error, run_quietly, within_tolerance
 
 LIVE, EMPTY, CONST = "live", "empty", "const"
 
@@ -99,8 +102,10 @@ class PruneContext:
         return self.consts[node]
 
     def is_static(self, node) -> bool:
-        """True for values that do not depend on the inputs: constants and attributes."""
-        return self.is_const(node) or (isinstance(node, fx.Node) and node.op == "get_attr")
+        """True for values that do not depend on the inputs: constants and attributes (but
+        for the buffers forward updates)."""
+        return self.is_const(node) or (isinstance(node, fx.Node) and node.op == "get_attr"
+                                       and node.target not in self.plan.stateful)
 
     def value(self, node: fx.Node):
         """The value of a static node."""
@@ -339,38 +344,18 @@ def _slice_parameters(gm: fx.GraphModule, plan: Plan, pc: PruneContext) -> None:
                 rule.resize(module)
 
 
-def _select_inputs(gm: fx.GraphModule, plan: Plan, pc: PruneContext) -> tuple[dict, dict]:
-    """Kept feature names and indices per input; without shrink_inputs, the model selects
-    the kept columns itself (``torch.index_select``) and still takes every feature."""
-    names, indices = {}, {}
-    placeholders = {n.name: n for n in gm.graph.nodes if n.op == "placeholder"}
-    last = list(placeholders.values())[-1]
-    for input_name in plan.input_groups():
-        node = placeholders[input_name]
-        space = plan.space_of(input_name)
-        kept = pc.kept(space)
-        indices[node.target] = kept.tolist()
-        names[node.target] = [plan.feature_names[input_name][i] for i in kept]
-        if pc.shrink_inputs or len(kept) in (0, space.size) or not node.users:
-            continue
-        buffer = free_attr_name(gm, f"{node.target}_kept")
-        gm.register_buffer(buffer, torch.as_tensor(kept, dtype=torch.long, device=module_device(gm)))
-        with gm.graph.inserting_after(last):
-            index = gm.graph.get_attr(buffer)
-        with gm.graph.inserting_after(index):
-            # The method, not torch.index_select, which torch_geometric replaces with its own.
-            selected = gm.graph.call_method("index_select", (node, space.dim, index))
-        node.replace_all_uses_with(selected, delete_user_cb=lambda user, sel=selected: user is not sel)
-        last = selected
-    return names, indices
-
-
 def _has_side_effects(node: fx.Node) -> bool:
+    """Whether `node` writes a tensor in place (``x.add_(1)``, ``torch.relu_(x)``,
+    ``x[i] = v``, ``nn.ReLU(inplace=True)``): dead-code elimination must keep it even when
+    nothing reads its result."""
     if node.is_impure():
         return True
-    if node.op == "call_method" and node.target.endswith("_") and not node.target.endswith("__"):
+    if node.op == "call_module":
+        return bool(getattr(node.graph.owning_module.get_submodule(node.target), "inplace", False))
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if node.op in ("call_method", "call_function") and name.endswith("_") and not name.endswith("__"):
         return True
-    return bool(node.kwargs.get("inplace"))
+    return node.target is operator.setitem or bool(node.kwargs.get("inplace"))
 
 
 def _delete_unused_attributes(gm: fx.GraphModule) -> None:
@@ -412,7 +397,9 @@ def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch
         elif result is not None:
             pc.status[node], pc.consts[node] = CONST, result
     _slice_parameters(gm, plan, pc)
-    names, indices = _select_inputs(gm, plan, pc)
+    columns = input_columns(gm, plan, pc.kept)
+    if not shrink_inputs:
+        select_in_graph(gm, columns)
     for node in reversed(list(gm.graph.nodes)):
         if pc.status.get(node, LIVE) != LIVE and node.op != "placeholder":
             if node.users:
@@ -425,7 +412,11 @@ def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch
     gm.recompile()
     gm.meta.pop("lumos", None)
     gm.meta["lumos_fixed_size"] = pc.fixed_size
-    preserved = {"kept_features": names, "kept_feature_indices": indices}
+    gm.meta["lumos_columns"] = columns
+    names, indices = kept_features(columns)
+    # What the pruned model takes, by name: a model pruned again keeps naming its features.
+    takes = {c.name: list(c.names) if shrink_inputs else plan.feature_names[c.node] for c in columns}
+    preserved = {"kept_features": names, "kept_feature_indices": indices, "input_features": takes}
     gm.meta[_USER_PRESERVED_ATTRIBUTES_KEY] = preserved
     for key, value in preserved.items():
         setattr(gm, key, value)
@@ -434,27 +425,18 @@ def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch
 
 def _verify_inputs(plan: Plan, pruned: fx.GraphModule, shrink_inputs: bool) -> tuple:
     inputs = on_device_of(pruned, plan.example_inputs)
-    if not shrink_inputs:
-        return inputs
-    out = list(inputs)
-    placeholders = [n for n in pruned.graph.nodes if n.op == "placeholder"]
-    for i, node in enumerate(placeholders[: len(out)]):
-        if node.target in pruned.kept_feature_indices:
-            space = plan.space_of(node.name)
-            idx = torch.as_tensor(pruned.kept_feature_indices[node.target], dtype=torch.long, device=out[i].device)
-            out[i] = out[i].index_select(space.dim, idx)
-    return tuple(out)
+    return select(inputs, pruned.meta["lumos_columns"]) if shrink_inputs else inputs
 
 
 def _error(wrapped: fx.GraphModule, pruned: fx.GraphModule, pruned_inputs: tuple) -> tuple[float, float, int]:
     """Largest output difference, output scale, and the pruned model's FLOPs on example_inputs."""
-    with torch.no_grad(), eval_mode(wrapped):
-        reference = wrapped(*on_device_of(wrapped, plan_of(wrapped).example_inputs))
-        try:
-            with FlopCounterMode(display=False) as flops:
-                candidate = pruned(*pruned_inputs)
-        except Exception as e:
-            raise PruneError(f"the pruned model fails on example_inputs: {type(e).__name__}: {e}") from e
+    plan = plan_of(wrapped)
+    reference = run_quietly(wrapped, on_device_of(wrapped, plan.example_inputs), plan.stateful)
+    try:
+        with FlopCounterMode(display=False) as flops:
+            candidate = run_quietly(pruned, pruned_inputs, plan.stateful)
+    except Exception as e:
+        raise PruneError(f"the pruned model fails on example_inputs: {type(e).__name__}: {e}") from e
     return *output_error(reference, candidate), int(flops.get_total_flops())
 
 
@@ -487,6 +469,8 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
         z = eval_gate_values(wrapped)
     keep = _masks(plan, z)
     pruned = cut(wrapped, keep, z, shrink_inputs)
+    fixed_size = pruned.meta.pop("lumos_fixed_size")
+    assumptions = add_guards(wrapped, pruned, plan.example_inputs, shrink_inputs, bool(fixed_size), plan.stateful)
     inputs = _verify_inputs(plan, pruned, shrink_inputs)
     err, scale, flops = _error(wrapped, pruned, inputs)
     if not within_tolerance(err, scale):
@@ -501,6 +485,5 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
             f"groups whose cut alone breaks it: {offenders or 'none alone (an interaction)'}. "
             "This is a bug in a lumos_fx rule; please report it with the model."
         )
-    pruned.meta["lumos_summary"] = build_summary(wrapped, pruned, keep, flops, pruned.meta.pop("lumos_fixed_size"),
-                                                 snap)
+    pruned.meta["lumos_summary"] = build_summary(wrapped, pruned, keep, flops, fixed_size, snap, assumptions)
     return pruned

@@ -37,6 +37,8 @@ class Summary:
     features: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)  # input -> (kept, removed)
     fixed_size: list[str] = field(default_factory=list)  # ops that became constants at the example's size
     budget: Snap | None = None  # with Config(target_params=...): the target and how the cut met it
+    ungated: dict[str, str] = field(default_factory=dict)  # input -> why its features have no gate
+    assumptions: list[str] = field(default_factory=list)  # what the pruned model's guards check on its inputs
 
     def __str__(self) -> str:
         width = max([len(r.name) for r in self.groups] + [5])
@@ -54,10 +56,15 @@ class Summary:
             lines.append(f"input '{name}': kept {len(kept)} of {len(kept) + len(removed)} features: {', '.join(kept)}")
             if removed:
                 lines.append(f"  removed: {', '.join(removed)}")
+            if name in self.ungated:
+                lines.append(f"  not gated: {self.ungated[name]}")
         if self.fixed_size:
             lines.append("valid at the example input's spatial size only: these ops became constants that vary "
                          "over space, computed at that size:")
             lines.extend(f"  {op}" for op in self.fixed_size)
+        if self.assumptions:
+            lines.append("assumptions, checked when the pruned model runs:")
+            lines.extend(f"  {a}" for a in self.assumptions)
         if self.kept_whole:
             lines.append("kept whole:")
             lines.extend(f"  {name}: {why}" for name, why in self.kept_whole.items())
@@ -82,7 +89,8 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[int, np.ndarray],
-                  flops_after: int, fixed_size: list[str], budget: Snap | None = None) -> Summary:
+                  flops_after: int, fixed_size: list[str], budget: Snap | None = None,
+                  assumptions: list[str] = ()) -> Summary:
     """The summary of a cut; `flops_after` is the pruned model's forward FLOPs on example_inputs."""
     plan = plan_of(wrapped)
     rows = []
@@ -97,11 +105,13 @@ def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[in
             rows.append(GroupRow(group.name, group.n_units, int(keep[group.id].sum()), layers))
         elif producers and group.blocked:
             kept_whole[group.name] = group.blocked[0]
-    features = {}
-    for input_name, group in plan.input_groups().items():
-        names = plan.feature_names[input_name]
-        mask = keep[group.id][plan.space_of(input_name).units]
-        features[input_name] = ([n for n, k in zip(names, mask) if k], [n for n, k in zip(names, mask) if not k])
+    features, ungated = {}, {}
+    for col in pruned.meta["lumos_columns"]:
+        names = plan.feature_names[col.node]
+        features[col.name] = (list(col.names), [n for i, n in enumerate(names) if i not in set(col.kept)])
+        group = plan.group_of(plan.space_of(col.node))
+        if not group.prunable:
+            ungated[col.name] = group.blocked[0] if group.blocked else "no layer reads its features linearly"
     return Summary(
         rows, kept_whole,
         params_before=count_params(wrapped), params_after=count_params(pruned),
@@ -110,6 +120,8 @@ def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[in
         features=features,
         fixed_size=fixed_size,
         budget=budget,
+        ungated=ungated,
+        assumptions=list(assumptions),
     )
 
 

@@ -1,69 +1,59 @@
-"""Stage 1: trace a model with torch.fx and record every node's shape.
+"""Stage 1: trace a model with torch.fx, check the trace, and record every node's shape.
 
-Leaf modules (called as one opaque op, not traced into): torch.nn layers (fx's default),
-torch_geometric ``MessagePassing`` layers when torch_geometric is in use, and whatever the
-user names in ``Config.leaf_modules``.
+The model is never modified: a deep copy is traced (:class:`lumos_fx.tracer.LumosTracer`)
+in train and in eval mode, and the two graphs compared. Before that, another copy runs twice
+on copies of the example inputs (:func:`lumos_fx.side_effects.observe`), so the trace knows
+which buffers forward updates (their updates go into the graph) and which Python state it
+changes (refused: the graph cannot hold it). ``ShapeProp`` then runs the graph once, and the
+run is checked against the model's (:mod:`lumos_fx.fidelity`): outputs, buffers, the
+``isinstance`` answers fx took. lumos_fx's own runs leave the graph's state as it was.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import inspect
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.graph import CodeGen
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
+from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import pyg_trace
-from .config import Config, module_matches
-from .decompose import TRACED_THROUGH, split_attention
-from .errors import InputError, TraceError, describe_frame, user_frame_of_traceback, user_line_of_stack_trace
-from .fxutil import describe, free_attr_name
-
-
-class LumosTracer(fx.Tracer):
-    """fx.Tracer that records source lines, honours user leaves, and remembers where it failed.
-
-    torch_geometric's functional ops are auto-wrapped (:mod:`lumos_fx.pyg_trace`): fx patches
-    them in the globals of every traced forward and, through ``_autowrap_search`` (the list
-    fx fills from ``autowrap_modules``), in PyG's namespaces, without wrapping the other
-    callables of those namespaces as ``autowrap_modules`` would.
-    """
-
-    def __init__(self, leaf_modules=()) -> None:
-        super().__init__(autowrap_functions=pyg_trace.functions())
-        self._autowrap_search.extend(pyg_trace.namespaces())
-        self.record_stack_traces = True
-        self.leaf_specs = tuple(leaf_modules)
-        self.failed_in: tuple[str, str] | None = None
-
-    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
-        if any(module_matches(spec, m, module_qualified_name) for spec in self.leaf_specs):
-            return True
-        if type(m) in TRACED_THROUGH or pyg_trace.traced_through(m) is not None:
-            return False
-        return pyg_trace.is_leaf(m) or super().is_leaf_module(m, module_qualified_name)
-
-    def call_module(self, m, forward, args, kwargs):
-        through = TRACED_THROUGH.get(type(m)) or pyg_trace.traced_through(m)
-        if through is not None:
-            forward = functools.partial(through, m)
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            # The innermost module sees the exception first: remember it, not its parents.
-            if self.failed_in is None:
-                self.failed_in = (self.path_of_module(m), type(m).__name__)
-            raise
+from . import fidelity, pyg_trace
+from .config import Config, check_module_names
+from .decompose import split_attention
+from .errors import (
+    InputError,
+    TraceError,
+    describe_frame,
+    user_frame_of_traceback,
+    user_line_of_stack_trace,
+)
+from .fxutil import describe, fetch_attr, free_attr_name
+from .inputs import BoundInputs, bind, fresh
+from .side_effects import (
+    Observation,
+    changed,
+    fingerprint,
+    observe,
+    preserved,
+    source_line,
+)
+from .tracer import LumosTracer
+from .verify import eval_mode
 
 
 class _RecordingShapeProp(ShapeProp):
     """ShapeProp that remembers the node it was running when something failed, and puts
-    each node's forward FLOPs (as `counter` counts them) in ``node.meta["lumos_flops"]``."""
+    each node's forward FLOPs (as `counter` counts them) in ``node.meta["lumos_flops"]``.
+
+    It runs each node with :class:`fx.Interpreter` itself: ShapeProp prints the traceback of
+    a failing node to stderr before raising, and lumos_fx reports the failure in one message.
+    """
 
     current: fx.Node | None = None
 
@@ -74,49 +64,22 @@ class _RecordingShapeProp(ShapeProp):
     def run_node(self, n: fx.Node) -> Any:
         self.current = n
         before = self.counter.get_total_flops()
-        out = super().run_node(n)
+        result = fx.Interpreter.run_node(self, n)
+        found_tensor = False
+
+        def extract(obj):
+            nonlocal found_tensor
+            if isinstance(obj, torch.Tensor):
+                found_tensor = True
+                return _extract_tensor_metadata(obj)
+            return obj
+
+        meta = map_aggregate(result, extract)
+        if found_tensor:
+            n.meta["tensor_meta"] = meta
+        n.meta["type"] = type(result)
         n.meta["lumos_flops"] = self.counter.get_total_flops() - before
-        return out
-
-
-def normalize_example_inputs(example_inputs) -> tuple:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (list, tuple)):
-        return tuple(example_inputs)
-    raise InputError(
-        f"example_inputs must be a tuple of the model's positional arguments, e.g. (x,), "
-        f"got {type(example_inputs).__name__}"
-    )
-
-
-def _concrete_args(model: torch.nn.Module, example_inputs: tuple) -> dict[str, Any]:
-    """Arguments fx should specialise on: non-tensor values, and defaults not given."""
-    sig = inspect.signature(model.forward)
-    try:
-        bound = sig.bind_partial(*example_inputs)
-    except TypeError as e:
-        raise InputError(
-            f"example_inputs do not match {type(model).__name__}.forward{sig}: {e}. "
-            f"Pass one value per positional argument of forward, e.g. example_inputs=(x,)."
-        ) from None
-    concrete = {}
-    for name, param in sig.parameters.items():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        if name in bound.arguments:
-            value = bound.arguments[name]
-            pyg_trace.reject_data(value, name, model)
-            if not isinstance(value, torch.Tensor):
-                concrete[name] = value
-        elif param.default is not param.empty:
-            concrete[name] = param.default
-        else:
-            raise InputError(
-                f"example_inputs give no value for argument '{name}' of "
-                f"{type(model).__name__}.forward{sig}; pass it in example_inputs."
-            )
-    return concrete
+        return result
 
 
 def _trace_error(e: Exception, tracer: LumosTracer, model: torch.nn.Module) -> TraceError:
@@ -124,6 +87,8 @@ def _trace_error(e: Exception, tracer: LumosTracer, model: torch.nn.Module) -> T
     lines = [f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}"]
     if frame is not None:
         lines.append(f"  at {describe_frame(frame)}")
+    if "__array_ufunc__" in str(e):
+        lines.append("  a NumPy function got a traced tensor: use the torch function (torch.sqrt for np.sqrt)")
     if tracer.failed_in is not None:
         qualname, cls = tracer.failed_in
         lines.append(f"  inside module '{qualname}' ({cls})")
@@ -149,29 +114,40 @@ _FUNCTIONAL_DROPOUT = {
 }
 
 
-def _trace_in_mode(model: torch.nn.Module, training: bool, config: Config, concrete: dict,
-                   stack_traces: bool = True) -> fx.Graph:
+def _trace_in_mode(model: torch.nn.Module, training: bool, config: Config, bound: BoundInputs,
+                   stateful: frozenset[str], stack_traces: bool = True) -> LumosTracer:
     model.train(training)
-    tracer = LumosTracer(config.leaf_modules)
+    tracer = LumosTracer(config.leaf_modules, stateful, bound.varargs)
     tracer.record_stack_traces = stack_traces
     try:
-        return tracer.trace(model, concrete_args=concrete or None)
+        tracer.trace(model, concrete_args=bound.concrete or None)
     except Exception as e:  # fx raises many types; every one becomes a TraceError
         raise _trace_error(e, tracer, model) from e
+    return tracer
 
 
-def _follow_training_flag(root: torch.nn.Module, train: fx.Graph, evaluation: fx.Graph) -> None:
+def _same_constant(a: fx.Node, b: fx.Node, root: nn.Module, twin: nn.Module) -> bool:
+    """Two reads of a tensor fx stored while tracing (``torch.from_numpy(...)`` in forward),
+    one per trace: the same op when the tensors are equal."""
+    if not (a.op == b.op == "get_attr" and a.target == b.target and a.target.startswith("_tensor_constant")):
+        return False
+    x, y = fetch_attr(root, a.target), fetch_attr(twin, b.target)
+    return x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y)
+
+
+def _follow_training_flag(root: torch.nn.Module, train: fx.Graph, twin: nn.Module, evaluation: fx.Graph) -> None:
     """Make `train` follow the module's training flag where fx froze ``self.training``.
 
     ``F.dropout(x, p, training=self.training)`` is traced as a constant; it becomes an
     ``nn.Dropout(p)`` submodule, which follows ``.train()``/``.eval()``. Any other
-    difference between the train-mode and eval-mode traces is Python control flow on
-    ``self.training`` that one GraphModule cannot hold.
+    difference between the train-mode trace (of `root`) and the eval-mode trace (of a copy,
+    `twin`) is Python control flow on ``self.training`` that one GraphModule cannot hold.
     """
     a_nodes, b_nodes = list(train.nodes), list(evaluation.nodes)
     frozen = []
     for a, b in zip(a_nodes, b_nodes):
-        if a.format_node() == b.format_node():
+        if a.format_node() == b.format_node() and (a.op != "get_attr" or not a.target.startswith("_tensor_constant")
+                                                   or _same_constant(a, b, root, twin)):
             continue
         if not (a.op == b.op == "call_function" and a.target is b.target and a.target in _FUNCTIONAL_DROPOUT):
             _raise_mode_dependent(a)
@@ -200,17 +176,31 @@ def _raise_mode_dependent(node: fx.Node):
     )
 
 
-def _propagate(gm: fx.GraphModule, model: torch.nn.Module, example_inputs: tuple) -> int:
-    """ShapeProp on `example_inputs` in eval mode, without gradients; the forward's FLOPs."""
+def _flat_signature(graph: fx.Graph) -> None:
+    """Give a forward with ``*args`` / ``**kwargs`` a flat signature, one argument per
+    placeholder (``forward(self, x, args_1, args_2)``: called as the model is).
+
+    fx flattens ``*args`` as a tuple with pytree code that expects the tuple itself; with
+    plain code generation the output structure moves into the output node.
+    """
+    info = getattr(graph._codegen, "pytree_info", None)
+    graph._codegen = CodeGen()
+    if info is not None and info.out_spec is not None:
+        output = next(n for n in graph.nodes if n.op == "output")
+        output.args = (pytree.tree_unflatten(list(output.args[0]), info.out_spec),)
+
+
+def _propagate(gm: fx.GraphModule, model: torch.nn.Module, bound: BoundInputs) -> tuple[int, Any]:
+    """ShapeProp on the example inputs in eval mode, without gradients: the forward's FLOPs
+    and its output."""
     flops = FlopCounterMode(display=False)
     prop = _RecordingShapeProp(gm, flops)
-    gm.eval()
     try:
-        with torch.no_grad(), flops:
-            prop.propagate(*example_inputs)
+        with torch.no_grad(), eval_mode(gm), flops:
+            output = prop.propagate(*fresh(bound.args))
     except Exception as e:
         given = ", ".join(
-            f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else repr(x) for x in example_inputs
+            f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else repr(x) for x in bound.args
         )
         where = describe(prop.current, gm) if prop.current is not None else "the model"
         cause = e.__cause__ if e.__cause__ is not None else e
@@ -220,30 +210,120 @@ def _propagate(gm: fx.GraphModule, model: torch.nn.Module, example_inputs: tuple
             f"  example_inputs: ({given})\n"
             "fix: pass inputs the model accepts, so that model(*example_inputs) runs."
         ) from None
-    finally:
-        gm.train(model.training)
-    return int(flops.get_total_flops())
+    return int(flops.get_total_flops()), output
+
+
+def _refuse_lazy(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+            raise InputError(
+                f"module '{name or type(model).__name__}' ({type(module).__name__}) has not initialised its "
+                "parameters yet.\nfix: call the model once on an input (model(*example_inputs)) before "
+                "lumos_fx.instrument(), so that lazy modules know their sizes."
+            )
+
+
+def _where(model: nn.Module, bound: BoundInputs, tracer: LumosTracer):
+    return lambda change: source_line(model, bound.args, change, tracer.assignments)
+
+
+def _refuse_traced_changes(model: nn.Module, bound: BoundInputs, start: dict, root: nn.Module,
+                           tracer: LumosTracer) -> None:
+    """A buffer or parameter that changed while fx traced the model was changed in Python,
+    outside the graph, which will not repeat it."""
+    for change in changed(start, fingerprint(root)):
+        if change.kind == "attribute":
+            continue
+        line = _where(model, bound, tracer)(change)
+        raise TraceError(
+            f"forward of {type(model).__name__} changed {change.kind} '{change.qualname}' in Python while "
+            f"lumos_fx traced it{f' (at {line})' if line else ''}: the traced graph would not repeat that change.\n"
+            "fix: if this initialises state on the first call, call the model once before lumos_fx.instrument(); "
+            "otherwise update it with a tensor operation on the attribute (self.m.mul_(0.9), "
+            "self.m = self.m + ...) so that the graph holds the update."
+        )
+
+
+def _refuse_python_state(model: nn.Module, bound: BoundInputs, gm: fx.GraphModule, observed: Observation,
+                         tracer: LumosTracer) -> None:
+    """Python attributes a call changes every time, outside the leaves (which run as they are)."""
+    leaves = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    for change in observed.mutated("attribute"):
+        if any(change.module == leaf or change.module.startswith(leaf + ".") for leaf in leaves):
+            continue
+        line = _where(model, bound, tracer)(change)
+        owner = f"module '{change.module}'" if change.module else type(model).__name__
+        leaf_fix = (f"name the module in lumos_fx.Config(leaf_modules=['{change.module}']), so that it runs as "
+                    "it is" if change.module else "move the code into a submodule named in Config(leaf_modules=[...])")
+        raise TraceError(
+            f"forward changes Python state: {owner} sets self.{change.attr} on every call"
+            f"{f' (at {line})' if line else ''}. The traced graph holds tensor operations only, so the "
+            "instrumented and the pruned model would not do it.\n"
+            f"fix: keep such state out of forward (count calls or keep the last value in your training loop), "
+            f"store tensors in a registered buffer updated in place, or {leaf_fix}."
+        )
+
+
+def _check_run(model: nn.Module, gm: fx.GraphModule, bound: BoundInputs, observed: Observation,
+               tracer: LumosTracer) -> int:
+    """ShapeProp, then every check of the run against the model's; the graph's state is put
+    back as it was. Returns the forward's FLOPs."""
+    before = fingerprint(gm)
+    with preserved(gm, [c.qualname for c in observed.mutated("parameter")]):
+        flops, output = _propagate(gm, model, bound)
+        if observed.error is not None:
+            frame = user_frame_of_traceback(observed.error.__traceback__)
+            raise InputError(
+                f"{type(model).__name__}(*example_inputs) raises {type(observed.error).__name__}: {observed.error}"
+                f"{f' at {describe_frame(frame)}' if frame else ''}\n"
+                "fix: pass inputs the model accepts, so that model(*example_inputs) runs."
+            )
+        fidelity.check_isinstance(gm, tracer.isinstance_queries)
+        fidelity.check_assignments(gm)
+        fidelity.check_output(model, gm, observed, output, tracer.isinstance_queries, tracer.assignments)
+        fidelity.check_state(model, gm, observed, before, _where(model, bound, tracer))
+    fidelity.check_train_mode(model, gm, bound.args, tracer.isinstance_queries, tracer.assignments)
+    return flops
 
 
 def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphModule:
-    """Trace a copy of `model` and annotate every node with ShapeProp's tensor metadata.
+    """Trace a copy of `model`, check the trace on the example inputs, and annotate every
+    node with ShapeProp's tensor metadata.
 
-    The model is not modified: tracing and shape propagation run on a deep copy (shape
-    propagation in eval mode, without gradients); the copy keeps the model's training flag.
-    The FLOPs of that forward (``FlopCounterMode``) go to ``gm.meta["lumos_example_flops"]``.
+    The FLOPs of the forward (``FlopCounterMode``) go to ``gm.meta["lumos_example_flops"]``,
+    the input leaves (:class:`lumos_fx.inputs.InputLeaf`) to ``gm.meta["lumos_inputs"]``, the
+    buffers and parameters forward updates to ``gm.meta["lumos_stateful"]``.
     ``nn.MultiheadAttention`` calls are then written out (:mod:`lumos_fx.decompose`).
     """
-    example_inputs = normalize_example_inputs(example_inputs)
+    bound = bind(model, example_inputs)
+    check_module_names(config.leaf_modules, model, "leaf_modules")
+    _refuse_lazy(model)
     if pyg_trace.loaded():
         pyg_trace.register_rules()
-    concrete = _concrete_args(model, example_inputs)
+    observed = observe(model, bound.args)
+    stateful = frozenset(c.qualname for c in observed.per_call if c.kind != "attribute")
     root = copy.deepcopy(model)
-    graph = _trace_in_mode(root, True, config, concrete)
+    start, flags = fingerprint(root), {id(m): m.training for m in root.modules()}
+    tracer = _trace_in_mode(root, True, config, bound, stateful)
     # The eval-mode graph is only compared with the train-mode one: no source lines needed.
-    _follow_training_flag(root, graph, _trace_in_mode(root, False, config, concrete, stack_traces=False))
-    gm = fx.GraphModule(root, graph, class_name=type(model).__name__)
-
-    gm.meta["lumos_example_flops"] = _propagate(gm, model, example_inputs)
+    # It traces another copy, so that the constants fx stores on the root get the same names.
+    twin = copy.deepcopy(model)
+    evaluation = _trace_in_mode(twin, False, config, bound, stateful, stack_traces=False)
+    _follow_training_flag(root, tracer.graph, twin, evaluation.graph)
+    del twin, evaluation
+    _refuse_traced_changes(model, bound, start, root, tracer)
+    for module in root.modules():  # each module's own flag, as in the model
+        module.training = flags.get(id(module), model.training)
+    if bound.var_positional or bound.var_keyword:
+        _flat_signature(tracer.graph)
+    gm = fx.GraphModule(root, tracer.graph, class_name=type(model).__name__)
+    _refuse_python_state(model, bound, gm, observed, tracer)
+    for node, leaf in zip((n for n in gm.graph.nodes if n.op == "placeholder"), bound.leaves):
+        node.meta["lumos_input"] = leaf.name
+    gm.meta["lumos_inputs"] = bound.leaves
+    gm.meta["lumos_stateful"] = stateful
+    gm.meta["lumos_example_flops"] = _check_run(model, gm, bound, observed, tracer)
     if split_attention(gm):
-        gm.meta["lumos_example_flops"] = _propagate(gm, model, example_inputs)
+        with preserved(gm):
+            gm.meta["lumos_example_flops"] = _propagate(gm, model, bound)[0]
     return gm

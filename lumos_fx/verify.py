@@ -5,16 +5,20 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
-from torch.utils._pytree import tree_flatten
+from torch.fx.immutable_collections import immutable_dict, immutable_list
+from torch.utils._pytree import tree_flatten, tree_map
+
+from .inputs import fresh
+from .side_effects import preserved
 
 RTOL = 1e-4
 
 
 @contextmanager
-def eval_mode(module: torch.nn.Module):
-    """Put `module` in eval mode and restore every submodule's own flag afterwards."""
+def in_mode(module: torch.nn.Module, training: bool):
+    """Put `module` in train or eval mode and restore every submodule's own flag afterwards."""
     flags = [(m, m.training) for m in module.modules()]
-    module.eval()
+    module.train(training)
     try:
         yield module
     finally:
@@ -22,34 +26,75 @@ def eval_mode(module: torch.nn.Module):
             m.training = flag
 
 
+def eval_mode(module: torch.nn.Module):
+    return in_mode(module, False)
+
+
+def run_quietly(module: torch.nn.Module, inputs: tuple, stateful=()):
+    """``module(*inputs)`` in eval mode without gradients, on copies of `inputs`, with the
+    module's buffers (and the `stateful` parameters it has) put back afterwards."""
+    params = {name for name, _ in module.named_parameters()}
+    with torch.no_grad(), eval_mode(module), preserved(module, [p for p in stateful if p in params]):
+        return module(*fresh(inputs))
+
+
 def on_device_of(module: torch.nn.Module, inputs: tuple) -> tuple:
     """`inputs` on `module`'s device, floating ones in its floating dtype (after ``.double()``)."""
     param = next((p for p in module.parameters() if p.is_floating_point()), None)
     if param is None:
         return inputs
-    return tuple(
-        x.to(param.device, param.dtype if x.is_floating_point() else x.dtype) if isinstance(x, torch.Tensor) else x
-        for x in inputs
+    return tree_map(
+        lambda x: x.to(param.device, param.dtype if x.is_floating_point() else x.dtype)
+        if isinstance(x, torch.Tensor) else x,
+        inputs,
     )
 
 
+def _leaf_error(reference: torch.Tensor, candidate: torch.Tensor) -> float:
+    """Largest difference at the finite entries of `reference`; inf unless `candidate` has the
+    same NaN and inf entries (a NaN never hides a difference)."""
+    r, o = (torch.view_as_real(t) if t.is_complex() else t for t in (reference, candidate))
+    r, o = r.double(), o.double()
+    finite = torch.isfinite(r)
+    if not torch.equal(finite, torch.isfinite(o)):
+        return float("inf")
+    rn, on = r[~finite], o[~finite]
+    if not bool(((rn == on) | (rn.isnan() & on.isnan())).all()):
+        return float("inf")
+    return (o[finite] - r[finite]).abs().max().item() if finite.any() else 0.0
+
+
+def _mutable(tree):
+    """`tree` with fx's immutable containers (an Interpreter's outputs) as plain dicts and lists."""
+    if isinstance(tree, immutable_dict):
+        return {k: _mutable(v) for k, v in tree.items()}
+    if isinstance(tree, immutable_list):
+        return [_mutable(v) for v in tree]
+    if type(tree) is tuple:
+        return tuple(_mutable(v) for v in tree)
+    return tree
+
+
 def output_error(reference, candidate) -> tuple[float, float]:
-    """``(max |candidate - reference|, max |reference|)`` over every tensor of the outputs."""
-    ref_leaves, ref_spec = tree_flatten(reference)
-    out_leaves, out_spec = tree_flatten(candidate)
+    """``(max |candidate - reference|, max |reference|)`` over every tensor of the outputs;
+    the error is inf where the structures, shapes, or NaN and inf entries differ."""
+    ref_leaves, ref_spec = tree_flatten(_mutable(reference))
+    out_leaves, out_spec = tree_flatten(_mutable(candidate))
     if ref_spec != out_spec:
         return float("inf"), 0.0
     err, scale = 0.0, 0.0
     for r, o in zip(ref_leaves, out_leaves):
         if not isinstance(r, torch.Tensor):
-            if r != o:
+            if not isinstance(o, type(r)) or (r != o and not (r != r and o != o)):  # NaN equals NaN here
                 return float("inf"), scale
             continue
-        if r.shape != o.shape:
+        if not isinstance(o, torch.Tensor) or r.shape != o.shape:
             return float("inf"), scale
         if r.numel():
-            err = max(err, (o.double() - r.double()).abs().max().item())
-            scale = max(scale, r.double().abs().max().item())
+            err = max(err, _leaf_error(r, o))
+            finite = r[torch.isfinite(r)] if not r.is_complex() else r.abs()
+            if finite.numel():
+                scale = max(scale, finite.double().abs().max().item())
     return err, scale
 
 

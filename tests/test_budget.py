@@ -199,3 +199,19 @@ def test_when_the_last_unit_jumps_past_the_band_the_next_that_lands_in_it_is_tak
 
 def summary_channels(pruned) -> dict[str, int]:
     return {r.name: r.after for r in lumos_fx.summary(pruned).groups}
+
+
+def test_a_diverging_multiplier_or_gate_stops_training_at_its_step():
+    x = torch.randn(4, 8)
+    config = lumos_fx.Config(target_params=0.2, budget_warmup=0, budget_lr=1e300)
+    wrapped = lumos_fx.instrument(mlp(), (x,), config=config).train()
+    wrapped(x)
+    with pytest.raises(lumos_fx.LumosError, match=r"multipliers diverged at step 1 .*lambda_1=inf.*"
+                                                  r"Lower Config.budget_lr \(now 1e\+300\)"):
+        lumos_fx.complexity_loss(wrapped)
+    wrapped = lumos_fx.instrument(mlp(), (x,), config=lumos_fx.Config(target_params=0.2)).train()
+    with torch.no_grad():
+        next(iter(gate_modules(wrapped).values())).log_alpha[0] = float("nan")
+    wrapped(x)
+    with pytest.raises(lumos_fx.GateError, match=r"at step 1 .*became NaN or inf"):
+        lumos_fx.complexity_loss(wrapped)

@@ -89,3 +89,19 @@ def test_param_groups_split_weights_and_gates():
     assert id(wrapped.fc_in.weight) not in {id(p) for p in weights["params"]}
     default = lumos_fx.param_groups(wrapped, lr=1e-3)[1]["lr"]
     assert default == Config().gate_lr
+
+
+@pytest.mark.parametrize("warmup", [0, 10])
+def test_a_nan_gate_stops_training_at_its_step_naming_the_gate(warmup):
+    torch.manual_seed(0)
+    x = torch.randn(4, 5)
+    wrapped = lumos_fx.instrument(ResidualMLP(), (x,), config=Config(gate_warmup=warmup)).train()
+    for _ in range(3):
+        wrapped(x)
+        lumos_fx.complexity_loss(wrapped)
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["fc_a"].log_alpha[[2, 5]] = float("nan")
+    wrapped(x)
+    with pytest.raises(lumos_fx.GateError, match=r"complexity_loss is nan at step 4 .*gate 'fc_a' \(2 of 20 values\) "
+                                                 r"became NaN or inf.*Config.gate_lr"):
+        lumos_fx.complexity_loss(wrapped)

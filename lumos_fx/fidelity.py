@@ -1,0 +1,134 @@
+"""Check that a traced graph computes what the model's forward computes.
+
+fx records the tensor operations of one run of forward and takes every Python decision
+(an ``isinstance`` test, a Python attribute read) as it went in that run. Those decisions are
+checked here, before any gate is inserted:
+
+- each ``isinstance`` answer given to a traced value against the value's type when the
+  graph runs on the example inputs;
+- each buffer assignment the graph writes as ``copy_`` against the buffer's shape and dtype;
+- the graph's output and the state it leaves (buffers, parameters) against one call of the
+  model in eval mode, and in train mode where the model is deterministic there.
+
+A failed check is a :class:`~lumos_fx.TraceError` that names the source lines of the
+decisions the trace took, and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx, nn
+
+from .errors import TraceError
+from .fxutil import tensor_meta
+from .inputs import fresh
+from .side_effects import (
+    Change,
+    Observation,
+    changed,
+    fingerprint,
+    preserved,
+    rng_devices,
+    tensor_at,
+)
+from .tracer import IsinstanceQuery, is_subclass
+from .verify import in_mode, output_error, within_tolerance
+
+_FIX = ("fix: write the forward so that the same tensor operations run whatever the inputs' values "
+        "(test `x is None` rather than the type of a tensor), or move the code into a submodule that fx "
+        "calls as one op: lumos_fx.Config(leaf_modules=[...]).")
+
+
+def check_isinstance(gm: fx.GraphModule, queries: list[IsinstanceQuery]) -> None:
+    """Every isinstance answer the tracer gave matches the type the value has at run time."""
+    for q in queries:
+        kind = q.node.meta.get("type")
+        if q.node.graph is not gm.graph or kind is None:
+            continue  # the value is not in the graph that runs (the eval-mode trace's twin)
+        if is_subclass(kind, q.cls) != q.answer:
+            raise TraceError(
+                f"isinstance() on a traced value at {q.where}: lumos_fx answered {q.answer} while tracing "
+                f"(it took the value for a {'tensor' if q.answer else 'non-tensor'}), but it is a "
+                f"{kind.__name__} when the model runs, so the traced graph took the other branch.\n" + _FIX
+            )
+
+
+def check_assignments(gm: fx.GraphModule) -> None:
+    """A buffer assignment the graph writes in place must not change the buffer's shape or dtype."""
+    for node in gm.graph.nodes:
+        if "lumos_assign" not in node.meta:
+            continue
+        change, where = node.meta["lumos_assign"]
+        buffer, value = (tensor_meta(a) for a in node.args)
+        if value is None or (buffer.shape, buffer.dtype) != (value.shape, value.dtype):
+            got = f"{tuple(value.shape)} {value.dtype}" if value is not None else "a value that is not a tensor"
+            raise TraceError(
+                f"forward assigns buffer '{change.qualname}' ({tuple(buffer.shape)} {buffer.dtype}) "
+                f"{got} at {where}: lumos_fx keeps a buffer update in the graph as an in-place copy, which "
+                "cannot change the buffer's shape or dtype.\nfix: give the new value the buffer's shape and "
+                "dtype, or register the buffer with the shape it takes."
+            )
+
+
+def _causes(queries: list[IsinstanceQuery], gm: fx.GraphModule, assignments: dict) -> str:
+    lines = [f"  isinstance() answered {q.answer} at {q.where}" for q in queries if q.node.graph is gm.graph]
+    lines += [f"  assignment to self.{attr} at {f.filename}:{f.lineno}: {(f.line or '').strip()}"
+              for (_, attr), f in assignments.items()]
+    return ("decisions the trace took in Python:\n" + "\n".join(lines) + "\n") if lines else ""
+
+
+def check_output(model: nn.Module, gm: fx.GraphModule, observed: Observation, output,
+                 queries: list[IsinstanceQuery], assignments: dict, mode: str = "eval") -> None:
+    """The graph's `output` on the example inputs equals the model's."""
+    err, scale = output_error(observed.output, output)
+    if not within_tolerance(err, scale):
+        raise TraceError(
+            f"the traced graph of {type(model).__name__} does not compute what its forward computes on "
+            f"example_inputs in {mode} mode (largest difference {err:.3g}, output scale {scale:.3g}): fx "
+            "recorded one run of forward, and a Python decision it took does not hold.\n"
+            + _causes(queries, gm, assignments) + _FIX
+        )
+
+
+def check_state(model: nn.Module, gm: fx.GraphModule, observed: Observation, before: dict[Change, tuple],
+                where) -> None:
+    """The graph changes the same buffers and parameters as one call of the model, to the same values."""
+    moved = {c for c in changed(before, fingerprint(gm)) if c.kind != "attribute"}
+    for change in sorted(moved | set(observed.after), key=lambda c: c.qualname):
+        expected, got = observed.after.get(change), tensor_at(gm, change)
+        same = expected is not None and got is not None and expected.shape == got.shape \
+            and within_tolerance(*output_error(expected, got))
+        if not same:
+            line = where(change)
+            raise TraceError(
+                f"forward of {type(model).__name__} changes {change.kind} '{change.qualname}' in a way the traced "
+                f"graph does not repeat{f' (at {line})' if line else ''}: after one call on example_inputs "
+                f"{'the graph leaves it unchanged' if got is not None and change not in moved else 'they differ'}.\n"
+                "fix: update the buffer with a tensor operation (self.m.mul_(0.9).add_(...), or "
+                "self.m = 0.9 * self.m + ... for a registered buffer), keep the state outside forward, or "
+                "move the code into a submodule lumos_fx calls as one op: Config(leaf_modules=[...])."
+            )
+
+
+def check_train_mode(model: nn.Module, gm: fx.GraphModule, inputs: tuple, queries, assignments) -> None:
+    """In train mode the graph equals the model, under the same random seed. A model whose
+    train-mode output varies with the seed (dropout) is not compared: no seed makes two
+    different programs draw the same numbers in general."""
+    devices = rng_devices(model)
+
+    def run(module: nn.Module, seed: int):
+        with torch.no_grad(), torch.random.fork_rng(devices):
+            torch.manual_seed(seed)
+            return module(*fresh(inputs))
+
+    twin = copy.deepcopy(model).train()
+    expected = run(twin, 0)
+    with preserved(gm), in_mode(gm, True):
+        got = run(gm, 0)
+    if within_tolerance(*output_error(expected, got)):
+        return
+    if not within_tolerance(*output_error(expected, run(copy.deepcopy(model).train(), 1))):
+        return  # stochastic in train mode
+    check_output(model, gm, Observation(output=expected), got, queries, assignments, mode="train")

@@ -1,0 +1,235 @@
+"""The fx.Tracer of lumos_fx: leaves, NumPy constants, buffer updates, and isinstance on traced values.
+
+Beyond :class:`torch.fx.Tracer`, while it traces a model it
+
+- calls torch.nn layers, torch_geometric ``MessagePassing`` layers and the user's
+  ``Config.leaf_modules`` as one op each, and traces through the modules of
+  :data:`lumos_fx.decompose.TRACED_THROUGH`;
+- turns NumPy scalars into Python numbers and NumPy arrays into tensor constants, as torch
+  itself reads them (``x * np.float32(2)``, ``np.sqrt(2 / np.pi) * x``: NumPy defers to the
+  proxy, since :class:`LumosProxy` says it takes no part in NumPy's ufuncs);
+- reads the buffers a forward updates (``stateful``) as graph values, so that their in-place
+  updates become graph ops, and writes an assignment to a buffer (``self.m = 0.9 * self.m``)
+  as ``m.copy_(...)``: the graph then repeats the update on every call;
+- records every other assignment to a module attribute in user code, with its source line
+  (side effects the graph cannot hold, reported by :mod:`lumos_fx.trace`);
+- answers ``isinstance(v, torch.Tensor)``, ``torch.jit.isinstance`` and ``torch.is_tensor``
+  on a traced value from user code as the value's type (a tensor, or the ``torch.Size`` or
+  ``int`` of a shape read) and records the answer, to be checked against the type the value
+  has when the graph runs (:class:`IsinstanceQuery`);
+- gives ``*args`` one placeholder per value the example passes and ``**kwargs`` none.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import operator
+import sys
+import traceback
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import fx, nn
+from torch.fx._symbolic_trace import PH
+from torch.utils import _pytree as pytree
+
+from . import pyg_trace
+from .config import module_matches
+from .decompose import TRACED_THROUGH
+from .errors import is_library_file
+from .side_effects import Change
+
+_isinstance = builtins.isinstance
+_SHAPE_METHODS = {"size": torch.Size, "dim": int, "ndimension": int, "numel": int}
+
+
+class LumosProxy(fx.Proxy):
+    """fx.Proxy that NumPy defers to (``np.float32(2) * proxy`` calls ``proxy.__rmul__``),
+    and that records item assignment (``h[:, :2] *= 0.5``) as ``operator.setitem``."""
+
+    __array_ufunc__ = None
+
+    def __setitem__(self, key, value) -> None:
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+
+@dataclass
+class IsinstanceQuery:
+    """An ``isinstance`` test user code made on a traced value, and the answer it got."""
+
+    node: fx.Node
+    cls: object
+    answer: bool
+    where: str
+
+
+def _user_frame(depth: int) -> traceback.FrameSummary | None:
+    """The frame `depth` levels above the caller, if it lies in user code."""
+    frame = sys._getframe(depth + 1)
+    if is_library_file(frame.f_code.co_filename):
+        return None
+    return traceback.FrameSummary(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+
+
+def _describe(frame: traceback.FrameSummary) -> str:
+    return f"{frame.filename}:{frame.lineno}: {(frame.line or '').strip()}"
+
+
+def _likely_type(node: fx.Node) -> type:
+    """What a traced value most likely is: a shape read gives a ``torch.Size`` or an int."""
+    if node.op == "call_method" and node.target in _SHAPE_METHODS:
+        return torch.Size if node.target == "size" and len(node.args) == 1 else _SHAPE_METHODS[node.target]
+    if node.op == "call_function" and node.target is builtins.getattr and node.args[1] == "shape":
+        return torch.Size
+    return torch.Tensor
+
+
+def is_subclass(kind: type, cls) -> bool:
+    try:
+        return issubclass(kind, cls)
+    except TypeError:  # a typing construct (List[Tensor]): not a plain class test
+        return False
+
+
+class LumosTracer(fx.Tracer):
+    """fx.Tracer that records source lines, honours user leaves, and remembers where it failed.
+
+    torch_geometric's functional ops are auto-wrapped (:mod:`lumos_fx.pyg_trace`): fx patches
+    them in the globals of every traced forward and, through ``_autowrap_search`` (the list
+    fx fills from ``autowrap_modules``), in PyG's namespaces, without wrapping the other
+    callables of those namespaces as ``autowrap_modules`` would.
+
+    Args:
+        leaf_modules: ``Config.leaf_modules``.
+        stateful: the buffers a forward updates on every call (read as graph values).
+        varargs: the values the example passes to the forward's ``*args``.
+    """
+
+    def __init__(self, leaf_modules=(), stateful: frozenset[str] = frozenset(), varargs: tuple = ()) -> None:
+        super().__init__(autowrap_functions=pyg_trace.functions())
+        self._autowrap_search.extend(pyg_trace.namespaces())
+        self.record_stack_traces = True
+        self.leaf_specs = tuple(leaf_modules)
+        self.failed_in: tuple[str, str] | None = None
+        self.stateful = stateful
+        self.varargs = varargs
+        self.assignments: dict[tuple[str, str], traceback.FrameSummary] = {}
+        self.isinstance_queries: list[IsinstanceQuery] = []
+        self._qualnames: dict[int, str] = {}
+        self._stateful_ids: set[int] = set()
+
+    # ---- what is a leaf ----------------------------------------------------------------
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        if any(module_matches(spec, m, module_qualified_name) for spec in self.leaf_specs):
+            return True
+        if type(m) in TRACED_THROUGH or pyg_trace.traced_through(m) is not None:
+            return False
+        return pyg_trace.is_leaf(m) or super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        through = TRACED_THROUGH.get(type(m)) or pyg_trace.traced_through(m)
+        if through is not None:
+            forward = functools.partial(through, m)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            # The innermost module sees the exception first: remember it, not its parents.
+            if self.failed_in is None:
+                self.failed_in = (self.path_of_module(m), type(m).__name__)
+            raise
+
+    # ---- values --------------------------------------------------------------------------
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return LumosProxy(node, self)
+
+    def create_arg(self, a):
+        # torch reads a NumPy scalar as a Python number and an array as a tensor.
+        if _isinstance(a, np.generic):
+            a = a.item()
+        elif _isinstance(a, np.ndarray):
+            a = torch.from_numpy(np.array(a))
+        return super().create_arg(a)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if id(attr_val) in self._stateful_ids:
+            self.proxy_buffer_attributes = True  # for this buffer only: its updates go into the graph
+            try:
+                return super().getattr(attr, attr_val, parameter_proxy_cache)
+            finally:
+                self.proxy_buffer_attributes = False
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def _proxy_placeholder(self, name, concrete_args, sig, fn_for_analysis):
+        if name.startswith("**"):
+            return {}  # the example passes no keyword arguments
+        if name.startswith("*"):
+            base = name[1:]
+            leaves = pytree.tree_map(lambda v: PH if _isinstance(v, torch.Tensor) else v, self.varargs)
+            return super()._proxy_placeholder(base, {base: leaves}, sig, fn_for_analysis)
+        return super()._proxy_placeholder(name, concrete_args, sig, fn_for_analysis)
+
+    # ---- tracing -------------------------------------------------------------------------
+    def trace(self, root, concrete_args=None):
+        self._qualnames = {id(m): name for name, m in root.named_modules(remove_duplicate=False)}
+        self._stateful_ids = {id(t) for name, t in root.named_buffers() if name in self.stateful}
+        with self._patched():
+            return super().trace(root, concrete_args)
+
+    @contextmanager
+    def _patched(self):
+        tracer = self
+        setattr_of_module = nn.Module.__setattr__
+        jit_isinstance, is_tensor = torch.jit.isinstance, torch.is_tensor
+
+        def module_setattr(module, name, value):
+            qualname = tracer._qualnames.get(id(module))
+            frame = _user_frame(1) if qualname is not None else None
+            if frame is None or not tracer._assign(module, qualname, name, value, frame):
+                setattr_of_module(module, name, value)
+
+        def traced_isinstance(obj, cls, /):
+            if _isinstance(obj, fx.Proxy) and (frame := _user_frame(1)) is not None:
+                return tracer._answer(obj, cls, frame)
+            return _isinstance(obj, cls)
+
+        def traced_jit_isinstance(obj, target_type):
+            if _isinstance(obj, fx.Proxy) and (frame := _user_frame(1)) is not None:
+                return tracer._answer(obj, target_type, frame)
+            return jit_isinstance(obj, target_type)
+
+        def traced_is_tensor(obj):
+            if _isinstance(obj, fx.Proxy) and (frame := _user_frame(1)) is not None:
+                return tracer._answer(obj, torch.Tensor, frame)
+            return is_tensor(obj)
+
+        with ExitStack() as stack:
+            for owner, name, value in ((nn.Module, "__setattr__", module_setattr),
+                                       (builtins, "isinstance", traced_isinstance),
+                                       (torch.jit, "isinstance", traced_jit_isinstance),
+                                       (torch, "is_tensor", traced_is_tensor)):
+                original = getattr(owner, name)
+                setattr(owner, name, value)
+                stack.callback(setattr, owner, name, original)
+            yield
+
+    def _answer(self, proxy: fx.Proxy, cls, frame: traceback.FrameSummary) -> bool:
+        answer = is_subclass(_likely_type(proxy.node), cls)
+        self.isinstance_queries.append(IsinstanceQuery(proxy.node, cls, answer, _describe(frame)))
+        return answer
+
+    def _assign(self, module: nn.Module, qualname: str, name: str, value, frame: traceback.FrameSummary) -> bool:
+        """An assignment to a module attribute in user code. An assignment to a buffer the
+        forward updates becomes ``buffer.copy_(value)`` in the graph (returns True: done);
+        any other is recorded and carried out."""
+        buffer = module._buffers.get(name)
+        if buffer is not None and (_isinstance(value, fx.Proxy)
+                                   or (id(buffer) in self._stateful_ids and _isinstance(value, torch.Tensor))):
+            target = f"{qualname}.{name}" if qualname else name
+            copy = self.create_proxy("call_method", "copy_", (self.create_proxy("get_attr", target, (), {}), value), {})
+            copy.node.meta["lumos_assign"] = (Change(qualname, name, "buffer"), _describe(frame))
+            return True
+        self.assignments[(qualname, name)] = frame
+        return False
