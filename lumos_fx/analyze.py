@@ -110,7 +110,8 @@ class Analysis:
         """Open a space for `node`'s output along `dim` (channels unrelated to its inputs)."""
         shape = shape_of(node)
         dim = normalize_dim(dim, len(shape))
-        title = node.target if node.op in ("call_module", "placeholder", "get_attr") else node.name
+        title = (node.meta.get("lumos_input", node.target) if node.op == "placeholder"
+                 else node.target if node.op in ("call_module", "get_attr") else node.name)
         space = Space(space_key_of_node(node.name), shape[dim], dim, node=node.name, producer=producer, title=title)
         self._touched.add(space.key)
         return self.cg.add(space)

@@ -70,6 +70,7 @@ def user_line_of_stack_trace(stack_trace: str | None) -> str | None:
             continue
         lineno = line.split(", line ")[1].split(",")[0]
         code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        code = "" if code.startswith("File ") else code  # no source (a frame of <stdin>)
         found = f"{filename}:{lineno}: {code}"
     return found
 

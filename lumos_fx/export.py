@@ -9,6 +9,7 @@ generates for the pruned graph. ``weights.pt`` is a plain state_dict, readable w
 from __future__ import annotations
 
 import builtins
+import copy
 import hashlib
 import importlib.util
 import math
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import fx, nn
+from torch.utils import _pytree as pytree
 
 from .errors import ExportError
 from .rules import REGISTRY
@@ -94,20 +96,35 @@ def _layer_imports(init: list[str]) -> list[str]:
     return ["import torch_geometric.nn"] if any("torch_geometric.nn." in line for line in init) else []
 
 
-def export(pruned: fx.GraphModule, path) -> Path:
+def _spec_source(pruned: fx.GraphModule) -> list[str]:
+    """``self._in_spec = ...`` lines for a forward that takes containers (fx's pytree code):
+    its generated code flattens the arguments with them."""
+    info = getattr(pruned.graph._codegen, "pytree_info", None)
+    if info is None:
+        return []
+    return [f"self.{name} = pytree.treespec_loads({pytree.treespec_dumps(spec)!r})"
+            for name, spec in (("_in_spec", info.in_spec), ("_out_spec", info.out_spec)) if spec is not None]
+
+
+def export(pruned: fx.GraphModule, path, *, overwrite: bool = False) -> Path:
     """Write ``model.py`` and ``weights.pt`` into the folder `path`; returns the folder.
 
     ``lumos_fx.load(path)`` (or ``import model; model.load()`` with only torch installed,
-    and torch_geometric for a GNN) rebuilds the module.
+    and torch_geometric for a GNN) rebuilds the module. A folder that already holds a
+    ``model.py`` is refused unless ``overwrite=True``.
     """
     if not isinstance(pruned, fx.GraphModule):
         raise ExportError(f"export() takes the GraphModule returned by lumos_fx.prune(), got {type(pruned).__name__}")
     if "lumos" in pruned.meta:
         raise ExportError("export() takes a pruned model; call lumos_fx.prune(wrapped) first")
     folder = Path(path)
+    if (folder / "model.py").exists() and not overwrite:
+        raise ExportError(f"{folder} already holds a model (model.py); pass overwrite=True to replace it, "
+                          "or export into another folder")
     folder.mkdir(parents=True, exist_ok=True)
 
     graph = fx.Graph()
+    graph._codegen = copy.deepcopy(pruned.graph._codegen)  # a forward taking containers keeps its signature
     env = {}
     taken: set[str] = set()
     flat_of: dict[str, str] = {}
@@ -136,12 +153,14 @@ def export(pruned: fx.GraphModule, path) -> Path:
     class_name = re.sub(r"\W", "_", pruned.meta.get("lumos_class_name", "PrunedModel"))
     kept = pprint.pformat(getattr(pruned, "kept_features", {}), width=100, compact=True)
     kept_idx = pprint.pformat(getattr(pruned, "kept_feature_indices", {}), width=100, compact=True)
-    init_body = textwrap.indent("\n".join(["super().__init__()"] + init), " " * 8)
+    init_body = textwrap.indent("\n".join(["super().__init__()"] + _spec_source(pruned) + init), " " * 8)
     # fx prefixes the code with wrap() calls for auto-wrapped functions (PyG's pooling), for
     # tracing it again; model.py is never traced, and wrap() is only legal at module level.
     src = "\n".join(line for line in code.src.splitlines() if not line.startswith("torch.fx._symbolic_trace.wrap("))
     forward = textwrap.indent(src.strip("\n"), " " * 4)
     imports = _imports(code) + _layer_imports(init)
+    if _spec_source(pruned) and "import torch.utils._pytree as pytree" not in imports:
+        imports.append("import torch.utils._pytree as pytree")
     needs = "torch and torch_geometric" if any("torch_geometric" in line for line in imports) else "torch"
     source = f'''"""{class_name}, pruned by lumos_fx. Its weights are in weights.pt next to this file.
 

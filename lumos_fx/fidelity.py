@@ -62,11 +62,12 @@ def check_assignments(gm: fx.GraphModule) -> None:
             continue
         change, where = node.meta["lumos_assign"]
         buffer, value = (tensor_meta(a) for a in node.args)
-        if value is None or (buffer.shape, buffer.dtype) != (value.shape, value.dtype):
-            got = f"{tuple(value.shape)} {value.dtype}" if value is not None else "a value that is not a tensor"
+        if buffer is None or value is None:
+            continue  # the run did not get there
+        if (buffer.shape, buffer.dtype) != (value.shape, value.dtype):
             raise TraceError(
                 f"forward assigns buffer '{change.qualname}' ({tuple(buffer.shape)} {buffer.dtype}) "
-                f"{got} at {where}: lumos_fx keeps a buffer update in the graph as an in-place copy, which "
+                f"{tuple(value.shape)} {value.dtype} at {where}: lumos_fx keeps a buffer update in the graph as an in-place copy, which "
                 "cannot change the buffer's shape or dtype.\nfix: give the new value the buffer's shape and "
                 "dtype, or register the buffer with the shape it takes."
             )

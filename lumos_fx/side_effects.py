@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from .errors import is_library_file
 from .inputs import fresh
@@ -136,15 +136,45 @@ def observe(model: nn.Module, inputs: tuple) -> Observation:
     return Observation(output, None, after, changed(first, fingerprint(twin)))
 
 
+def _python_state(module: nn.Module) -> list[tuple[dict, str, Any]]:
+    """``(owner's __dict__, name, value)`` of every Python attribute of the modules inside
+    `module` (a container copied one level deep). A GraphModule's own attributes are fx's
+    (its code, its graph): not the model's state."""
+    state = []
+    for sub in module.modules():
+        if isinstance(sub, fx.GraphModule):
+            continue
+        for name, value in vars(sub).items():
+            if name not in _MODULE_INTERNALS:
+                state.append((vars(sub), name, copy.copy(value) if isinstance(value, (list, dict, set)) else value))
+    return state
+
+
+def _restore_python_state(state: list[tuple[dict, str, Any]]) -> None:
+    for attrs, name, value in state:
+        now = attrs.get(name)
+        if not (isinstance(value, (list, dict, set)) and type(now) is type(value)):
+            attrs[name] = value
+            continue
+        now.clear()  # in place: other references to the container see it restored
+        if isinstance(now, list):
+            now.extend(value)
+        else:
+            now.update(value)
+
+
 @contextmanager
 def preserved(module: nn.Module, extra: list[str] = ()):
-    """Run code on `module` and put its buffers (and the parameters named in `extra`) back
-    as they were: lumos_fx's own runs of a model never advance its state."""
+    """Run code on `module` and put its state back as it was: its buffers, the parameters
+    named in `extra`, and the Python attributes of its submodules (a leaf module counting
+    its calls). lumos_fx's own runs of a model never advance its state."""
     saved = {name: t.detach().clone() for name, t in module.named_buffers()}
     saved.update({name: module.get_parameter(name).detach().clone() for name in extra})
+    python = _python_state(module)
     try:
         yield module
     finally:
+        _restore_python_state(python)
         with torch.no_grad():
             for name, value in saved.items():
                 owner, _, attr = name.rpartition(".")

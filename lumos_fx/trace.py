@@ -43,7 +43,7 @@ from .side_effects import (
     preserved,
     source_line,
 )
-from .tracer import LumosTracer
+from .tracer import IsinstanceQuery, LumosTracer
 from .verify import eval_mode
 
 
@@ -190,15 +190,19 @@ def _flat_signature(graph: fx.Graph) -> None:
         output.args = (pytree.tree_unflatten(list(output.args[0]), info.out_spec),)
 
 
-def _propagate(gm: fx.GraphModule, model: torch.nn.Module, bound: BoundInputs) -> tuple[int, Any]:
+def _propagate(gm: fx.GraphModule, model: torch.nn.Module, bound: BoundInputs,
+               queries: list[IsinstanceQuery] = ()) -> tuple[int, Any]:
     """ShapeProp on the example inputs in eval mode, without gradients: the forward's FLOPs
-    and its output."""
+    and its output. A run that fails is an InputError, unless a decision the trace took
+    (an isinstance answer, a buffer assignment) explains it."""
     flops = FlopCounterMode(display=False)
     prop = _RecordingShapeProp(gm, flops)
     try:
         with torch.no_grad(), eval_mode(gm), flops:
             output = prop.propagate(*fresh(bound.args))
     except Exception as e:
+        fidelity.check_isinstance(gm, queries)
+        fidelity.check_assignments(gm)
         given = ", ".join(
             f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else repr(x) for x in bound.args
         )
@@ -270,7 +274,7 @@ def _check_run(model: nn.Module, gm: fx.GraphModule, bound: BoundInputs, observe
     back as it was. Returns the forward's FLOPs."""
     before = fingerprint(gm)
     with preserved(gm, [c.qualname for c in observed.mutated("parameter")]):
-        flops, output = _propagate(gm, model, bound)
+        flops, output = _propagate(gm, model, bound, tracer.isinstance_queries)
         if observed.error is not None:
             frame = user_frame_of_traceback(observed.error.__traceback__)
             raise InputError(

@@ -49,7 +49,7 @@ def train(args) -> dict:
     summary = lumos_fx.summary(pruned)
     print(summary)
     out = Path(args.out or f"out/{workload.name}")
-    lumos_fx.export(pruned, out / "model")
+    lumos_fx.export(pruned, out / "model", overwrite=True)
     result.update(params_pruned=count_params(pruned), metric_value=workload.evaluate(pruned, task),
                   kept_features={k: v[0] for k, v in summary.features.items()})
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")

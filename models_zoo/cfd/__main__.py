@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
         4096: interleaved_latency({"dense": dense, "pruned": pruned}, (x_test[:4096],), repeats=40),
     }
     kept = set(report.features["x"][0])
-    folder = lumos_fx.export(pruned, out / "model")
+    folder = lumos_fx.export(pruned, out / "model", overwrite=True)
 
     print(f"\nR^2 on test faces     dense {r2_dense:.4f}   lumos-pruned {r2_pruned:.4f}"
           f"   (pruned vs gated model: max |diff| {gated_error:.2e})")
