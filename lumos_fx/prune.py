@@ -19,7 +19,6 @@ The pass, on a deep copy of the instrumented model:
 from __future__ import annotations
 
 import copy
-import operator
 from collections import deque
 
 import numpy as np
@@ -60,7 +59,7 @@ class PruneContext:
         self.status: dict[fx.Node, str] = {}
         self.consts: dict[fx.Node, torch.Tensor] = {}
         self._const_attr: dict[fx.Node, str] = {}
-        self._expanded: dict[fx.Node, fx.Node] = {}
+        self._expanded: dict[tuple[fx.Node, bool], fx.Node] = {}
         self.fixed_size: list[str] = []  # ops whose constant holds at the example's size only
         # Live tensors added to carry a runtime size no kept node has (the number of graphs
         # after a pooling whose channels all closed), with their example sizes.
@@ -187,7 +186,9 @@ class PruneContext:
         batch, and dims where it has size 1) read from a live tensor. Where no live tensor
         has those sizes, the constant is taken at its example shape and only the batch is
         read (exact at the example input's spatial size)."""
-        if node not in self._expanded:
+        # A user that writes its input in place gets a copy, never the buffer itself.
+        fresh = bool(user.meta.get("lumos_writes"))
+        if (node, fresh) not in self._expanded:
             space, value, target = self.space(node), self.consts[node], shape_of(node)
             need = [d for d in range(len(target))
                     if d != space.dim and (value.shape[d] != target[d] or (d == 0 and value.shape[0] == 1))]
@@ -207,8 +208,19 @@ class PruneContext:
                 sizes = [graph.call_method("size", (ref, d)) if d in need else (1 if d < dropped else -1)
                          for d in range(len(target))]
                 expanded = graph.call_method("expand", (attr, *sizes))
-                self._expanded[node] = graph.call_method("contiguous", (expanded,))
-        return self._expanded[node]
+                self._expanded[node, fresh] = graph.call_method("clone" if fresh else "contiguous", (expanded,))
+        return self._expanded[node, fresh]
+
+    def fresh_copy(self, node: fx.Node, value: torch.Tensor) -> None:
+        """Make `node`, whose value is the constant `value` but which an in-place op writes
+        later, compute a fresh copy of it on every call: the write must not change the
+        constant, and the node's later readers must see the write."""
+        self.status[node], self.consts[node] = CONST, value
+        expanded = self.materialize(node, node)
+        del self.status[node], self.consts[node]
+        self._expanded = {k: v for k, v in self._expanded.items() if k[0] is not node}
+        node.op, node.target, node.args, node.kwargs = "call_method", "clone", (expanded,), {}
+        node.meta.pop("lumos_writes", None)  # it no longer writes what it read
 
     def materialize_dead_inputs(self, node: fx.Node) -> None:
         """Feed `node` its constant inputs at their runtime shapes."""
@@ -344,18 +356,35 @@ def _slice_parameters(gm: fx.GraphModule, plan: Plan, pc: PruneContext) -> None:
                 rule.resize(module)
 
 
-def _has_side_effects(node: fx.Node) -> bool:
-    """Whether `node` writes a tensor in place (``x.add_(1)``, ``torch.relu_(x)``,
-    ``x[i] = v``, ``nn.ReLU(inplace=True)``): dead-code elimination must keep it even when
-    nothing reads its result."""
-    if node.is_impure():
-        return True
-    if node.op == "call_module":
-        return bool(getattr(node.graph.owning_module.get_submodule(node.target), "inplace", False))
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    if node.op in ("call_method", "call_function") and name.endswith("_") and not name.endswith("__"):
-        return True
-    return node.target is operator.setitem or bool(node.kwargs.get("inplace"))
+def _read_after_write(graph: fx.Graph) -> set[fx.Node]:
+    """The values an in-place op writes (``torch.relu_(h)``) that a later op reads through
+    another node than the write's result (``h`` itself, or a view of it): folded into a
+    constant, that read would miss the write."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    by_name = {n.name: n for n in graph.nodes}
+    out = set()
+    for writer in graph.nodes:
+        aliases = [by_name[name] for name in writer.meta.get("lumos_writes", ()) if name in by_name]
+        if any(order[user] > order[writer] for a in aliases for user in a.users if user is not writer):
+            out.update(aliases)
+    return out
+
+
+def _side_effects(graph: fx.Graph):
+    """The test dead-code elimination keeps a node by: impure, or an in-place write
+    (``torch.relu_(h)``, ``nn.ReLU(inplace=True)``, ``x[i] = v``, as the example run saw it)
+    of a model input, an attribute, or a value some op still reads after the write."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    by_name = {n.name: n for n in graph.nodes}
+
+    def keep(node: fx.Node) -> bool:
+        if node.is_impure():
+            return True
+        aliases = [by_name[name] for name in node.meta.get("lumos_writes", ()) if name in by_name]
+        return any(a.op in ("placeholder", "get_attr") or any(order[u] > order[node] for u in a.users if u is not node)
+                   for a in aliases)
+
+    return keep
 
 
 def _delete_unused_attributes(gm: fx.GraphModule) -> None:
@@ -381,6 +410,7 @@ def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch
     _strip_gates(gm)
     _fold_gates(gm, plan, z)
     pc = PruneContext(gm, plan, keep, shrink_inputs)
+    read_after_write = _read_after_write(gm.graph)
     for node in list(gm.graph.nodes):
         if node._erased:  # a shape read an earlier rule turned into a literal
             continue
@@ -394,6 +424,8 @@ def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch
         result = rule.prune(node, pc) if rule is not None else pc.materialize_dead_inputs(node)
         if result is EMPTY:
             pc.status[node] = EMPTY
+        elif result is not None and node in read_after_write and space is not None:
+            pc.fresh_copy(node, result)
         elif result is not None:
             pc.status[node], pc.consts[node] = CONST, result
     _slice_parameters(gm, plan, pc)
@@ -405,7 +437,7 @@ def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch
             if node.users:
                 raise PruneError(f"internal: removed node {node.name} is still read by {list(node.users)}")
             gm.graph.erase_node(node)
-    gm.graph.eliminate_dead_code(is_impure_node=_has_side_effects)
+    gm.graph.eliminate_dead_code(is_impure_node=_side_effects(gm.graph))
     gm.delete_all_unused_submodules()
     _delete_unused_attributes(gm)
     gm.graph.lint()

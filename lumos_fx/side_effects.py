@@ -101,12 +101,13 @@ def tensor_at(model: nn.Module, change: Change) -> torch.Tensor | None:
 
 @dataclass
 class Observation:
-    """Two eval-mode calls of a copy of the model on the example inputs."""
+    """Two calls of a copy of the model on the example inputs, in one mode."""
 
     output: Any = None  # the first call's output
     error: Exception | None = None  # what the first call raised, if it did
     after: dict[Change, torch.Tensor] = field(default_factory=dict)  # tensors the first call changed, after it
     per_call: list[Change] = field(default_factory=list)  # what the second call changed again
+    second: Any = None  # the second call's output (in train mode, under another seed)
 
     def mutated(self, kind: str) -> list[Change]:
         return [c for c in self.per_call if c.kind == kind]
@@ -117,23 +118,26 @@ def rng_devices(model: nn.Module) -> list[torch.device]:
     return list({t.device for t in model.state_dict().values() if t.device.type == "cuda"})
 
 
-def observe(model: nn.Module, inputs: tuple) -> Observation:
-    """Run a deep copy of `model` twice in eval mode on copies of `inputs`, and record what
-    each call changed. The model, the inputs and the random state are left as they were."""
-    twin = copy.deepcopy(model).eval()
+def observe(model: nn.Module, inputs: tuple, training: bool = False) -> Observation:
+    """Run a deep copy of `model` twice on copies of `inputs`, in eval mode (or in train
+    mode, the first call under seed 0 and the second under seed 1), and record what each
+    call changed. The model, the inputs and the random state are left as they were."""
+    twin = copy.deepcopy(model).train(training)
     start = fingerprint(twin)
     with torch.no_grad(), torch.random.fork_rng(rng_devices(model)):
+        torch.manual_seed(0)
         try:
             output = twin(*fresh(inputs))
         except Exception as e:  # reported by the trace, which names the failing node
             return Observation(error=e)
         first = fingerprint(twin)
         after = {c: tensor_at(twin, c).detach().clone() for c in changed(start, first) if c.kind != "attribute"}
+        torch.manual_seed(1)
         try:
-            twin(*fresh(inputs))
+            second = twin(*fresh(inputs))
         except Exception:  # a second call fails: every change of the first counts as per call
             return Observation(output, None, after, changed(start, first))
-    return Observation(output, None, after, changed(first, fingerprint(twin)))
+    return Observation(output, None, after, changed(first, fingerprint(twin)), second)
 
 
 def _python_state(module: nn.Module) -> list[tuple[dict, str, Any]]:

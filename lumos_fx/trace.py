@@ -12,6 +12,7 @@ run is checked against the model's (:mod:`lumos_fx.fidelity`): outputs, buffers,
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Any
 
 import torch
@@ -26,30 +27,25 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import fidelity, pyg_trace
 from .config import Config, check_module_names
 from .decompose import split_attention
-from .errors import (
-    InputError,
-    TraceError,
-    describe_frame,
-    user_frame_of_traceback,
-    user_line_of_stack_trace,
-)
+from .errors import InputError, TraceError, describe_frame, user_frame_of_traceback, user_line_of_stack_trace
 from .fxutil import describe, fetch_attr, free_attr_name
 from .inputs import BoundInputs, bind, fresh
-from .side_effects import (
-    Observation,
-    changed,
-    fingerprint,
-    observe,
-    preserved,
-    source_line,
-)
+from .side_effects import Change, Observation, changed, fingerprint, observe, preserved, source_line
 from .tracer import IsinstanceQuery, LumosTracer
 from .verify import eval_mode
 
 
+def _base(t: torch.Tensor) -> torch.Tensor:
+    return t._base if t._base is not None else t
+
+
 class _RecordingShapeProp(ShapeProp):
-    """ShapeProp that remembers the node it was running when something failed, and puts
-    each node's forward FLOPs (as `counter` counts them) in ``node.meta["lumos_flops"]``.
+    """ShapeProp that remembers the node it was running when something failed, puts each
+    node's forward FLOPs (as `counter` counts them) in ``node.meta["lumos_flops"]``, and
+    records in-place writes: a node that wrote one of its input tensors (its version
+    counter moved) gets ``meta["lumos_writes"]``, the names of the nodes whose values share
+    the written tensor's storage (a view of it, or its base). prune keeps such a write, and
+    never folds a value into a constant that a later op reads after the write.
 
     It runs each node with :class:`fx.Interpreter` itself: ShapeProp prints the traceback of
     a failing node to stderr before raising, and lumos_fx reports the failure in one message.
@@ -60,11 +56,19 @@ class _RecordingShapeProp(ShapeProp):
     def __init__(self, gm: fx.GraphModule, counter: FlopCounterMode) -> None:
         super().__init__(gm)
         self.counter = counter
+        self.bases: dict[fx.Node, weakref.ref] = {}  # weak: a freed tensor aliases nothing
 
     def run_node(self, n: fx.Node) -> Any:
         self.current = n
         before = self.counter.get_total_flops()
+        inputs = [(a, self.env[a]) for a in n.all_input_nodes if isinstance(self.env.get(a), torch.Tensor)]
+        versions = [t._version for _, t in inputs]
         result = fx.Interpreter.run_node(self, n)
+        written = [_base(t) for (_, t), v in zip(inputs, versions) if t._version != v]
+        if written:
+            n.meta["lumos_writes"] = [node.name for node, ref in self.bases.items() if any(ref() is w for w in written)]
+        if isinstance(result, torch.Tensor):
+            self.bases[n] = weakref.ref(_base(result))
         found_tensor = False
 
         def extract(obj):
@@ -248,12 +252,17 @@ def _refuse_traced_changes(model: nn.Module, bound: BoundInputs, start: dict, ro
         )
 
 
-def _refuse_python_state(model: nn.Module, bound: BoundInputs, gm: fx.GraphModule, observed: Observation,
+def _in_a_leaf(gm: fx.GraphModule, qualname: str) -> bool:
+    """Whether `qualname` lies in a module the graph calls as one op (which runs as it is)."""
+    return any(qualname == n.target or qualname.startswith(n.target + ".")
+               for n in gm.graph.nodes if n.op == "call_module")
+
+
+def _refuse_python_state(model: nn.Module, bound: BoundInputs, gm: fx.GraphModule, changes: list[Change],
                          tracer: LumosTracer) -> None:
-    """Python attributes a call changes every time, outside the leaves (which run as they are)."""
-    leaves = {n.target for n in gm.graph.nodes if n.op == "call_module"}
-    for change in observed.mutated("attribute"):
-        if any(change.module == leaf or change.module.startswith(leaf + ".") for leaf in leaves):
+    """Python attributes a call changes every time, outside the leaves."""
+    for change in changes:
+        if change.kind != "attribute" or _in_a_leaf(gm, change.module):
             continue
         line = _where(model, bound, tracer)(change)
         owner = f"module '{change.module}'" if change.module else type(model).__name__
@@ -269,11 +278,12 @@ def _refuse_python_state(model: nn.Module, bound: BoundInputs, gm: fx.GraphModul
 
 
 def _check_run(model: nn.Module, gm: fx.GraphModule, bound: BoundInputs, observed: Observation,
-               tracer: LumosTracer) -> int:
-    """ShapeProp, then every check of the run against the model's; the graph's state is put
-    back as it was. Returns the forward's FLOPs."""
+               trained: Observation, tracer: LumosTracer) -> int:
+    """ShapeProp, then every check of the run against the model's, in eval and in train
+    mode; the graph's state is put back as it was. Returns the forward's FLOPs."""
     before = fingerprint(gm)
-    with preserved(gm, [c.qualname for c in observed.mutated("parameter")]):
+    params = [c.qualname for c in observed.per_call + trained.per_call if c.kind == "parameter"]
+    with preserved(gm, params):
         flops, output = _propagate(gm, model, bound, tracer.isinstance_queries)
         if observed.error is not None:
             frame = user_frame_of_traceback(observed.error.__traceback__)
@@ -286,7 +296,8 @@ def _check_run(model: nn.Module, gm: fx.GraphModule, bound: BoundInputs, observe
         fidelity.check_assignments(gm)
         fidelity.check_output(model, gm, observed, output, tracer.isinstance_queries, tracer.assignments)
         fidelity.check_state(model, gm, observed, before, _where(model, bound, tracer))
-    fidelity.check_train_mode(model, gm, bound.args, tracer.isinstance_queries, tracer.assignments)
+    fidelity.check_train_mode(model, gm, trained, bound.args, tracer.isinstance_queries, tracer.assignments,
+                              _where(model, bound, tracer), params)
     return flops
 
 
@@ -304,8 +315,9 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
     _refuse_lazy(model)
     if pyg_trace.loaded():
         pyg_trace.register_rules()
-    observed = observe(model, bound.args)
-    stateful = frozenset(c.qualname for c in observed.per_call if c.kind != "attribute")
+    observed, trained = observe(model, bound.args), observe(model, bound.args, training=True)
+    # Read as graph values while tracing (harmless for buffers only a leaf reads: BatchNorm's).
+    stateful = frozenset(c.qualname for c in observed.per_call + trained.per_call if c.kind != "attribute")
     root = copy.deepcopy(model)
     start, flags = fingerprint(root), {id(m): m.training for m in root.modules()}
     tracer = _trace_in_mode(root, True, config, bound, stateful)
@@ -321,12 +333,12 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
     if bound.var_positional or bound.var_keyword:
         _flat_signature(tracer.graph)
     gm = fx.GraphModule(root, tracer.graph, class_name=type(model).__name__)
-    _refuse_python_state(model, bound, gm, observed, tracer)
+    _refuse_python_state(model, bound, gm, observed.per_call + trained.per_call, tracer)
     for node, leaf in zip((n for n in gm.graph.nodes if n.op == "placeholder"), bound.leaves):
         node.meta["lumos_input"] = leaf.name
     gm.meta["lumos_inputs"] = bound.leaves
-    gm.meta["lumos_stateful"] = stateful
-    gm.meta["lumos_example_flops"] = _check_run(model, gm, bound, observed, tracer)
+    gm.meta["lumos_stateful"] = frozenset(q for q in stateful if not _in_a_leaf(gm, q))
+    gm.meta["lumos_example_flops"] = _check_run(model, gm, bound, observed, trained, tracer)
     if split_attention(gm):
         with preserved(gm):
             gm.meta["lumos_example_flops"] = _propagate(gm, model, bound)[0]

@@ -112,7 +112,8 @@ class Broadcast(Rule):
 
     def prune(self, node: fx.Node, pc):
         args = [a for a in node.all_input_nodes if pc.space(a) is not None]
-        if all(pc.is_static(a) for a in args) and any(pc.is_const(a) for a in args):
+        # Every input, channels or not (a live scalar like x.mean()), must be static to fold.
+        if all(pc.is_static(a) for a in node.all_input_nodes) and any(pc.is_const(a) for a in args):
             return pc.evaluate(node)
         out_shape = shape_of(node)
         full_live = any(pc.is_live(a) and shape_of(a) == out_shape for a in args)
