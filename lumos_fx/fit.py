@@ -213,7 +213,7 @@ def _split(batch: Any, batch_fn: BatchFn | None, wrapped: fx.GraphModule) -> tup
 
 def _takes_tensor_first(wrapped: fx.GraphModule) -> bool:
     leaves = wrapped.meta.get("lumos_inputs", [])
-    return bool(leaves) and leaves[0].path == (SequenceKey(0),) and isinstance(leaves[0].example, torch.Tensor)
+    return bool(leaves) and leaves[0].path == (SequenceKey(0),) and leaves[0].tensor
 
 
 def _from_batch_fn(out: Any) -> tuple[tuple, Any]:

@@ -31,11 +31,12 @@ from .errors import InputError
 
 @dataclass(frozen=True)
 class InputLeaf:
-    """One placeholder of the traced model: its name in the user's terms, its example, and
-    where it lies in the example inputs (a pytree key path; None for a default not passed)."""
+    """One placeholder of the traced model: its name in the user's terms, whether it is a
+    tensor, and where it lies in the example inputs (a pytree key path; None for a default
+    not passed)."""
 
     name: str
-    example: Any
+    tensor: bool
     path: tuple | None = None
 
 
@@ -49,6 +50,7 @@ class BoundInputs:
     var_positional: str | None  # the name of the forward's ``*args``, if it has one
     var_keyword: str | None  # the name of the forward's ``**kwargs``, if it has one
     leaves: list[InputLeaf]
+    examples: list  # each leaf's example value
 
     @property
     def structured(self) -> bool:
@@ -71,11 +73,12 @@ def normalize_example_inputs(example_inputs) -> tuple:
     )
 
 
-def _leaves(name: str, value, position: int | None) -> list[InputLeaf]:
-    """The leaves of one argument, in pytree order; `position` is its index in the example inputs."""
+def _leaves(name: str, value, position: int | None) -> list[tuple[InputLeaf, Any]]:
+    """The leaves of one argument with their examples, in pytree order; `position` is its
+    index in the example inputs."""
     paths, _ = pytree.tree_flatten_with_path(value)
-    return [InputLeaf(name + pytree.keystr(path), leaf,
-                      None if position is None else (pytree.SequenceKey(position), *path))
+    return [(InputLeaf(name + pytree.keystr(path), isinstance(leaf, torch.Tensor),
+                       None if position is None else (pytree.SequenceKey(position), *path)), leaf)
             for path, leaf in paths]
 
 
@@ -91,7 +94,7 @@ def bind(model: nn.Module, example_inputs) -> BoundInputs:
             f"Pass one value per positional argument of forward, e.g. example_inputs=(x,)."
         ) from None
     concrete: dict[str, Any] = {}
-    leaves: list[InputLeaf] = []
+    leaves: list[tuple[InputLeaf, Any]] = []
     var_positional = var_keyword = None
     varargs: tuple = ()
     for position, (name, param) in enumerate(sig.parameters.items()):
@@ -124,7 +127,8 @@ def bind(model: nn.Module, example_inputs) -> BoundInputs:
     first = len(args) - len(varargs)
     for i, value in enumerate(varargs):
         leaves += _leaves(f"{var_positional}[{i}]", value, first + i)
-    result = BoundInputs(args, concrete, varargs, var_positional, var_keyword, leaves)
+    result = BoundInputs(args, concrete, varargs, var_positional, var_keyword, [leaf for leaf, _ in leaves],
+                         [example for _, example in leaves])
     if result.structured and (var_positional or var_keyword):
         raise InputError(
             f"{type(model).__name__}.forward{sig} takes *args or **kwargs and a container argument; "
@@ -137,8 +141,7 @@ def bind(model: nn.Module, example_inputs) -> BoundInputs:
 
 def _check_finite(bound: BoundInputs, model: nn.Module) -> None:
     """NaN or inf in an example input would make every check on it pass or fail for nothing."""
-    for leaf in bound.leaves:
-        value = leaf.example
+    for leaf, value in zip(bound.leaves, bound.examples):
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
             bad = int((~torch.isfinite(value)).sum())
             raise InputError(

@@ -118,26 +118,45 @@ def rng_devices(model: nn.Module) -> list[torch.device]:
     return list({t.device for t in model.state_dict().values() if t.device.type == "cuda"})
 
 
-def observe(model: nn.Module, inputs: tuple, training: bool = False) -> Observation:
-    """Run a deep copy of `model` twice on copies of `inputs`, in eval mode (or in train
-    mode, the first call under seed 0 and the second under seed 1), and record what each
-    call changed. The model, the inputs and the random state are left as they were."""
-    twin = copy.deepcopy(model).train(training)
+def _two_calls(twin: nn.Module, inputs: tuple, training: bool) -> Observation:
+    """Call `twin` twice on copies of `inputs` (in train mode, the first call under seed 0
+    and the second under seed 1) and record what each call changed."""
+    twin.train(training)
     start = fingerprint(twin)
-    with torch.no_grad(), torch.random.fork_rng(rng_devices(model)):
-        torch.manual_seed(0)
-        try:
-            output = twin(*fresh(inputs))
-        except Exception as e:  # reported by the trace, which names the failing node
-            return Observation(error=e)
-        first = fingerprint(twin)
-        after = {c: tensor_at(twin, c).detach().clone() for c in changed(start, first) if c.kind != "attribute"}
-        torch.manual_seed(1)
-        try:
-            second = twin(*fresh(inputs))
-        except Exception:  # a second call fails: every change of the first counts as per call
-            return Observation(output, None, after, changed(start, first))
+    torch.manual_seed(0)
+    try:
+        output = twin(*fresh(inputs))
+    except Exception as e:  # reported by the trace, which names the failing node
+        return Observation(error=e)
+    first = fingerprint(twin)
+    after = {c: tensor_at(twin, c).detach().clone() for c in changed(start, first) if c.kind != "attribute"}
+    torch.manual_seed(1)
+    try:
+        second = twin(*fresh(inputs))
+    except Exception:  # a second call fails: every change of the first counts as per call
+        return Observation(output, None, after, changed(start, first))
     return Observation(output, None, after, changed(first, fingerprint(twin)), second)
+
+
+def observe(model: nn.Module, inputs: tuple) -> tuple[Observation, Observation, nn.Module]:
+    """Two calls of a deep copy of `model` in eval mode, then two in train mode, each pair
+    from the model's state; returns both observations and the copy, in the model's state
+    again (to be traced). The model, the inputs and the random state stay as they were."""
+    twin = copy.deepcopy(model)
+    flags = [(m, m.training) for m in twin.modules()]
+    versions = {name: (p, p._version) for name, p in twin.named_parameters()}
+    seen = []
+    with torch.no_grad(), torch.random.fork_rng(rng_devices(model)):
+        for training in (False, True):
+            with preserved(twin):
+                seen.append(_two_calls(twin, inputs, training))
+                for name, (p, version) in versions.items():  # a forward that writes its weights
+                    if p._version != version:
+                        p.copy_(model.get_parameter(name))
+                        versions[name] = (p, p._version)
+    for m, flag in flags:
+        m.training = flag
+    return seen[0], seen[1], twin
 
 
 def _python_state(module: nn.Module) -> list[tuple[dict, str, Any]]:

@@ -315,7 +315,7 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
     _refuse_lazy(model)
     if pyg_trace.loaded():
         pyg_trace.register_rules()
-    observed, trained = observe(model, bound.args), observe(model, bound.args, training=True)
+    observed, trained, twin = observe(model, bound.args)
     # Read as graph values while tracing (harmless for buffers only a leaf reads: BatchNorm's).
     stateful = frozenset(c.qualname for c in observed.per_call + trained.per_call if c.kind != "attribute")
     root = copy.deepcopy(model)
@@ -323,7 +323,6 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
     tracer = _trace_in_mode(root, True, config, bound, stateful)
     # The eval-mode graph is only compared with the train-mode one: no source lines needed.
     # It traces another copy, so that the constants fx stores on the root get the same names.
-    twin = copy.deepcopy(model)
     evaluation = _trace_in_mode(twin, False, config, bound, stateful, stack_traces=False)
     _follow_training_flag(root, tracer.graph, twin, evaluation.graph)
     del twin, evaluation
