@@ -120,7 +120,8 @@ def rng_devices(model: nn.Module) -> list[torch.device]:
 
 def _two_calls(twin: nn.Module, inputs: tuple, training: bool) -> Observation:
     """Call `twin` twice on copies of `inputs` (in train mode, the first call under seed 0
-    and the second under seed 1) and record what each call changed."""
+    and the second under seed 1) and record what each call changed. In eval mode, a first
+    call that changed nothing is not repeated."""
     twin.train(training)
     start = fingerprint(twin)
     torch.manual_seed(0)
@@ -129,7 +130,10 @@ def _two_calls(twin: nn.Module, inputs: tuple, training: bool) -> Observation:
     except Exception as e:  # reported by the trace, which names the failing node
         return Observation(error=e)
     first = fingerprint(twin)
-    after = {c: tensor_at(twin, c).detach().clone() for c in changed(start, first) if c.kind != "attribute"}
+    moved = changed(start, first)
+    if not moved and not training:
+        return Observation(output)
+    after = {c: tensor_at(twin, c).detach().clone() for c in moved if c.kind != "attribute"}
     torch.manual_seed(1)
     try:
         second = twin(*fresh(inputs))
