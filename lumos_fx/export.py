@@ -9,7 +9,6 @@ generates for the pruned graph. ``weights.pt`` is a plain state_dict, readable w
 from __future__ import annotations
 
 import builtins
-import copy
 import hashlib
 import importlib.util
 import math
@@ -124,7 +123,7 @@ def export(pruned: fx.GraphModule, path, *, overwrite: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
 
     graph = fx.Graph()
-    graph._codegen = copy.deepcopy(pruned.graph._codegen)  # a forward taking containers keeps its signature
+    graph._codegen = pruned.graph._codegen  # a forward taking containers keeps its signature (read only)
     env = {}
     taken: set[str] = set()
     flat_of: dict[str, str] = {}

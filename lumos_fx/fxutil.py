@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
 from typing import Iterator
 
 import torch
@@ -86,3 +88,13 @@ def fetch_attr(gm: fx.GraphModule, target: str):
     for atom in target.split("."):
         obj = getattr(obj, atom)
     return obj
+
+
+def copy_instrumented(gm: fx.GraphModule) -> fx.GraphModule:
+    """A deep copy of an instrumented or pruned model that shares its plan (read, never
+    changed). torch's own copy of the pytree specs of a forward taking containers warns of
+    its deprecated LeafSpec: not the user's to act on, so that warning is not shown."""
+    plan = gm.meta.get("lumos")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        return copy.deepcopy(gm, memo={id(plan): plan} if plan is not None else None)

@@ -18,7 +18,6 @@ The pass, on a deep copy of the instrumented model:
 
 from __future__ import annotations
 
-import copy
 from collections import deque
 
 import numpy as np
@@ -32,7 +31,7 @@ from .analyze import Plan
 from .budget import snap_to_budget
 from .channels import Space
 from .errors import GateError, PruneError
-from .fxutil import describe, fetch_attr, free_attr_name, shape_of
+from .fxutil import copy_instrumented, describe, fetch_attr, free_attr_name, shape_of
 from .gate_fold import FOLD, unfold
 from .instrument import GATES, gate_modules, plan_of
 from .rules import REGISTRY
@@ -405,7 +404,7 @@ def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch
         shrink_inputs: bool) -> fx.GraphModule:
     """The pruned GraphModule for masks `keep` and folded gate values `z` (no verification)."""
     plan = plan_of(wrapped)
-    gm = copy.deepcopy(wrapped, memo={id(plan): plan})  # the plan is read, never changed
+    gm = copy_instrumented(wrapped)
     gm.eval()
     _strip_gates(gm)
     _fold_gates(gm, plan, z)

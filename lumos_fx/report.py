@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .budget import Snap, budget_of
 from .errors import NotInstrumentedError
+from .fxutil import copy_instrumented
 from .instrument import GATES, plan_of
 from .verify import eval_mode
 
@@ -141,8 +141,7 @@ def summary(module) -> Summary:
 
         if budget_of(module) is not None:
             # A copy: prune() snaps a budget's gates in place, and a report must not change the model.
-            plan = module.meta["lumos"]
-            module = copy.deepcopy(module, memo={id(plan): plan})
+            module = copy_instrumented(module)
         return prune(module).meta["lumos_summary"]
     raise NotInstrumentedError(
         f"summary() takes a model from lumos_fx.instrument() or lumos_fx.prune(), got {type(module).__name__}"
