@@ -39,9 +39,9 @@ def check_isinstance(gm: fx.GraphModule, queries: list[IsinstanceQuery]) -> None
             continue  # the value is not in the graph that runs (the eval-mode trace's twin)
         if is_subclass(kind, q.cls) != q.answer:
             raise TraceError(
-                f"isinstance() on a traced value at {q.where}: lumos_fx answered {q.answer} while tracing "
-                f"(it took the value for a {'tensor' if q.answer else 'non-tensor'}), but it is a "
-                f"{kind.__name__} when the model runs, so the traced graph took the other branch.\n" + _FIX
+                f"an isinstance() test on a traced value took the wrong branch, at {q.where}\n"
+                f"  lumos_fx took the value for a {q.taken_for.__name__} while tracing and answered {q.answer}, "
+                f"but it is a {kind.__name__} when the model runs.\n" + _FIX
             )
 
 
@@ -57,7 +57,7 @@ def check_assignments(gm: fx.GraphModule) -> None:
         if (buffer.shape, buffer.dtype) != (value.shape, value.dtype):
             raise TraceError(
                 f"forward assigns buffer '{change.qualname}' ({tuple(buffer.shape)} {buffer.dtype}) "
-                f"{tuple(value.shape)} {value.dtype} at {where}: lumos_fx keeps a buffer update in the graph "
+                f"{tuple(value.shape)} {value.dtype} (at {where}): lumos_fx keeps a buffer update in the graph "
                 "as an in-place copy, which cannot change the buffer's shape or dtype.\nfix: give the new value "
                 "the buffer's shape and dtype, or register the buffer with the shape it takes."
             )

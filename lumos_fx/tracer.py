@@ -64,6 +64,7 @@ class IsinstanceQuery:
     cls: object
     answer: bool
     where: str
+    taken_for: type  # what the tracer took the value for
 
 
 def _user_frame(depth: int) -> traceback.FrameSummary | None:
@@ -216,8 +217,9 @@ class LumosTracer(fx.Tracer):
             yield
 
     def _answer(self, proxy: fx.Proxy, cls, frame: traceback.FrameSummary) -> bool:
-        answer = is_subclass(_likely_type(proxy.node), cls)
-        self.isinstance_queries.append(IsinstanceQuery(proxy.node, cls, answer, _describe(frame)))
+        kind = _likely_type(proxy.node)
+        answer = is_subclass(kind, cls)
+        self.isinstance_queries.append(IsinstanceQuery(proxy.node, cls, answer, _describe(frame), kind))
         return answer
 
     def _assign(self, module: nn.Module, qualname: str, name: str, value, frame: traceback.FrameSummary) -> bool:
