@@ -55,6 +55,11 @@ class PruneContext:
         self.keep = keep
         self.shrink_inputs = shrink_inputs
         self.original = set(gm.graph.nodes)
+        # Values that vary with the inputs: only those carry the input's runtime sizes.
+        self.from_inputs = {n for n in gm.graph.nodes if n.op == "placeholder"}
+        for n in gm.graph.nodes:
+            if any(a in self.from_inputs for a in n.all_input_nodes):
+                self.from_inputs.add(n)
         self.status: dict[fx.Node, str] = {}
         self.consts: dict[fx.Node, torch.Tensor] = {}
         self._const_attr: dict[fx.Node, str] = {}
@@ -247,7 +252,7 @@ class PruneContext:
 
         def fits(cand: fx.Node) -> bool:
             shape = self.runtime_shape(cand)
-            if shape is None or cand not in self.original or not (self.is_live(cand) or cand.op == "placeholder"):
+            if shape is None or cand not in self.from_inputs or not (self.is_live(cand) or cand.op == "placeholder"):
                 return False
             if dims != [0] and len(shape) != len(target):
                 return False

@@ -491,3 +491,25 @@ def test_a_model_with_dropout_passes_the_train_mode_check():
     wrapped = lumos_fx.instrument(model, (x,))
     assert torch.equal(rng, torch.get_rng_state())  # lumos_fx draws from its own random state
     assert_same(run(wrapped, torch.ones(2, 4)), run(wrapped, torch.ones(2, 4)))
+
+
+def test_a_buffer_as_wide_as_the_example_batch_never_stands_for_the_batch():
+    """A constant branch is expanded to the batch of a live input, not to a buffer's size
+    that equals the example's batch by chance (the long random hostile run's failure)."""
+    class Centred(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 8), nn.Linear(8, 1)
+            self.register_buffer("m", torch.zeros(8))
+
+        def forward(self, x):
+            h = self.a(x)
+            self.m.mul_(0.9).add_(0.1 * h.detach().mean(0))
+            return self.b(h - self.m)
+
+    wrapped = lumos_fx.instrument(Centred(), (torch.randn(8, 2),))  # batch 8, as wide as m
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["x"].log_alpha.fill_(-6.0)
+    fresh = torch.randn(13, 2)
+    assert run(lumos_fx.prune(wrapped), fresh).shape == (13, 1)
+    assert_same(run(lumos_fx.prune(wrapped), fresh), run(wrapped, fresh))
