@@ -119,10 +119,16 @@ class PruneContext:
 
     def evaluate(self, node: fx.Node, value_of=None) -> torch.Tensor:
         """Run `node`'s op on the values of its inputs (all inputs must be static), each
-        taken by `value_of` (default :meth:`value`)."""
-        value_of = value_of or self.value
-        args = map_arg(node.args, value_of)
-        kwargs = map_arg(node.kwargs, value_of)
+        taken by `value_of` (default :meth:`value`). An op that writes an input in place
+        runs on copies: a constant may be a parameter itself, or read by other nodes."""
+        take, copies = value_of or self.value, bool(node.meta.get("lumos_writes"))
+
+        def value(a: fx.Node):
+            v = take(a)
+            return v.clone() if copies and isinstance(v, torch.Tensor) else v
+
+        args = map_arg(node.args, value)
+        kwargs = map_arg(node.kwargs, value)
         with torch.no_grad():
             if node.op == "call_module":
                 return self.module(node)(*args, **kwargs)

@@ -513,3 +513,22 @@ def test_a_buffer_as_wide_as_the_example_batch_never_stands_for_the_batch():
     fresh = torch.randn(13, 2)
     assert run(lumos_fx.prune(wrapped), fresh).shape == (13, 1)
     assert_same(run(lumos_fx.prune(wrapped), fresh), run(wrapped, fresh))
+
+
+def test_a_constant_written_in_place_leaves_the_weights_it_came_from_alone():
+    """A Linear whose input closed is its bias; a later `mul_` on it must not scale the
+    bias parameter, which a second call of the same Linear reads (a long random run's failure)."""
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 1), nn.Linear(1, 1)
+
+        def forward(self, x):
+            g = self.a(x).mul_(2.0)
+            return self.b(self.a(x)) + g
+
+    wrapped = lumos_fx.instrument(Tied(), (torch.randn(8, 2),))
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["x"].log_alpha.fill_(-6.0)
+    fresh = torch.randn(13, 2)
+    assert_same(run(lumos_fx.prune(wrapped), fresh), run(wrapped, fresh))
