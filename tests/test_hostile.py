@@ -49,6 +49,8 @@ from hostile_programs import (  # noqa: E402
 from support import GATE_SETTINGS, set_gates  # noqa: E402
 
 EXAMPLES = int(os.environ.get("LUMOS_HOSTILE_EXAMPLES", "300"))
+# The tests deep-copy models with a dict input; torch's copy of their pytree specs warns of its own LeafSpec.
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*isinstance\(treespec, LeafSpec\):FutureWarning")
 FRESH_BATCH = 13
 LINE = re.compile(r"hostile_programs\.py:(\d+)")
 
