@@ -10,7 +10,7 @@ import torch
 from torch import fx
 
 from .channels import ChannelGraph, Consumer, Group, Space, space_key_of_node, space_key_of_param
-from .fxutil import describe, fetch_attr, normalize_dim, shape_of, tensor_args
+from .fxutil import describe, fetch_attr, input_name, normalize_dim, shape_of, tensor_args
 from .head_dims import add_head_dims
 from .rules import REGISTRY, Unsupported
 
@@ -110,7 +110,7 @@ class Analysis:
         """Open a space for `node`'s output along `dim` (channels unrelated to its inputs)."""
         shape = shape_of(node)
         dim = normalize_dim(dim, len(shape))
-        title = (node.meta.get("lumos_input", node.target) if node.op == "placeholder"
+        title = (input_name(node) if node.op == "placeholder"
                  else node.target if node.op in ("call_module", "get_attr") else node.name)
         space = Space(space_key_of_node(node.name), shape[dim], dim, node=node.name, producer=producer, title=title)
         self._touched.add(space.key)

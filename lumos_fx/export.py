@@ -152,13 +152,14 @@ def export(pruned: fx.GraphModule, path, *, overwrite: bool = False) -> Path:
     class_name = re.sub(r"\W", "_", pruned.meta.get("lumos_class_name", "PrunedModel"))
     kept = pprint.pformat(getattr(pruned, "kept_features", {}), width=100, compact=True)
     kept_idx = pprint.pformat(getattr(pruned, "kept_feature_indices", {}), width=100, compact=True)
-    init_body = textwrap.indent("\n".join(["super().__init__()"] + _spec_source(pruned) + init), " " * 8)
+    specs = _spec_source(pruned)
+    init_body = textwrap.indent("\n".join(["super().__init__()"] + specs + init), " " * 8)
     # fx prefixes the code with wrap() calls for auto-wrapped functions (PyG's pooling), for
     # tracing it again; model.py is never traced, and wrap() is only legal at module level.
     src = "\n".join(line for line in code.src.splitlines() if not line.startswith("torch.fx._symbolic_trace.wrap("))
     forward = textwrap.indent(src.strip("\n"), " " * 4)
     imports = _imports(code) + _layer_imports(init)
-    if _spec_source(pruned) and "import torch.utils._pytree as pytree" not in imports:
+    if specs and "import torch.utils._pytree as pytree" not in imports:
         imports.append("import torch.utils._pytree as pytree")
     needs = "torch and torch_geometric" if any("torch_geometric" in line for line in imports) else "torch"
     source = f'''"""{class_name}, pruned by lumos_fx. Its weights are in weights.pt next to this file.

@@ -58,6 +58,11 @@ def op_name(node: fx.Node, gm: fx.GraphModule) -> str:
     return node.op
 
 
+def input_name(node: fx.Node) -> str:
+    """A model input's name in the user's terms: ``x``, ``batch['x']``, ``args[1]``."""
+    return node.meta.get("lumos_input", node.target)
+
+
 def describe(node: fx.Node, gm: fx.GraphModule) -> str:
     """`op_name` plus the user's source line when fx recorded it."""
     where = user_line_of_stack_trace(node.stack_trace)

@@ -14,7 +14,7 @@ import torch
 from torch import fx
 from torch.utils import _pytree as pytree
 
-from .fxutil import free_attr_name, module_device, tensor_meta
+from .fxutil import free_attr_name, input_name, module_device, tensor_meta
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def input_columns(gm: fx.GraphModule, plan, kept_of) -> list[InputColumns]:
         meta, space = tensor_meta(node), plan.space_of(node.name)
         if node.op != "placeholder" or space is None or not meta.dtype.is_floating_point:
             continue
-        name = node.meta.get("lumos_input", node.target)
+        name = input_name(node)
         kept = tuple(int(i) for i in kept_of(space))
         names = plan.feature_names.get(node.name) or [f"{name}[{j}]" for j in range(space.size)]
         leaf = leaves.get(name)

@@ -16,7 +16,7 @@ from .config import Config
 from .costs import CostModel, parameter_flops
 from .errors import InputError, NotInstrumentedError
 from .freeze import freeze
-from .fxutil import module_device, shape_of
+from .fxutil import input_name, module_device, shape_of
 from .gate import Gate, GateBank
 from .gate_fold import fold, foldable
 from .inputs import fresh, normalize_example_inputs
@@ -98,11 +98,6 @@ def gate_modules(wrapped: fx.GraphModule) -> dict[int, Gate]:
     plan = plan_of(wrapped)
     modules = wrapped.get_submodule(GATES)
     return {gid: modules[key] for gid, key in plan.gate_keys.items()}
-
-
-def input_name(node: fx.Node) -> str:
-    """A model input's name in the user's terms: ``x``, ``batch['x']``, ``args[1]``."""
-    return node.meta.get("lumos_input", node.target)
 
 
 def _feature_names(gm: fx.GraphModule, plan: Plan, feature_names, inherited: dict) -> dict[str, list[str]]:

@@ -366,35 +366,37 @@ def _slice_parameters(gm: fx.GraphModule, plan: Plan, pc: PruneContext) -> None:
                 rule.resize(module)
 
 
-def _read_after_write(graph: fx.Graph) -> set[fx.Node]:
-    """The values an in-place op writes (``torch.relu_(h)``) that a later op reads through
-    another node than the write's result (``h`` itself, or a view of it): folded into a
-    constant, that read would miss the write."""
-    order = {n: i for i, n in enumerate(graph.nodes)}
-    by_name = {n.name: n for n in graph.nodes}
-    out = set()
-    for writer in graph.nodes:
-        aliases = [by_name[name] for name in writer.meta.get("lumos_writes", ()) if name in by_name]
-        if any(order[user] > order[writer] for a in aliases for user in a.users if user is not writer):
-            out.update(aliases)
-    return out
+class _Writes:
+    """The in-place writes of a graph as the example run saw them (``meta["lumos_writes"]``:
+    the values whose storage a node wrote, as ``torch.relu_(h)``, ``nn.ReLU(inplace=True)``
+    or ``x[i] = v`` do), and which of them a later op reads through another node than the
+    write's result (``h`` itself, or a view of it)."""
 
+    def __init__(self, graph: fx.Graph) -> None:
+        self.order = {n: i for i, n in enumerate(graph.nodes)}
+        self.by_name = {n.name: n for n in graph.nodes}
 
-def _side_effects(graph: fx.Graph):
-    """The test dead-code elimination keeps a node by: impure, or an in-place write
-    (``torch.relu_(h)``, ``nn.ReLU(inplace=True)``, ``x[i] = v``, as the example run saw it)
-    of a model input, an attribute, or a value some op still reads after the write."""
-    order = {n: i for i, n in enumerate(graph.nodes)}
-    by_name = {n.name: n for n in graph.nodes}
+    def written_by(self, writer: fx.Node) -> list[fx.Node]:
+        return [self.by_name[name] for name in writer.meta.get("lumos_writes", ()) if name in self.by_name]
 
-    def keep(node: fx.Node) -> bool:
-        if node.is_impure():
-            return True
-        aliases = [by_name[name] for name in node.meta.get("lumos_writes", ()) if name in by_name]
-        return any(a.op in ("placeholder", "get_attr") or any(order[u] > order[node] for u in a.users if u is not node)
-                   for a in aliases)
+    def read_later(self, writer: fx.Node, value: fx.Node) -> bool:
+        return any(self.order[u] > self.order[writer] for u in value.users if u is not writer)
 
-    return keep
+    def read_after_write(self) -> set[fx.Node]:
+        """Values a later op reads after a write: folded into a constant, that read would miss it."""
+        out = set()
+        for writer in self.order:
+            values = self.written_by(writer)
+            if any(self.read_later(writer, v) for v in values):
+                out.update(values)
+        return out
+
+    def kept(self, node: fx.Node) -> bool:
+        """Dead-code elimination's test: impure, or a write of a model input, an attribute, or
+        a value some op still reads after it (the graph as it is now: users already removed
+        no longer count)."""
+        return node.is_impure() or any(v.op in ("placeholder", "get_attr") or self.read_later(node, v)
+                                       for v in self.written_by(node))
 
 
 def _delete_unused_attributes(gm: fx.GraphModule) -> None:
@@ -420,7 +422,7 @@ def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch
     _strip_gates(gm)
     _fold_gates(gm, plan, z)
     pc = PruneContext(gm, plan, keep, shrink_inputs)
-    read_after_write = _read_after_write(gm.graph)
+    read_after_write = _Writes(gm.graph).read_after_write()
     for node in list(gm.graph.nodes):
         if node._erased:  # a shape read an earlier rule turned into a literal
             continue
@@ -447,7 +449,7 @@ def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch
             if node.users:
                 raise PruneError(f"internal: removed node {node.name} is still read by {list(node.users)}")
             gm.graph.erase_node(node)
-    gm.graph.eliminate_dead_code(is_impure_node=_side_effects(gm.graph))
+    gm.graph.eliminate_dead_code(is_impure_node=_Writes(gm.graph).kept)
     gm.delete_all_unused_submodules()
     _delete_unused_attributes(gm)
     gm.graph.lint()

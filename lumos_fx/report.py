@@ -107,8 +107,8 @@ def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[in
             kept_whole[group.name] = group.blocked[0]
     features, ungated = {}, {}
     for col in pruned.meta["lumos_columns"]:
-        names = plan.feature_names[col.node]
-        features[col.name] = (list(col.names), [n for i, n in enumerate(names) if i not in set(col.kept)])
+        kept = set(col.kept)
+        features[col.name] = (list(col.names), [n for i, n in enumerate(plan.feature_names[col.node]) if i not in kept])
         group = plan.group_of(plan.space_of(col.node))
         if not group.prunable:
             ungated[col.name] = group.blocked[0] if group.blocked else "no layer reads its features linearly"

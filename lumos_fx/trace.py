@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.graph import CodeGen
-from torch.fx.node import map_aggregate
-from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
+from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -39,16 +38,28 @@ def _base(t: torch.Tensor) -> torch.Tensor:
     return t._base if t._base is not None else t
 
 
-class _RecordingShapeProp(ShapeProp):
+class _Caught(fx.Interpreter):
+    """The run under ShapeProp: a failing node's exception is held and returned as None, so
+    that ShapeProp, which prints the traceback to stderr, never sees it; lumos_fx reports the
+    failure in one message."""
+
+    failure: Exception | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            return super().run_node(n)
+        except Exception as e:
+            self.failure = e
+            return None
+
+
+class _RecordingShapeProp(ShapeProp, _Caught):
     """ShapeProp that remembers the node it was running when something failed, puts each
     node's forward FLOPs (as `counter` counts them) in ``node.meta["lumos_flops"]``, and
     records in-place writes: a node that wrote one of its input tensors (its version
     counter moved) gets ``meta["lumos_writes"]``, the names of the nodes whose values share
     the written tensor's storage (a view of it, or its base). prune keeps such a write, and
     never folds a value into a constant that a later op reads after the write.
-
-    It runs each node with :class:`fx.Interpreter` itself: ShapeProp prints the traceback of
-    a failing node to stderr before raising, and lumos_fx reports the failure in one message.
     """
 
     current: fx.Node | None = None
@@ -61,27 +72,17 @@ class _RecordingShapeProp(ShapeProp):
     def run_node(self, n: fx.Node) -> Any:
         self.current = n
         before = self.counter.get_total_flops()
-        inputs = [(a, self.env[a]) for a in n.all_input_nodes if isinstance(self.env.get(a), torch.Tensor)]
-        versions = [t._version for _, t in inputs]
-        result = fx.Interpreter.run_node(self, n)
-        written = [_base(t) for (_, t), v in zip(inputs, versions) if t._version != v]
+        inputs = [self.env[a] for a in n.all_input_nodes if isinstance(self.env.get(a), torch.Tensor)]
+        versions = [t._version for t in inputs]
+        result = super().run_node(n)
+        if self.failure is not None:
+            n.meta.pop("type", None)  # ShapeProp recorded the None that stood in for the failure
+            raise self.failure
+        written = [_base(t) for t, v in zip(inputs, versions) if t._version != v]
         if written:
             n.meta["lumos_writes"] = [node.name for node, ref in self.bases.items() if any(ref() is w for w in written)]
         if isinstance(result, torch.Tensor):
             self.bases[n] = weakref.ref(_base(result))
-        found_tensor = False
-
-        def extract(obj):
-            nonlocal found_tensor
-            if isinstance(obj, torch.Tensor):
-                found_tensor = True
-                return _extract_tensor_metadata(obj)
-            return obj
-
-        meta = map_aggregate(result, extract)
-        if found_tensor:
-            n.meta["tensor_meta"] = meta
-        n.meta["type"] = type(result)
         n.meta["lumos_flops"] = self.counter.get_total_flops() - before
         return result
 

@@ -50,18 +50,23 @@ def on_device_of(module: torch.nn.Module, inputs: tuple) -> tuple:
     )
 
 
-def _leaf_error(reference: torch.Tensor, candidate: torch.Tensor) -> float:
-    """Largest difference at the finite entries of `reference`; inf unless `candidate` has the
-    same NaN and inf entries (a NaN never hides a difference)."""
+def _leaf_error(reference: torch.Tensor, candidate: torch.Tensor) -> tuple[float, float]:
+    """Largest difference at the finite entries of `reference`, and their largest magnitude;
+    the difference is inf unless `candidate` has the same NaN and inf entries (a NaN never
+    hides a difference)."""
     r, o = (torch.view_as_real(t) if t.is_complex() else t for t in (reference, candidate))
     r, o = r.double(), o.double()
     finite = torch.isfinite(r)
+    if reference.is_complex():
+        scale = reference.abs().double().max().item()
+    else:
+        scale = r[finite].abs().max().item() if finite.any() else 0.0
     if not torch.equal(finite, torch.isfinite(o)):
-        return float("inf")
+        return float("inf"), scale
     rn, on = r[~finite], o[~finite]
     if not bool(((rn == on) | (rn.isnan() & on.isnan())).all()):
-        return float("inf")
-    return (o[finite] - r[finite]).abs().max().item() if finite.any() else 0.0
+        return float("inf"), scale
+    return ((o[finite] - r[finite]).abs().max().item() if finite.any() else 0.0), scale
 
 
 def _mutable(tree):
@@ -91,10 +96,8 @@ def output_error(reference, candidate) -> tuple[float, float]:
         if not isinstance(o, torch.Tensor) or r.shape != o.shape:
             return float("inf"), scale
         if r.numel():
-            err = max(err, _leaf_error(r, o))
-            finite = r[torch.isfinite(r)] if not r.is_complex() else r.abs()
-            if finite.numel():
-                scale = max(scale, finite.double().abs().max().item())
+            leaf_err, leaf_scale = _leaf_error(r, o)
+            err, scale = max(err, leaf_err), max(scale, leaf_scale)
     return err, scale
 
 
