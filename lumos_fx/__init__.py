@@ -25,9 +25,10 @@ from .errors import (
 from .export import export, load
 from .fit import fit
 from .gate import Gate
-from .instrument import gates, instrument
-from .prune import prune
-from .report import Summary, summary
+from .instrument import instrument
+from .plan import gates
+from .prune import prune, summary
+from .report import Summary
 from .rules import ModuleRule, Rule, Unsupported, register_rule
 
 __all__ = [

@@ -1,191 +1,16 @@
-"""Build the channel dependency graph of a traced model by running every node's rule."""
+"""Stage 2: build the channel dependency graph of a traced model by running every node's rule."""
 
 from __future__ import annotations
-
-import math
-from dataclasses import dataclass, field
 
 import networkx as nx
 import torch
 from torch import fx
 
-from .channels import ChannelGraph, Consumer, Group, Space, space_key_of_node, space_key_of_param
-from .fxutil import describe, fetch_attr, input_name, normalize_dim, shape_of, tensor_args
+from .channels import Group, NodeKey
+from .connect import Analysis
+from .fxutil import fetch_attr
 from .head_dims import add_head_dims
-from .rules import REGISTRY, Unsupported
-
-
-@dataclass
-class Plan:
-    """What instrument() learned about a model, kept in ``wrapped.meta["lumos"]``."""
-
-    spaces: dict[str, Space]
-    groups: list[Group]
-    param_names: dict[str, list[str]]  # canonical parameter name -> every name it is reachable by
-    param_shapes: dict[str, tuple[int, ...]]
-    gate_keys: dict[int, str] = field(default_factory=dict)  # group id -> key in wrapped.lumos_gates
-    feature_names: dict[str, list[str]] = field(default_factory=dict)  # input name -> column names
-    example_inputs: tuple = ()
-    config: object = None
-    cost: object = None  # costs.CostModel of the prunable parameters, set by instrument()
-    flop_cost: object = None  # costs.CostModel of the gated layers' FLOPs, set by instrument()
-    unruled: set[str] = field(default_factory=set)  # nodes with no rule, or whose rule refused them
-    example_flops: int = 0  # forward FLOPs of the model on example_inputs
-    refined: dict[str, list[Space]] = field(default_factory=dict)  # space key -> spaces refining it
-    extras: dict[str, list[Space]] = field(default_factory=dict)  # node name -> its spaces off the channel dim
-    essential: set[int] = field(default_factory=set)  # groups every input-to-output path runs through
-    stateful: frozenset[str] = frozenset()  # buffers and parameters forward updates on every call
-
-    def space_of(self, node_name: str) -> Space | None:
-        return self.spaces.get(space_key_of_node(node_name))
-
-    def refinements(self, key: str) -> list[Space]:
-        """The spaces that gate channels of space `key` a second time (see :mod:`head_dims`)."""
-        return self.refined.get(key, [])
-
-    def extra_spaces(self, node_name: str) -> list[Space]:
-        """Spaces of `node_name`'s output on dims other than its channel dim (a head dim)."""
-        return self.extras.get(node_name, [])
-
-    def group_of(self, space: Space) -> Group:
-        return self.groups[space.group]
-
-    def param_spaces(self) -> dict[str, list[Space]]:
-        """Canonical parameter name -> its spaces (one per tied dim; refinements apart)."""
-        out: dict[str, list[Space]] = {}
-        for space in self.spaces.values():
-            if space.param is not None and space.refines is None:
-                out.setdefault(space.param, []).append(space)
-        return out
-
-    def input_groups(self) -> dict[str, Group]:
-        """Model input name -> its prunable feature group."""
-        out = {}
-        for name in self.feature_names:
-            group = self.group_of(self.spaces[space_key_of_node(name)])
-            if group.prunable:
-                out[name] = group
-        return out
-
-
-class Analysis:
-    """What a rule sees while it describes one node to the channel graph."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        self.gm = gm
-        self.cg = ChannelGraph()
-        self.handled: set[fx.Node] = set()
-        self.unruled: set[str] = set()
-        self._touched: set[str] = set()
-        self._canonical: dict[int, str] = {}
-        self.param_names: dict[str, list[str]] = {}
-        self.param_shapes: dict[str, tuple[int, ...]] = {}
-        named = list(gm.named_parameters(remove_duplicate=False)) + list(gm.named_buffers(remove_duplicate=False))
-        for name, tensor in named:
-            canonical = self._canonical.setdefault(id(tensor), name)
-            self.param_names.setdefault(canonical, []).append(name)
-            self.param_shapes[canonical] = tuple(tensor.shape)
-
-    # ---- queries -------------------------------------------------------------------
-    def space(self, node) -> Space | None:
-        """The channel space of an input node, or None if it is not a tensor with channels."""
-        if not isinstance(node, fx.Node):
-            return None
-        return self.cg.spaces.get(space_key_of_node(node.name))
-
-    def shape(self, node: fx.Node) -> tuple[int, ...] | None:
-        return shape_of(node)
-
-    def module(self, node: fx.Node) -> torch.nn.Module:
-        return self.gm.get_submodule(node.target)
-
-    def describe(self, node: fx.Node) -> str:
-        return describe(node, self.gm)
-
-    def canonical_param(self, tensor: torch.Tensor) -> str:
-        return self._canonical[id(tensor)]
-
-    # ---- building ------------------------------------------------------------------
-    def new_space(self, node: fx.Node, dim: int, *, producer: bool = False) -> Space:
-        """Open a space for `node`'s output along `dim` (channels unrelated to its inputs)."""
-        shape = shape_of(node)
-        dim = normalize_dim(dim, len(shape))
-        title = (input_name(node) if node.op == "placeholder"
-                 else node.target if node.op in ("call_module", "get_attr") else node.name)
-        space = Space(space_key_of_node(node.name), shape[dim], dim, node=node.name, producer=producer, title=title)
-        self._touched.add(space.key)
-        return self.cg.add(space)
-
-    def follow(self, node: fx.Node, src: Space, dim: int) -> Space:
-        """A space for `node` along `dim` whose channels are `src`'s, one to one."""
-        out = self.new_space(node, dim)
-        if out.size != src.size:
-            raise Unsupported(f"channel count changes from {src.size} to {out.size}")
-        self.tie(src, out)
-        return out
-
-    def param_space(self, tensor: torch.Tensor, dim: int) -> Space:
-        """The space of parameter (or buffer) `tensor` along `dim`, shared by all its users."""
-        name = self.canonical_param(tensor)
-        dim = normalize_dim(dim, tensor.dim())
-        key = space_key_of_param(name, dim)
-        space = self.cg.spaces.get(key)
-        if space is None:
-            space = self.cg.add(Space(key, tensor.shape[dim], dim, param=name))
-        self._touched.add(key)
-        return space
-
-    def tie(self, a: Space, b: Space, a_idx=None, b_idx=None) -> None:
-        self._touched.update((a.key, b.key))
-        self.cg.tie(a, b, a_idx, b_idx)
-
-    def block(self, space: Space, reason: str) -> None:
-        self._touched.add(space.key)
-        self.cg.block(space, reason)
-
-    def accept(self, space: Space) -> None:
-        """Mark an input as read in a way that does not depend on its channels."""
-        self._touched.add(space.key)
-
-    def consume(self, node: fx.Node, input_node: fx.Node, fold: list[Space]) -> None:
-        """`node` reads `input_node`'s channels linearly through the parameter spaces `fold`."""
-        space = self.space(input_node)
-        self._touched.add(space.key)
-        self.cg.consume(Consumer(node.name, input_node.name, space.key, [s.key for s in fold]))
-
-    # ---- engine --------------------------------------------------------------------
-    def _unknown(self, node: fx.Node, reason: str) -> None:
-        self.unruled.add(node.name)
-        for arg in tensor_args(node):
-            space = self.space(arg)
-            if space is not None:
-                self.cg.block(space, reason)
-        shape = shape_of(node)
-        if shape:
-            out = self.space(node) or self.new_space(node, -1)
-            self.cg.block(out, reason)
-
-    def run(self, node: fx.Node) -> None:
-        self._touched = set()
-        rule = REGISTRY.lookup(node, self.gm)
-        if rule is None:
-            self._unknown(node, f"no rule for {self.describe(node)}")
-            return
-        try:
-            rule.connect(node, self)
-        except Unsupported as e:
-            self._unknown(node, f"{self.describe(node)}: {e}")
-            return
-        # Never guess: an input the rule did not account for, or an output it did not
-        # describe, keeps its channels.
-        for arg in tensor_args(node):
-            space = self.space(arg)
-            if space is not None and space.key not in self._touched:
-                self.cg.block(space, f"read by {self.describe(node)} in a way lumos_fx has no rule for")
-        shape = shape_of(node)
-        # A one-element output (GIN's eps) has no channels to keep or cut.
-        if shape and math.prod(shape) > 1 and self.space(node) is None:
-            self.cg.block(self.new_space(node, -1), f"output of {self.describe(node)} not described by its rule")
+from .plan import Plan
 
 
 def analyze(gm: fx.GraphModule) -> Plan:
@@ -204,7 +29,7 @@ def analyze(gm: fx.GraphModule) -> Plan:
     for space in an.cg.spaces.values():
         if space.refines is not None:
             plan.refined.setdefault(space.refines, []).append(space)
-        elif space.node is not None and space.key != space_key_of_node(space.node):
+        elif space.node is not None and space.key != NodeKey(space.node):
             plan.extras.setdefault(space.node, []).append(space)
     return plan
 
@@ -271,7 +96,7 @@ def _block_lone_bottlenecks(an: Analysis, groups: list[Group]) -> set[int]:
     output = next(n.name for n in an.gm.graph.nodes if n.op == "output")
     members: dict[int, list[str]] = {}
     for node in an.gm.graph.nodes:
-        space = an.cg.spaces.get(space_key_of_node(node.name))
+        space = an.cg.spaces.get(NodeKey(node.name))
         if space is not None:
             members.setdefault(space.group, []).append(node.name)
     essential = set()

@@ -35,12 +35,15 @@ It never closes the last open unit of a group that every input-to-output path ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import fx, nn
 
 from .config import Config
+from .errors import InputError
+from .fxutil import module_device
+from .plan import gate_modules, plan_of
 
 BUDGET = "lumos_budget"
 WHAT = {"params": "prunable parameters", "flops": "FLOPs of the gated layers"}
@@ -87,6 +90,14 @@ def budget_of(wrapped: fx.GraphModule) -> Budget | None:
     return getattr(wrapped, BUDGET, None)
 
 
+def attach_budget(wrapped: fx.GraphModule, config: Config) -> None:
+    """Give `wrapped` the controller of `config`'s budget; its plan takes `config`."""
+    if hasattr(wrapped, BUDGET):
+        raise InputError(f"the model already has an attribute '{BUDGET}'; lumos_fx needs that name")
+    wrapped.meta["lumos"] = replace(plan_of(wrapped), config=config)
+    wrapped.add_submodule(BUDGET, Budget(config).to(module_device(wrapped)))
+
+
 def cost_model(plan, kind: str):
     """The plan's :class:`lumos_fx.costs.CostModel` that a budget of `kind` counts in."""
     return plan.flop_cost if kind == "flops" else plan.cost
@@ -116,8 +127,6 @@ def snap_to_budget(wrapped: fx.GraphModule) -> Snap | None:
     fraction of prunable parameters (or FLOPs) to within ``Config.budget_tolerance``. Changes the gates
     of `wrapped` in place, so that ``wrapped.eval()`` and the pruned model still agree.
     None when `wrapped` has no budget."""
-    from .instrument import gate_modules, plan_of  # instrument imports this module
-
     budget = budget_of(wrapped)
     if budget is None:
         return None

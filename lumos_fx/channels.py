@@ -14,17 +14,79 @@ output, ...) and some consumer reads it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 import networkx as nx
 import numpy as np
+
+
+class _Key:
+    """A channel-space key: hashable, typed; ``str()`` gives its text for messages and names."""
+
+    text: ClassVar[str]
+
+    def __str__(self) -> str:
+        return self.text.format(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class NodeKey(_Key):
+    """The space of node `node`'s output along its channel dim."""
+
+    text: ClassVar[str] = "node:{node}"
+    node: str
+
+
+@dataclass(frozen=True)
+class ParamKey(_Key):
+    """The space of parameter (or buffer) `param` along `dim`."""
+
+    text: ClassVar[str] = "param:{param}:{dim}"
+    param: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class HeadDimsKey(_Key):
+    """The dims inside the heads of one attention site (:mod:`lumos_fx.head_dims`)."""
+
+    text: ClassVar[str] = "dims:{site}"
+    site: str
+
+
+@dataclass(frozen=True)
+class NodeDimsKey(_Key):
+    """The space of node `node`'s output along its head dims (its channel dim holds the heads)."""
+
+    text: ClassVar[str] = "node:{node}#dims"
+    node: str
+
+
+@dataclass(frozen=True)
+class RefinedKey(_Key):
+    """A space that gates the channels of space `base` a second time (a head's rows of a
+    projection, per (head, dim)); `tag` names the site and operand."""
+
+    text: ClassVar[str] = "{base}#{tag}"
+    base: "SpaceKey"
+    tag: str
+
+
+SpaceKey = NodeKey | ParamKey | HeadDimsKey | NodeDimsKey | RefinedKey
+
+
+def slug(key: SpaceKey) -> str:
+    """`key` as a Python identifier fragment (a buffer name)."""
+    return re.sub(r"\W", "_", str(key).partition(":")[2])
 
 
 @dataclass
 class Space:
     """The channels of a node's output along ``dim``, or of a parameter along ``dim``."""
 
-    key: str
+    key: SpaceKey
     size: int
     dim: int
     node: str | None = None
@@ -35,7 +97,7 @@ class Space:
     units: np.ndarray | None = None  # unit id (within the group) of each channel
     # A space that refines another (same tensor, same dim) gates the channels `covers` of it
     # a second time: a head's q row (h, d) lives while head h and dim d both do.
-    refines: str | None = None
+    refines: SpaceKey | None = None
     covers: np.ndarray | None = None
 
     @property
@@ -55,8 +117,8 @@ class Consumer:
 
     node: str
     input: str
-    space: str
-    fold: list[str] = field(default_factory=list)
+    space: SpaceKey
+    fold: list[SpaceKey] = field(default_factory=list)
     folds_at: str | None = None  # the node that reads the `fold` parameters, when not `node`
 
 
@@ -64,7 +126,7 @@ class Consumer:
 class Group:
     id: int
     name: str
-    spaces: list[str]
+    spaces: list[SpaceKey]
     n_units: int
     blocked: list[str]
     consumers: list[Consumer]
@@ -74,12 +136,6 @@ class Group:
         return not self.blocked and bool(self.consumers) and self.n_units > 0
 
 
-def space_key_of_node(name: str) -> str:
-    return f"node:{name}"
-
-
-def space_key_of_param(qualname: str, dim: int) -> str:
-    return f"param:{qualname}:{dim}"
 
 
 class ChannelGraph:
@@ -87,8 +143,8 @@ class ChannelGraph:
 
     def __init__(self) -> None:
         self.graph = nx.Graph()
-        self.spaces: dict[str, Space] = {}
-        self.blocks: dict[str, list[str]] = {}
+        self.spaces: dict[SpaceKey, Space] = {}
+        self.blocks: dict[SpaceKey, list[str]] = {}
         self.consumers: list[Consumer] = []
 
     def add(self, space: Space) -> Space:

@@ -9,7 +9,7 @@ from torch import fx
 
 from .budget import Budget, budget_of, cost_model
 from .errors import GateError, TrainingError
-from .instrument import GATES, gate_modules, gates, plan_of
+from .plan import GATES, gate_modules, gates, plan_of
 
 
 def expected_alive(wrapped: fx.GraphModule) -> tuple[torch.Tensor, int]:

@@ -27,11 +27,38 @@ share scales with its output's spatial size, which ShapeProp measured on the exa
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import fx
 
-from .analyze import Plan
+from .plan import Plan
+
+
+class Linear(NamedTuple):
+    """:math:`c \\cdot p_g`: `counts[u]` entries alive while unit `u` of group `group` is."""
+
+    group: int
+    counts: np.ndarray
+
+
+class Bilinear(NamedTuple):
+    """:math:`p_g^\\top M p_f` for channels gated twice (a head of group `head` and its dim of group `dim`)."""
+
+    head: int
+    dim: int
+    matrix: np.ndarray
+
+
+class Constant(NamedTuple):
+    """`count` entries no gate controls."""
+
+    count: float
+
+
+Piece = Linear | Bilinear | Constant
+from .node_info import info
 
 
 class CostModel:
@@ -40,7 +67,7 @@ class CostModel:
     the expected cost of the alive entries, parameters with no weight costing nothing."""
 
     def __init__(self, plan: Plan, weights: dict[str, float] | None = None) -> None:
-        dims: list[tuple] = []  # distinct per-dim terms, see _dim_term
+        dims: list[tuple[Piece, ...]] = []  # distinct per-dim terms, see _dim_term
         linear: dict[int, float] = {}
         pairs: dict[tuple[int, int], float] = {}
         self.diagonal: list[tuple[int, float, np.ndarray]] = []  # same-gate corrections
@@ -67,8 +94,9 @@ class CostModel:
                 key = tuple(sorted(index))
                 pairs[key] = pairs.get(key, 0.0) + rest
                 (a, ta), (b, tb) = gated
-                if a.group == b.group and len(ta) == len(tb) == 1 and ta[0][0] == tb[0][0] == "lin":
-                    self.diagonal.append((a.group, rest, ta[0][2] * tb[0][2]))
+                if a.group == b.group and len(ta) == len(tb) == 1 and isinstance(ta[0], Linear) \
+                        and isinstance(tb[0], Linear):
+                    self.diagonal.append((a.group, rest, ta[0].counts * tb[0].counts))
             else:
                 raise NotImplementedError(f"parameter {name} is tied on {len(index)} gated dims")
         n = len(dims)
@@ -81,10 +109,10 @@ class CostModel:
         self._join(plan, dims)
         self._on: dict = {}
 
-    def _join(self, plan: Plan, dims: list[tuple]) -> None:
+    def _join(self, plan: Plan, dims: list[tuple[Piece, ...]]) -> None:
         """Lay the terms out over the joined probabilities of every prunable group (in
-        group order): ``lin`` pieces become rows of ``A``, constants ``const``, the
-        same-gate corrections one vector; ``bil`` pieces stay apart."""
+        group order): :class:`Linear` pieces become rows of ``A``, constants ``const``, the
+        same-gate corrections one vector; :class:`Bilinear` pieces stay apart."""
         self.order = [g.id for g in plan.groups if g.prunable]  # as instrument() fills the gate bank
         self.sizes = [plan.groups[g].n_units for g in self.order]
         offset = dict(zip(self.order, np.cumsum([0] + self.sizes)))
@@ -93,13 +121,14 @@ class CostModel:
         self.const = np.zeros(len(dims))
         self.bilinear: list[tuple[int, int, int, np.ndarray]] = []  # (term, head group, dim group, M)
         for i, term in enumerate(dims):
-            for kind, groups, a in term:
-                if kind == "lin":
-                    self.rows[i, offset[groups[0]]:offset[groups[0]] + len(a)] += a
-                elif kind == "bil":
-                    self.bilinear.append((i, *groups, a))
+            for piece in term:
+                if isinstance(piece, Linear):
+                    start = offset[piece.group]
+                    self.rows[i, start:start + len(piece.counts)] += piece.counts
+                elif isinstance(piece, Bilinear):
+                    self.bilinear.append((i, piece.head, piece.dim, piece.matrix))
                 else:
-                    self.const[i] += a
+                    self.const[i] += piece.count
         self.same_gate = np.zeros(width)
         for g, rest, c in self.diagonal:
             self.same_gate[offset[g]:offset[g] + len(c)] += rest * c
@@ -132,7 +161,7 @@ class CostModel:
 
 def parameter_flops(gm: fx.GraphModule, plan: Plan) -> dict[str, float]:
     """Forward FLOPs per entry of each weight (a parameter of two or more dims) on the
-    example inputs: the FLOPs of the module calls that hold it (``node.meta["lumos_flops"]``,
+    example inputs: the FLOPs of the module calls that hold it (``its record's ``flops````,
     from :func:`lumos_fx.trace.trace`) over its entry count. A module holding several
     weights (a graph attention layer's projection and attention vectors) shares its FLOPs
     among them by size. FLOPs between activations (attention scores, message passing)
@@ -140,7 +169,7 @@ def parameter_flops(gm: fx.GraphModule, plan: Plan) -> dict[str, float]:
     canonical = {alias: name for name, aliases in plan.param_names.items() for alias in aliases}
     flops: dict[str, float] = {}
     for node in gm.graph.nodes:
-        cost = node.meta.get("lumos_flops", 0)
+        cost = info(node).flops
         if node.op != "call_module" or not cost:
             continue
         weights = {canonical[f"{node.target}.{n}"]: p.numel()
@@ -150,17 +179,15 @@ def parameter_flops(gm: fx.GraphModule, plan: Plan) -> dict[str, float]:
     return {w: f / float(np.prod(plan.param_shapes[w])) for w, f in flops.items()}
 
 
-def _dim_term(plan: Plan, space) -> tuple | None:
-    r"""The expected alive count along one dim of a parameter, as a sum of pieces:
-    ``("lin", (g,), c)`` is :math:`c \cdot p_g`; ``("bil", (g, f), M)`` is :math:`p_g^\top M
-    p_f` for channels gated twice (a head ``g`` and its dim ``f``); ``("const", (), k)`` is
-    :math:`k`. None when nothing gates the dim."""
+def _dim_term(plan: Plan, space) -> tuple[Piece, ...] | None:
+    """The expected alive count along one dim of a parameter, as a sum of pieces; None
+    when nothing gates the dim."""
     prunable = plan.group_of(space).prunable
     fine = [f for f in plan.refinements(space.key) if plan.group_of(f).prunable]
     if not fine:
         if not prunable:
             return None
-        return (("lin", (space.group,), _counts(space.units, plan.groups[space.group].n_units)),)
+        return (Linear(space.group, _counts(space.units, plan.groups[space.group].n_units)),)
     covered = np.zeros(space.size, bool)
     pieces = []
     for f in fine:
@@ -169,14 +196,14 @@ def _dim_term(plan: Plan, space) -> tuple | None:
         if prunable:
             matrix = np.zeros((plan.groups[space.group].n_units, n_fine))
             np.add.at(matrix, (space.units[f.covers], f.units), 1.0)
-            pieces.append(("bil", (space.group, f.group), matrix))
+            pieces.append(Bilinear(space.group, f.group, matrix))
         else:
-            pieces.append(("lin", (f.group,), _counts(f.units, n_fine)))
+            pieces.append(Linear(f.group, _counts(f.units, n_fine)))
     rest = ~covered
     if prunable:
-        pieces.append(("lin", (space.group,), _counts(space.units[rest], plan.groups[space.group].n_units)))
+        pieces.append(Linear(space.group, _counts(space.units[rest], plan.groups[space.group].n_units)))
     else:
-        pieces.append(("const", (), np.array(float(rest.sum()))))
+        pieces.append(Constant(float(rest.sum())))
     return tuple(pieces)
 
 
@@ -184,6 +211,6 @@ def _counts(units: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(units, minlength=n).astype(np.float64)
 
 
-def _same(a: tuple, b: tuple) -> bool:
-    return len(a) == len(b) and all(x[0] == y[0] and x[1] == y[1] and x[2].shape == y[2].shape
-                                    and np.array_equal(x[2], y[2]) for x, y in zip(a, b))
+def _same(a: tuple[Piece, ...], b: tuple[Piece, ...]) -> bool:
+    return len(a) == len(b) and all(type(x) is type(y) and all(
+        np.array_equal(u, v) if isinstance(u, np.ndarray) else u == v for u, v in zip(x, y)) for x, y in zip(a, b))

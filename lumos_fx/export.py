@@ -24,7 +24,7 @@ from torch.utils import _pytree as pytree
 
 from .errors import ExportError
 from .rules import REGISTRY
-from .rules.registry import generic_module_source
+from .rules.api import ModuleRule, generic_module_source
 
 _IMPORTABLE = ("torch", "torch_geometric", "math", "operator", "builtins")
 
@@ -41,7 +41,7 @@ def _flat(name: str, taken: set[str]) -> str:
 
 def _module_source(name: str, module: nn.Module) -> str:
     rule = REGISTRY.module_rule(module)
-    if rule is not None:
+    if rule is not None and type(rule).source is not ModuleRule.source:
         return rule.source(module)
     source = generic_module_source(module)
     # A torch.nn module without children whose repr rebuilds it (ReLU(), LayerNorm(...)).

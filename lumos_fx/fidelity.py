@@ -22,6 +22,7 @@ from torch import fx, nn
 from .errors import TraceError
 from .fxutil import tensor_meta
 from .inputs import fresh
+from .node_info import info
 from .side_effects import Change, Observation, changed, fingerprint, preserved, rng_devices, tensor_at
 from .tracer import IsinstanceQuery, is_subclass
 from .verify import in_mode, output_error, within_tolerance
@@ -48,9 +49,9 @@ def check_isinstance(gm: fx.GraphModule, queries: list[IsinstanceQuery]) -> None
 def check_assignments(gm: fx.GraphModule) -> None:
     """A buffer assignment the graph writes in place must not change the buffer's shape or dtype."""
     for node in gm.graph.nodes:
-        if "lumos_assign" not in node.meta:
+        if info(node).assignment is None:
             continue
-        change, where = node.meta["lumos_assign"]
+        change, where = info(node).assignment
         buffer, value = (tensor_meta(a) for a in node.args)
         if buffer is None or value is None:
             continue  # the run did not get there

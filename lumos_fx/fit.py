@@ -16,10 +16,10 @@ from torch import fx
 from torch.utils._pytree import SequenceKey, keystr, tree_flatten_with_path, tree_map
 from tqdm.auto import tqdm
 
-from .budget import BUDGET, Budget, budget_of
+from .budget import attach_budget, budget_of
 from .complexity import complexity_loss, expected_kept, param_groups
 from .errors import InputError, TrainingError
-from .instrument import plan_of
+from .plan import plan_of
 
 BatchFn = Callable[[Any], tuple[Any, Any]]
 
@@ -71,7 +71,7 @@ def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any],
     per_epoch = _steps_per_epoch(loader, epochs, steps_per_epoch)
     steps = epochs * per_epoch
     if target is not None:
-        _attach_budget(wrapped, plan, target, steps)
+        _budget_for(wrapped, plan, target, steps)
     device = torch.device(device) if device is not None else next(wrapped.parameters()).device
     wrapped.to(device).train()
     opt = torch.optim.Adam(param_groups(wrapped, lr, weight_decay=weight_decay))
@@ -296,16 +296,17 @@ def _kept(wrapped) -> float:
         return float(expected_kept(wrapped))
 
 
-def _attach_budget(wrapped, plan, target: float, steps: int) -> None:
+def _budget_for(wrapped, plan, target: float, steps: int) -> None:
+    """fit(target=...) on a model instrumented without a budget: the budget of `target`, warmed
+    up over the first quarter of training at most."""
     budget = budget_of(wrapped)
     if budget is not None:
         if budget.target != target:
             raise InputError(f"the model was instrumented with a budget of {budget.target}; fit(target={target}) "
                              "asks for another. Pass one of them, not both.")
         return
-    plan.config = replace(plan.config, target_params=target,
-                          budget_warmup=min(plan.config.budget_warmup, max(1, steps // 4)))
-    wrapped.add_submodule(BUDGET, Budget(plan.config).to(next(wrapped.parameters()).device))
+    attach_budget(wrapped, replace(plan.config, target_params=target,
+                                   budget_warmup=min(plan.config.budget_warmup, max(1, steps // 4))))
 
 
 def _save(path: Path, epoch: int, history, wrapped, opt, schedule) -> None:

@@ -11,6 +11,7 @@ from torch import fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from .errors import user_line_of_stack_trace
+from .node_info import info
 
 
 def tensor_meta(node: fx.Node) -> TensorMetadata | None:
@@ -60,7 +61,7 @@ def op_name(node: fx.Node, gm: fx.GraphModule) -> str:
 
 def input_name(node: fx.Node) -> str:
     """A model input's name in the user's terms: ``x``, ``batch['x']``, ``args[1]``."""
-    return node.meta.get("lumos_input", node.target)
+    return info(node).input or node.target
 
 
 def describe(node: fx.Node, gm: fx.GraphModule) -> str:

@@ -20,53 +20,32 @@ node name); :func:`unfold` puts the module call back, for prune().
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
 
-import torch.nn.functional as F
-from torch import fx, nn
+from torch import fx
 
-from .fxutil import shape_of
-
-FOLD = "lumos_fold"  # node.meta key: the module a folded node calls
-
-
-def _linear(module: nn.Linear) -> tuple[Callable, tuple]:
-    return F.linear, ()
-
-
-def _conv(function: Callable) -> Callable[[nn.Module], tuple[Callable, tuple] | None]:
-    def rule(module) -> tuple[Callable, tuple] | None:
-        if module.groups != 1 or module.padding_mode != "zeros":
-            return None  # a grouped weight's dim 1 is not the input's channels; padding modes pad first
-        return function, (module.stride, module.padding, module.dilation, module.groups)
-    return rule
-
-
-# module type (exactly: a subclass may compute something else) -> its functional form and
-# the arguments after (input, weight, bias), or None where it cannot be folded.
-FOLDS: dict[type, Callable[[nn.Module], tuple[Callable, tuple] | None]] = {
-    nn.Linear: _linear,
-    nn.Conv1d: _conv(F.conv1d),
-    nn.Conv2d: _conv(F.conv2d),
-    nn.Conv3d: _conv(F.conv3d),
-}
+from .fxutil import normalize_dim, shape_of
+from .node_info import annotate, info
+from .rules import REGISTRY
 
 
 def foldable(gm: fx.GraphModule, node: fx.Node, inp: fx.Node, dim: int) -> bool:
-    """Whether the gate on channel dim `dim` of `inp` can fold into `node`'s weight."""
+    """Whether the gate on channel dim `dim` of `inp` can fold into `node`'s weight: its rule
+    gives a functional form (:meth:`~lumos_fx.rules.api.ModuleRule.folded`) and `dim` is the
+    dim the layer reads as channels."""
     if node.op != "call_module" or node.args != (inp,) or node.kwargs:
         return False
     module = gm.get_submodule(node.target)
-    rule = FOLDS.get(type(module))
-    channel = 1 if isinstance(module, nn.modules.conv._ConvNd) else len(shape_of(inp)) - 1
-    return rule is not None and rule(module) is not None and dim == channel
+    rule = REGISTRY.module_rule(module)
+    if rule is None or rule.channels_at is None or rule.folded(module) is None:
+        return False
+    return dim == normalize_dim(rule.channels_at, len(shape_of(inp)))
 
 
 def fold(gm: fx.GraphModule, node: fx.Node, z: fx.Node) -> list[fx.Node]:
     """Turn ``module(x)`` into ``functional(x, module.weight * z, module.bias, ...)``, with
     `z` shaped to broadcast along the weight's input dim; returns the nodes it added."""
     module = gm.get_submodule(node.target)
-    function, rest = FOLDS[type(module)](module)
+    function, rest = REGISTRY.module_rule(module).folded(module)
     graph = gm.graph
     with graph.inserting_before(node):
         weight = graph.get_attr(f"{node.target}.weight")
@@ -79,7 +58,7 @@ def fold(gm: fx.GraphModule, node: fx.Node, z: fx.Node) -> list[fx.Node]:
         bias = graph.get_attr(f"{node.target}.bias") if module.bias is not None else None
         if bias is not None:
             added.append(bias)
-    node.meta[FOLD] = node.target
+    annotate(node, folded=node.target)
     node.op, node.target = "call_function", function
     node.args = (node.args[0], scaled, bias, *rest)
     return added
@@ -87,5 +66,6 @@ def fold(gm: fx.GraphModule, node: fx.Node, z: fx.Node) -> list[fx.Node]:
 
 def unfold(node: fx.Node) -> None:
     """Undo :func:`fold` on `node` (the nodes it added lose their last user)."""
-    node.op, node.target = "call_module", node.meta.pop(FOLD)
+    node.op, node.target = "call_module", info(node).folded
     node.args = (node.args[0],)
+    annotate(node, folded=None)

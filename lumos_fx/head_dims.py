@@ -22,29 +22,26 @@ batched attention (``(B, H', N, D')``); the scale :math:`s` stays the original
 :math:`1/\sqrt{D}`. A fused ``qkv`` projection split by one ``reshape(B, N, 3, H, D)`` gives
 q, k and v one shared dims gate (one literal ``D`` sizes all three).
 
-The pass recognises a site by walking from the attention's q, k, v back to the Linear
-that made each one, and from its output forward to the Linear that reads it, through
-reshapes, permutes, transposes, indexing of other dims and scalar products only. The walk
+The attentions are the nodes whose rule names their operands
+(:meth:`~lumos_fx.rules.api.Rule.attention`). The pass recognises a site by walking from
+the attention's q, k, v back to the Linear that made each one, and from its output forward
+to the Linear that reads it, through the ops whose rules give them a
+:class:`~lumos_fx.rules.api.HeadRole`: one reshape, moves of dims, scalar products. The walk
 is checked by running it on tensors of channel indices, which gives the map from
 (head, dim) to projection row or column without trusting any reading of the code.
 """
 
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
-from .channels import Consumer, Space
+from .channels import Consumer, HeadDimsKey, NodeDimsKey, RefinedKey, Space
+from .connect import Analysis
 from .fxutil import describe, normalize_dim, shape_of
-from .rules.structure import arg, target_name
-
-_SPLITS = frozenset({"view", "reshape", "flatten"})
-_MOVES = frozenset({"permute", "transpose", "contiguous", "getitem", "unbind"})
-_SCALARS = (operator.mul, operator.truediv, torch.mul)
+from .rules import REGISTRY
+from .rules.api import HeadRole, run_on
 
 
 class Refused(Exception):
@@ -95,7 +92,7 @@ class Site:
         lins = list(dict.fromkeys(c.linear.target for c in operands))
         # One projection for q and k splits v alike: the group is all of a head's dims.
         kind = "head dims" if len(lins) == 1 and self.kind == "qk" else _KINDS[self.kind]
-        base = an.cg.add(Space(f"dims:{self.tag}", self.size, 0, producer=True, title=f"{'+'.join(lins)} {kind}"))
+        base = an.cg.add(Space(HeadDimsKey(self.tag), self.size, 0, producer=True, title=f"{'+'.join(lins)} {kind}"))
         folds, gate_space = [], None
         for i, chain in enumerate(self.chains):
             module = an.module(chain.linear)
@@ -112,7 +109,7 @@ class Site:
             rows = chain.rows.reshape(-1)
             units = np.broadcast_to(np.arange(self.size), chain.rows.shape).reshape(-1)
             for main in mains:
-                aux = an.cg.add(Space(f"{main.key}#{self.tag}.{i}", len(rows), main.dim, node=main.node,
+                aux = an.cg.add(Space(RefinedKey(main.key, f"{self.tag}.{i}"), len(rows), main.dim, node=main.node,
                                       param=main.param, producer=main.producer, title=main.title,
                                       refines=main.key, covers=rows))
                 an.tie(base, aux, units, None)
@@ -121,7 +118,7 @@ class Site:
                 if reads and aux.param is None:
                     gate_space = aux
         if gate_space is None:
-            gate_space = an.cg.spaces[f"node:{self.gate_input.name}#dims"]
+            gate_space = an.cg.spaces[NodeDimsKey(self.gate_input.name)]
         folds_at = self.fold.linear.name if self.kind == "qk" else None
         an.cg.consume(Consumer(self.gate_node.name, self.gate_input.name, gate_space.key, folds, folds_at))
 
@@ -131,24 +128,28 @@ _KINDS = {"qk": "q·k dims", "v": "v dims"}
 
 def _space(an, node: fx.Node, dim: int, size: int) -> Space:
     """The space of `node`'s head dims, next to its channel space (its heads)."""
-    key = f"node:{node.name}#dims"
+    key = NodeDimsKey(node.name)
     return an.cg.spaces.get(key) or an.cg.add(Space(key, size, dim, node=node.name))
 
 
-def add_head_dims(an) -> None:
+def add_head_dims(an: Analysis) -> None:
     """Find every attention in `an.gm` and add its q·k and v dims groups to the channel graph."""
     sites = []
     for node in an.gm.graph.nodes:
-        if node.op != "call_function" or node.name in an.unruled:
+        if node.name in an.unruled:
             continue
-        if node.target is F.scaled_dot_product_attention:
-            q, k, v = (arg(node, i, name) for i, name in enumerate(("query", "key", "value")))
-            sites += _sites(an, node, (q, k, -1), v, loud=True)
-        elif node.target in (operator.matmul, torch.matmul) and _batched(node):
-            a, b = node.args[:2]
-            sites += _sites(an, node, (a, b, -2), b, loud=False)
+        rule = REGISTRY.lookup(node, an.gm)
+        operands = rule.attention(node) if rule is not None else None
+        if operands is not None:
+            q, k, k_dim, v, loud = operands
+            sites += _sites(an, node, (q, k, k_dim), v, loud=loud)
     for site in _exclusive(an, sites):
         site.add(an)
+
+
+def _role(an: Analysis, node: fx.Node) -> HeadRole | None:
+    rule = REGISTRY.lookup(node, an.gm)
+    return rule.head_role(node) if rule is not None else None
 
 
 def _sites(an, node: fx.Node, qk: tuple, v, loud: bool) -> list[Site]:
@@ -166,14 +167,9 @@ def _sites(an, node: fx.Node, qk: tuple, v, loud: bool) -> list[Site]:
 
 def _refuse(an, node: fx.Node, kind: str, reason: str) -> None:
     """An unprunable dims group that tells summary() why."""
-    space = an.cg.add(Space(f"dims:{node.name}.{kind}", 1, 0, producer=True,
+    space = an.cg.add(Space(HeadDimsKey(f"{node.name}.{kind}"), 1, 0, producer=True,
                             title=f"{describe(node, an.gm)} {_KINDS[kind]}"))
     an.block(space, reason)
-
-
-def _batched(node: fx.Node) -> bool:
-    shapes = [shape_of(a) if isinstance(a, fx.Node) else None for a in node.args[:2]]
-    return all(s is not None and len(s) >= 3 for s in shapes)
 
 
 def _qk_site(an, node: fx.Node, q, k, k_dim: int, loud: bool) -> Site:
@@ -204,17 +200,17 @@ def _back(an, t, d_dim: int, loud: bool) -> Chain:
     while not (node.op == "call_module" and isinstance(an.module(node), nn.Linear)):
         _check_step(an, node, loud)
         nodes.append(node)
-        node = _source(node)
+        node = _source(an, node)
         if not isinstance(node, fx.Node):
             raise Refused(f"{describe(nodes[-1], an.gm)} does not read a projection", loud)
     nodes.reverse()
-    if not nodes or [n for n in nodes if target_name(n) in _SPLITS] != nodes[:1]:
+    if not nodes or [n for n in nodes if _role(an, n) is HeadRole.SPLIT] != nodes[:1]:
         raise Refused(f"the heads of {describe(node, an.gm)} are not split by one reshape", loud)
     width = shape_of(node)[-1]
-    value = _run(nodes, torch.arange(width, dtype=torch.float64).expand(shape_of(node)))[-1]
+    value = _run(an, nodes, torch.arange(width, dtype=torch.float64).expand(shape_of(node)))[-1]
     rows = _per_head(value, head.dim, normalize_dim(d_dim, value.dim()))
     size = shape_of(nodes[0])[-1]
-    dims = _where_dims(nodes[1:], nodes[0], size)
+    dims = _where_dims(an, nodes[1:], nodes[0], size)
     if rows is None or dims is None or rows.shape[1] != size or not np.array_equal(rows % size, np.broadcast_to(np.arange(size), rows.shape)):
         raise Refused(f"the path from {describe(node, an.gm)} to {describe(t, an.gm)} moves the head dims "
                       "in a way lumos_fx does not follow", loud)
@@ -234,20 +230,20 @@ def _forward(an, node: fx.Node) -> Chain:
         if user.op == "call_module" and isinstance(an.module(user), nn.Linear):
             break
         _check_step(an, user, True)
-        if _source(user) is not current:
+        if _source(an, user) is not current:
             raise Refused(f"{describe(user, an.gm)} reads the heads other than as its input")
         nodes.append(user)
         current = user
     merged = an.space(current)
-    if not nodes or [n for n in nodes if target_name(n) in _SPLITS] != nodes[-1:] or merged is None \
+    if not nodes or [n for n in nodes if _role(an, n) is HeadRole.SPLIT] != nodes[-1:] or merged is None \
             or merged.dim != len(shape_of(current)) - 1:
         raise Refused("the heads are not merged by one reshape in front of the output projection")
     h, e = shape[head.dim], shape[-1]
     ids = torch.arange(h * e, dtype=torch.float64).reshape(h, e)
     view = [1] * len(shape)
     view[head.dim], view[-1] = h, e
-    value = _run(nodes, ids.reshape(view).expand(shape))[-1]
-    dims = _where_dims(nodes[:-1], node, e)
+    value = _run(an, nodes, ids.reshape(view).expand(shape))[-1]
+    dims = _where_dims(an, nodes[:-1], node, e)
     if dims is None:
         raise Refused("the heads are moved in front of the output projection in a way lumos_fx does not follow")
     flat = value.reshape(-1, value.shape[-1])
@@ -263,28 +259,24 @@ def _name(an, t) -> str:
     return describe(t, an.gm) if isinstance(t, fx.Node) else repr(t)
 
 
-def _source(node: fx.Node):
+def _source(an: Analysis, node: fx.Node):
     """The tensor a step of a chain passes on."""
-    if node.op == "call_function" and node.target in _SCALARS:
+    if _role(an, node) is HeadRole.SCALE:
         return next((a for a in node.args[:2] if isinstance(a, fx.Node)), None)
     return node.args[0] if node.args else None
 
 
-def _check_step(an, node: fx.Node, loud: bool) -> None:
+def _check_step(an: Analysis, node: fx.Node, loud: bool) -> None:
     if node.name in an.unruled:
         raise Refused(f"{describe(node, an.gm)} has no rule", loud)
-    if node.op == "call_function" and node.target in _SCALARS:
-        if not any(isinstance(a, (int, float)) for a in node.args[:2]):
-            raise Refused(f"{describe(node, an.gm)} multiplies the heads by a tensor", loud)
-        return
-    name = target_name(node)
-    if name not in _SPLITS | _MOVES:
+    role = _role(an, node)
+    if role is None:
         raise Refused(f"{describe(node, an.gm)} is on the path of the head dims", loud)
-    if name not in _SPLITS and any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values())):
+    if role is HeadRole.MOVE and any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values())):
         raise Refused(f"{describe(node, an.gm)} takes arguments computed in forward", loud)
 
 
-def _where_dims(nodes: list[fx.Node], start: fx.Node, size: int) -> dict[fx.Node, int] | None:
+def _where_dims(an: Analysis, nodes: list[fx.Node], start: fx.Node, size: int) -> dict[fx.Node, int] | None:
     """The dim that holds the head dims in `start` (its last) and in each of `nodes` after
     it, found by running them on a tensor that varies along that dim only."""
     shape = shape_of(start)
@@ -292,7 +284,7 @@ def _where_dims(nodes: list[fx.Node], start: fx.Node, size: int) -> dict[fx.Node
         return None  # a head of width 1 has no dim to cut
     tag = torch.arange(size, dtype=torch.float64).expand(shape)
     dims = {start: len(shape) - 1}
-    for node, value in zip(nodes, _run(nodes, tag)):
+    for node, value in zip(nodes, _run(an, nodes, tag)):
         if not isinstance(value, torch.Tensor):
             continue
         varying = [d for d in range(value.dim())
@@ -303,19 +295,16 @@ def _where_dims(nodes: list[fx.Node], start: fx.Node, size: int) -> dict[fx.Node
     return dims
 
 
-def _run(nodes: list[fx.Node], value: torch.Tensor) -> list:
+def _run(an: Analysis, nodes: list[fx.Node], value: torch.Tensor) -> list:
     """`value` pushed through a chain's ops (reshapes to their recorded shapes, scalar
     products skipped: only where values go matters here); the value after each op."""
     values = []
     for node in nodes:
-        if target_name(node) in _SPLITS:
+        role = _role(an, node)
+        if role is HeadRole.SPLIT:
             value = value.reshape(shape_of(node))
-        elif node.op == "call_function" and node.target is operator.getitem:
-            value = value[node.args[1]]
-        elif node.op == "call_method":
-            value = getattr(value, node.target)(*node.args[1:], **node.kwargs)
-        elif node.target not in _SCALARS:
-            value = node.target(value, *node.args[1:], **node.kwargs)
+        elif role is HeadRole.MOVE:
+            value = run_on(node, value)
         values.append(value)
     return values
 

@@ -5,24 +5,26 @@ from __future__ import annotations
 import operator
 import re
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import fx, nn
 
-from .analyze import Plan, analyze
-from .budget import BUDGET, Budget
+from .analyze import analyze
+from .budget import attach_budget
+from .channels import slug
 from .config import Config
 from .costs import CostModel, parameter_flops
-from .errors import InputError, NotInstrumentedError
+from .errors import InputError
 from .freeze import freeze
 from .fxutil import input_name, module_device, shape_of
 from .gate import Gate, GateBank
 from .gate_fold import fold, foldable
 from .inputs import fresh, normalize_example_inputs
+from .node_info import GateRole, annotate
+from .plan import GATES, Plan
 from .trace import trace
-
-GATES = "lumos_gates"
 
 
 def instrument(model: nn.Module, example_inputs, *, feature_names=None, config: Config | None = None) -> fx.GraphModule:
@@ -44,20 +46,21 @@ def instrument(model: nn.Module, example_inputs, *, feature_names=None, config: 
     config = config or Config()
     gm = trace(model, example_inputs, config)
     freeze(gm, model, config.frozen)
-    plan = analyze(gm)
-    plan.config = config
-    plan.example_flops = gm.meta.pop("lumos_example_flops")
-    plan.example_inputs = fresh(normalize_example_inputs(example_inputs))  # the user's tensors stay theirs
-    plan.feature_names = _feature_names(gm, plan, feature_names, getattr(model, "input_features", {}))
-    flops = parameter_flops(gm, plan)  # before the gates fold into layers' weights
+    channels = analyze(gm)
+    plan = replace(
+        channels,
+        config=config,
+        example_flops=gm.meta.pop("lumos_example_flops"),
+        example_inputs=fresh(normalize_example_inputs(example_inputs)),  # the user's tensors stay theirs
+        feature_names=_feature_names(gm, channels, feature_names, getattr(model, "input_features", {})),
+        gate_keys=_gate_keys(channels),
+        cost=CostModel(channels),
+        flop_cost=CostModel(channels, parameter_flops(gm, channels)),  # before the gates fold into weights
+    )
     _insert_gates(gm, plan, config)
-    plan.cost = CostModel(plan)
-    plan.flop_cost = CostModel(plan, flops)
-    if config.budget is not None:
-        if hasattr(gm, BUDGET):
-            raise InputError(f"the model already has an attribute '{BUDGET}'; lumos_fx needs that name")
-        gm.add_submodule(BUDGET, Budget(config).to(module_device(gm)))
     gm.meta["lumos"] = plan
+    if config.budget is not None:
+        attach_budget(gm, config)
     gm.meta["lumos_class_name"] = type(model).__name__
     gm.graph.lint()
     gm.recompile()
@@ -73,31 +76,6 @@ def _refuse_instrumented(model) -> None:
             "lumos_fx.prune(wrapped), or instrument the original model. To prune a pruned model again, "
             "instrument the model lumos_fx.prune() returned."
         )
-
-
-def plan_of(module) -> Plan:
-    """The plan of an instrumented module; a clear error for anything else."""
-    plan = getattr(module, "meta", {}).get("lumos") if isinstance(module, fx.GraphModule) else None
-    if plan is None:
-        raise NotInstrumentedError(
-            f"expected a model returned by lumos_fx.instrument(), got {type(module).__name__}. "
-            "Call wrapped = lumos_fx.instrument(model, example_inputs=(x,)) first, train wrapped, "
-            "then pass wrapped here."
-        )
-    return plan
-
-
-def gates(wrapped: fx.GraphModule) -> dict[str, Gate]:
-    """Every gate of an instrumented model, by the name of the group it controls."""
-    plan = plan_of(wrapped)
-    return {plan.groups[gid].name: gate for gid, gate in gate_modules(wrapped).items()}
-
-
-def gate_modules(wrapped: fx.GraphModule) -> dict[int, Gate]:
-    """Every gate of an instrumented model, by group id."""
-    plan = plan_of(wrapped)
-    modules = wrapped.get_submodule(GATES)
-    return {gid: modules[key] for gid, key in plan.gate_keys.items()}
 
 
 def _feature_names(gm: fx.GraphModule, plan: Plan, feature_names, inherited: dict) -> dict[str, list[str]]:
@@ -129,6 +107,12 @@ def _feature_names(gm: fx.GraphModule, plan: Plan, feature_names, inherited: dic
     return out
 
 
+def _gate_keys(plan: Plan) -> dict[int, str]:
+    """Group id -> the name of its gate in the gate bank, one per prunable group."""
+    taken: set[str] = set()
+    return {group.id: _gate_key(group.name, taken) for group in plan.groups if group.prunable}
+
+
 def _gate_key(name: str, taken: set[str]) -> str:
     key = re.sub(r"\W", "_", name) or "group"
     base, i = key, 1
@@ -143,7 +127,7 @@ def _insert_gates(gm: fx.GraphModule, plan: Plan, config: Config) -> None:
     """One call of the gate bank right after the inputs (one sample per gate per forward,
     shared by all the group's consumers), and ``input * z`` in front of each consumer.
 
-    Every inserted node carries ``meta["lumos_gate"]`` so prune() can take them out again.
+    Every inserted node has a :class:`~lumos_fx.node_info.GateRole` in its record, so prune() can take it out again.
     """
     if hasattr(gm, GATES):
         raise InputError(f"the model already has an attribute '{GATES}'; lumos_fx needs that name")
@@ -153,23 +137,20 @@ def _insert_gates(gm: fx.GraphModule, plan: Plan, config: Config) -> None:
     nodes = {n.name: n for n in gm.graph.nodes}
     position = {n: i for i, n in enumerate(gm.graph.nodes)}
     last_input = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
-    taken: set[str] = set()
     gated: dict[tuple[str, int], fx.Node] = {}
-    for group in plan.groups:
-        if group.prunable:
-            key = _gate_key(group.name, taken)
-            modules[key] = Gate(group.n_units, config, group.name, stream=group.id).to(device)
-            plan.gate_keys[group.id] = key
+    for gid, key in plan.gate_keys.items():
+        group = plan.groups[gid]
+        modules[key] = Gate(group.n_units, config, group.name, stream=group.id).to(device)
     gate_value: dict[int, fx.Node] = {}
     if plan.gate_keys:
         with gm.graph.inserting_after(last_input):
             bank = gm.graph.call_module(GATES)
-        bank.meta["lumos_gate"] = "bank"
+        annotate(bank, gate=GateRole.BANK)
         insert_at = bank
         for i, gid in enumerate(plan.gate_keys):
             with gm.graph.inserting_after(insert_at):
                 insert_at = gate_value[gid] = gm.graph.call_function(operator.getitem, (bank, i))
-            insert_at.meta["lumos_gate"] = "value"
+            annotate(insert_at, gate=GateRole.VALUE)
 
     consumers = [(c, g) for g in plan.groups if g.prunable for c in g.consumers]
     consumers.sort(key=lambda cg: position[nodes[cg[0].node]])
@@ -182,7 +163,7 @@ def _insert_gates(gm: fx.GraphModule, plan: Plan, config: Config) -> None:
             with gm.graph.inserting_before(node):
                 z = _units(gm, plan, group.id, gate_value[group.id], space)
             for added in fold(gm, node, z):
-                added.meta["lumos_gate"] = "fold"
+                annotate(added, gate=GateRole.FOLD)
             continue
         now = current.get((node.name, inp.name), inp)
         # Two gates on one input (a head and its dims) multiply: gate what the first gated.
@@ -199,12 +180,13 @@ def _units(gm, plan, gid, z: fx.Node, space) -> fx.Node:
     gate = gm.get_submodule(f"{GATES}.{plan.gate_keys[gid]}")
     if np.array_equal(space.units, np.arange(gate.n)):
         return z
-    name = "units_" + re.sub(r"\W", "_", space.key.partition(":")[2])
+    name = "units_" + slug(space.key)
     gate.register_buffer(name, torch.as_tensor(space.units, dtype=torch.long, device=gate.log_alpha.device),
                          persistent=False)
     index = gm.graph.get_attr(f"{GATES}.{plan.gate_keys[gid]}.{name}")
     z = gm.graph.call_function(torch.index_select, (z, 0, index))
-    index.meta["lumos_gate"] = z.meta["lumos_gate"] = "index"
+    annotate(index, gate=GateRole.INDEX)
+    annotate(z, gate=GateRole.INDEX)
     return z
 
 
@@ -214,7 +196,7 @@ def _gate_input(gm, plan, gid, inp: fx.Node, ndim: int, z: fx.Node, space) -> fx
     z = _units(gm, plan, gid, z, space)
     if space.dim != ndim - 1:
         z = graph.call_method("view", (z, -1, *([1] * (ndim - 1 - space.dim))))
-        z.meta["lumos_gate"] = "view"
+        annotate(z, gate=GateRole.VIEW)
     out = graph.call_function(operator.mul, (inp, z))
-    out.meta["lumos_gate"] = "mul"
+    annotate(out, gate=GateRole.MUL)
     return out

@@ -24,30 +24,26 @@ import numpy as np
 import torch
 from torch import fx, nn
 from torch.fx.graph_module import _USER_PRESERVED_ATTRIBUTES_KEY
-from torch.fx.node import map_arg
 from torch.utils.flop_counter import FlopCounterMode
 
-from .analyze import Plan
-from .budget import snap_to_budget
-from .channels import Space
-from .errors import GateError, PruneError
+from .budget import budget_of, snap_to_budget
+from .channels import HeadDimsKey, Space
+from .errors import GateError, NotInstrumentedError, PruneError
 from .fxutil import copy_instrumented, describe, fetch_attr, free_attr_name, shape_of
-from .gate_fold import FOLD, unfold
-from .instrument import GATES, gate_modules, plan_of
-from .rules import REGISTRY
-from .report import build_summary
-from .input_columns import input_columns, kept_features, select, select_in_graph
+from .gate_fold import unfold
 from .guards import add_guards
+from .input_columns import input_columns, kept_features, select, select_in_graph
+from .node_info import GateRole, annotate, info
+from .plan import GATES, Plan, gate_modules, plan_of
+from .report import Summary, build_summary
+from .rules import REGISTRY
+from .rules.api import LIVE, Outcome, Status, run_op
 from .verify import on_device_of, output_error, run_quietly, within_tolerance
-
-LIVE, EMPTY, CONST = "live", "empty", "const"
 
 
 class PruneContext:
-    """What a rule sees while it cuts one node: masks, node statuses, constants, and the
-    graph edits it may make."""
-
-    EMPTY = EMPTY
+    """The cut of one model: masks, node statuses, constants, and the graph edits a rule may
+    make; the :class:`~lumos_fx.rules.api.Pruning` handle the rules receive."""
 
     def __init__(self, gm: fx.GraphModule, plan: Plan, keep: dict[int, np.ndarray], shrink_inputs: bool) -> None:
         self.gm = gm
@@ -60,7 +56,7 @@ class PruneContext:
         for n in gm.graph.nodes:
             if any(a in self.from_inputs for a in n.all_input_nodes):
                 self.from_inputs.add(n)
-        self.status: dict[fx.Node, str] = {}
+        self.status: dict[fx.Node, Status] = {}
         self.consts: dict[fx.Node, torch.Tensor] = {}
         self._const_attr: dict[fx.Node, str] = {}
         self._expanded: dict[tuple[fx.Node, bool], fx.Node] = {}
@@ -91,15 +87,18 @@ class PruneContext:
     def n_kept(self, space: Space) -> int:
         return len(self.kept(space))
 
+    def extra_spaces(self, node: fx.Node) -> list[Space]:
+        return self.plan.extra_spaces(node.name)
+
     # ---- statuses ------------------------------------------------------------------
     def is_empty(self, node) -> bool:
-        return self.status.get(node) == EMPTY
+        return self.status.get(node) is Status.EMPTY
 
     def is_const(self, node) -> bool:
-        return self.status.get(node) == CONST
+        return self.status.get(node) is Status.CONST
 
     def is_live(self, node) -> bool:
-        return self.status.get(node, LIVE) == LIVE
+        return self.status.get(node, Status.LIVE) is Status.LIVE
 
     def const(self, node: fx.Node) -> torch.Tensor:
         return self.consts[node]
@@ -121,20 +120,14 @@ class PruneContext:
         """Run `node`'s op on the values of its inputs (all inputs must be static), each
         taken by `value_of` (default :meth:`value`). An op that writes an input in place
         runs on copies: a constant may be a parameter itself, or read by other nodes."""
-        take, copies = value_of or self.value, bool(node.meta.get("lumos_writes"))
+        take, copies = value_of or self.value, bool(info(node).writes)
 
         def value(a: fx.Node):
             v = take(a)
             return v.clone() if copies and isinstance(v, torch.Tensor) else v
 
-        args = map_arg(node.args, value)
-        kwargs = map_arg(node.kwargs, value)
         with torch.no_grad():
-            if node.op == "call_module":
-                return self.module(node)(*args, **kwargs)
-            if node.op == "call_method":
-                return getattr(args[0], node.target)(*args[1:], **kwargs)
-            return node.target(*args, **kwargs)
+            return run_op(node, value, self.module(node) if node.op == "call_module" else None)
 
     def broadcast_form(self, node: fx.Node, vector: torch.Tensor) -> torch.Tensor:
         """`vector` (one value per channel) shaped like `node`'s output with every other dim 1."""
@@ -165,12 +158,27 @@ class PruneContext:
         size (the op's result may vary over space, as a padded conv of a constant does)."""
         if any(self.is_const(a) and tuple(self.example_value(a).shape[1:]) != tuple(self.consts[a].shape[1:])
                for a in node.all_input_nodes):
-            self.fixed_size.append(describe(node, self.gm))
+            self.holds_at_example_size(node)
         return self.evaluate(node, self.example_value)
+
+    def holds_at_example_size(self, node: fx.Node) -> None:
+        self.fixed_size.append(describe(node, self.gm))
 
     # ---- graph edits ---------------------------------------------------------------
     def replace_input(self, node: fx.Node, old: fx.Node, new: fx.Node) -> None:
         node.replace_input_with(old, new)
+
+    def insert(self, before: fx.Node, op: str, target, args: tuple, kwargs: dict | None = None) -> fx.Node:
+        if op not in ("call_method", "call_function"):
+            raise ValueError(f"a rule inserts call_method or call_function nodes, not {op}")
+        with self.gm.graph.inserting_before(before):
+            return self.gm.graph.create_node(op, target, args, kwargs or {})
+
+    def erase(self, node: fx.Node) -> None:
+        self.gm.graph.erase_node(node)
+
+    def add_witness(self, node: fx.Node, shape: tuple[int, ...]) -> None:
+        self.witnesses.append((node, shape))
 
     def const_attr(self, node: fx.Node, user: fx.Node, value: torch.Tensor | None = None) -> fx.Node:
         """A buffer holding `node`'s constant (or `value`, a form of it), kept channels only,
@@ -197,7 +205,7 @@ class PruneContext:
         has those sizes, the constant is taken at its example shape and only the batch is
         read (exact at the example input's spatial size)."""
         # A user that writes its input in place gets a copy, never the buffer itself.
-        fresh = bool(user.meta.get("lumos_writes"))
+        fresh = bool(info(user).writes)
         if (node, fresh) not in self._expanded:
             space, value, target = self.space(node), self.consts[node], shape_of(node)
             need = [d for d in range(len(target))
@@ -225,14 +233,14 @@ class PruneContext:
         """Make `node`, whose value is the constant `value` but which an in-place op writes
         later, compute a fresh copy of it on every call: the write must not change the
         constant, and the node's later readers must see the write."""
-        self.status[node], self.consts[node] = CONST, value
+        self.status[node], self.consts[node] = Status.CONST, value
         expanded = self.materialize(node, node)
         del self.status[node], self.consts[node]
         self._expanded = {k: v for k, v in self._expanded.items() if k[0] is not node}
         node.op, node.target, node.args, node.kwargs = "call_method", "clone", (expanded,), {}
-        node.meta.pop("lumos_writes", None)  # it no longer writes what it read
+        annotate(node, writes=())  # it no longer writes what it read
 
-    def materialize_dead_inputs(self, node: fx.Node) -> None:
+    def materialize_dead_inputs(self, node: fx.Node) -> Outcome:
         """Feed `node` its constant inputs at their runtime shapes."""
         for arg in list(node.all_input_nodes):
             if self.is_const(arg):
@@ -240,6 +248,7 @@ class PruneContext:
             elif self.is_empty(arg) and arg.op != "placeholder":
                 raise PruneError(f"internal: {describe(node, self.gm)} reads {arg.name}, whose channels are all "
                                  "closed, and has no rule for that; please report this model")
+        return LIVE
 
     def runtime_shape(self, node: fx.Node) -> tuple[int, ...] | None:
         shape = shape_of(node)
@@ -307,18 +316,18 @@ def _masks(plan: Plan, z: dict[int, torch.Tensor]) -> dict[int, np.ndarray]:
     width 0 has no attention, and that dim's gate, 0, is folded into its weights."""
     keep = {gid: (values > 0).numpy() for gid, values in z.items()}
     for gid, mask in keep.items():
-        if not mask.any() and any(k.startswith("dims:") for k in plan.groups[gid].spaces):
+        if not mask.any() and any(isinstance(k, HeadDimsKey) for k in plan.groups[gid].spaces):
             mask[0] = True
     return keep
 
 
 def _strip_gates(gm: fx.GraphModule) -> None:
     for node in gm.graph.nodes:
-        if FOLD in node.meta:
+        if info(node).folded is not None:
             unfold(node)
-    nodes = [n for n in gm.graph.nodes if "lumos_gate" in n.meta]
+    nodes = [n for n in gm.graph.nodes if info(n).gate is not None]
     for node in nodes:
-        if node.meta["lumos_gate"] == "mul":
+        if info(node).gate is GateRole.MUL:
             node.replace_all_uses_with(node.args[0])
     for node in reversed(nodes):
         gm.graph.erase_node(node)
@@ -367,7 +376,7 @@ def _slice_parameters(gm: fx.GraphModule, plan: Plan, pc: PruneContext) -> None:
 
 
 class _Writes:
-    """The in-place writes of a graph as the example run saw them (``meta["lumos_writes"]``:
+    """The in-place writes of a graph as the example run saw them (the record's ``writes``:
     the values whose storage a node wrote, as ``torch.relu_(h)``, ``nn.ReLU(inplace=True)``
     or ``x[i] = v`` do), and which of them a later op reads through another node than the
     write's result (``h`` itself, or a view of it)."""
@@ -377,7 +386,7 @@ class _Writes:
         self.by_name = {n.name: n for n in graph.nodes}
 
     def written_by(self, writer: fx.Node) -> list[fx.Node]:
-        return [self.by_name[name] for name in writer.meta.get("lumos_writes", ()) if name in self.by_name]
+        return [self.by_name[name] for name in info(writer).writes if name in self.by_name]
 
     def read_later(self, writer: fx.Node, value: fx.Node) -> bool:
         return any(self.order[u] > self.order[writer] for u in value.users if u is not writer)
@@ -429,23 +438,23 @@ def cut(wrapped: fx.GraphModule, keep: dict[int, np.ndarray], z: dict[int, torch
         space = pc.space(node)
         rule = REGISTRY.lookup(node, gm) if node.name not in plan.unruled else None
         if space is not None and pc.n_kept(space) == 0 < space.size:
-            pc.status[node] = EMPTY
+            pc.status[node] = Status.EMPTY
             if rule is not None:
                 rule.emptied(node, pc)
             continue
-        result = rule.prune(node, pc) if rule is not None else pc.materialize_dead_inputs(node)
-        if result is EMPTY:
-            pc.status[node] = EMPTY
-        elif result is not None and node in read_after_write and space is not None:
-            pc.fresh_copy(node, result)
-        elif result is not None:
-            pc.status[node], pc.consts[node] = CONST, result
+        outcome = rule.prune(node, pc) if rule is not None else pc.materialize_dead_inputs(node)
+        if outcome.status is Status.CONST and node in read_after_write and space is not None:
+            pc.fresh_copy(node, outcome.value)
+        elif outcome.status is Status.CONST:
+            pc.status[node], pc.consts[node] = Status.CONST, outcome.value
+        elif outcome.status is Status.EMPTY:
+            pc.status[node] = Status.EMPTY
     _slice_parameters(gm, plan, pc)
     columns = input_columns(gm, plan, pc.kept)
     if not shrink_inputs:
         select_in_graph(gm, columns)
     for node in reversed(list(gm.graph.nodes)):
-        if pc.status.get(node, LIVE) != LIVE and node.op != "placeholder":
+        if not pc.is_live(node) and node.op != "placeholder":
             if node.users:
                 raise PruneError(f"internal: removed node {node.name} is still read by {list(node.users)}")
             gm.graph.erase_node(node)
@@ -531,3 +540,19 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
         )
     pruned.meta["lumos_summary"] = build_summary(wrapped, pruned, keep, flops, fixed_size, snap, assumptions)
     return pruned
+
+
+def summary(module) -> Summary:
+    """Per group channels before -> after, parameters and FLOPs before -> after, and the
+    kept input features by name, for an instrumented model (as prune() would cut it now)
+    or a pruned one."""
+    if isinstance(module, fx.GraphModule) and "lumos_summary" in module.meta:
+        return module.meta["lumos_summary"]
+    if isinstance(module, fx.GraphModule) and "lumos" in module.meta:
+        if budget_of(module) is not None:
+            # A copy: prune() snaps a budget's gates in place, and a report must not change the model.
+            module = copy_instrumented(module)
+        return prune(module).meta["lumos_summary"]
+    raise NotInstrumentedError(
+        f"summary() takes a model from lumos_fx.instrument() or lumos_fx.prune(), got {type(module).__name__}"
+    )

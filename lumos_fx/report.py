@@ -9,10 +9,8 @@ import torch
 from torch import fx
 from torch.utils.flop_counter import FlopCounterMode
 
-from .budget import Snap, budget_of
-from .errors import NotInstrumentedError
-from .fxutil import copy_instrumented
-from .instrument import GATES, plan_of
+from .budget import Snap
+from .plan import GATES, plan_of
 from .verify import eval_mode
 
 
@@ -128,21 +126,3 @@ def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[in
 def _title(plan, node_name: str) -> str:
     space = plan.space_of(node_name)
     return space.label if space is not None else node_name
-
-
-def summary(module) -> Summary:
-    """Per group channels before -> after, parameters and FLOPs before -> after, and the
-    kept input features by name, for an instrumented model (as prune() would cut it now)
-    or a pruned one."""
-    if isinstance(module, fx.GraphModule) and "lumos_summary" in module.meta:
-        return module.meta["lumos_summary"]
-    if isinstance(module, fx.GraphModule) and "lumos" in module.meta:
-        from .prune import prune  # prune builds its summary with this module
-
-        if budget_of(module) is not None:
-            # A copy: prune() snaps a budget's gates in place, and a report must not change the model.
-            module = copy_instrumented(module)
-        return prune(module).meta["lumos_summary"]
-    raise NotInstrumentedError(
-        f"summary() takes a model from lumos_fx.instrument() or lumos_fx.prune(), got {type(module).__name__}"
-    )

@@ -25,10 +25,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import fidelity, pyg_trace
 from .config import Config, check_module_names
-from .decompose import split_attention
 from .errors import InputError, TraceError, describe_frame, user_frame_of_traceback, user_line_of_stack_trace
 from .fxutil import describe, fetch_attr, free_attr_name
 from .inputs import BoundInputs, bind, fresh
+from .node_info import annotate
+from .rules import REGISTRY
 from .side_effects import Change, Observation, changed, fingerprint, observe, preserved, source_line
 from .tracer import IsinstanceQuery, LumosTracer
 from .verify import eval_mode
@@ -55,9 +56,9 @@ class _Caught(fx.Interpreter):
 
 class _RecordingShapeProp(ShapeProp, _Caught):
     """ShapeProp that remembers the node it was running when something failed, puts each
-    node's forward FLOPs (as `counter` counts them) in ``node.meta["lumos_flops"]``, and
+    node's forward FLOPs (as `counter` counts them) in its record (:mod:`.node_info`), and
     records in-place writes: a node that wrote one of its input tensors (its version
-    counter moved) gets ``meta["lumos_writes"]``, the names of the nodes whose values share
+    counter moved) gets ``writes``, the names of the nodes whose values share
     the written tensor's storage (a view of it, or its base). prune keeps such a write, and
     never folds a value into a constant that a later op reads after the write.
     """
@@ -80,10 +81,10 @@ class _RecordingShapeProp(ShapeProp, _Caught):
             raise self.failure
         written = [_base(t) for t, v in zip(inputs, versions) if t._version != v]
         if written:
-            n.meta["lumos_writes"] = [node.name for node, ref in self.bases.items() if any(ref() is w for w in written)]
+            annotate(n, writes=tuple(node.name for node, ref in self.bases.items() if any(ref() is w for w in written)))
         if isinstance(result, torch.Tensor):
             self.bases[n] = weakref.ref(_base(result))
-        n.meta["lumos_flops"] = self.counter.get_total_flops() - before
+        annotate(n, flops=self.counter.get_total_flops() - before)
         return result
 
 
@@ -302,6 +303,19 @@ def _check_run(model: nn.Module, gm: fx.GraphModule, bound: BoundInputs, observe
     return flops
 
 
+def _write_out(gm: fx.GraphModule) -> bool:
+    """Let every module call's rule write it out; True if any did."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module":
+            rule = REGISTRY.module_rule(gm.get_submodule(node.target))
+            changed = rule is not None and rule.write_out(node, gm) or changed
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return changed
+
+
 def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphModule:
     """Trace a copy of `model`, check the trace on the example inputs, and annotate every
     node with ShapeProp's tensor metadata.
@@ -309,7 +323,8 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
     The FLOPs of the forward (``FlopCounterMode``) go to ``gm.meta["lumos_example_flops"]``,
     the input leaves (:class:`lumos_fx.inputs.InputLeaf`) to ``gm.meta["lumos_inputs"]``, the
     buffers and parameters forward updates to ``gm.meta["lumos_stateful"]``.
-    ``nn.MultiheadAttention`` calls are then written out (:mod:`lumos_fx.decompose`).
+    Calls whose rule writes them out (``nn.MultiheadAttention``:
+    :meth:`~lumos_fx.rules.api.ModuleRule.write_out`) are then replaced by the ops they compute.
     """
     bound = bind(model, example_inputs)
     check_module_names(config.leaf_modules, model, "leaf_modules")
@@ -335,11 +350,11 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
     gm = fx.GraphModule(root, tracer.graph, class_name=type(model).__name__)
     _refuse_python_state(model, bound, gm, observed.per_call + trained.per_call, tracer)
     for node, leaf in zip((n for n in gm.graph.nodes if n.op == "placeholder"), bound.leaves):
-        node.meta["lumos_input"] = leaf.name
+        annotate(node, input=leaf.name)
     gm.meta["lumos_inputs"] = bound.leaves
     gm.meta["lumos_stateful"] = frozenset(q for q in stateful if not _in_a_leaf(gm, q))
     gm.meta["lumos_example_flops"] = _check_run(model, gm, bound, observed, trained, tracer)
-    if split_attention(gm):
+    if _write_out(gm):
         with preserved(gm):
             gm.meta["lumos_example_flops"] = _propagate(gm, model, bound)[0]
     return gm

@@ -2,9 +2,9 @@
 
 Beyond :class:`torch.fx.Tracer`, while it traces a model it
 
-- calls torch.nn layers, torch_geometric ``MessagePassing`` layers and the user's
-  ``Config.leaf_modules`` as one op each, and traces through the modules of
-  :data:`lumos_fx.decompose.TRACED_THROUGH`;
+- calls the user's ``Config.leaf_modules`` as one op each, and every other module as its
+  rule says (:meth:`~lumos_fx.rules.api.ModuleRule.tracing`: one op, or traced through a
+  function), torch.nn layers without one as one op;
 - turns NumPy scalars into Python numbers and NumPy arrays into tensor constants, as torch
   itself reads them (``x * np.float32(2)``, ``np.sqrt(2 / np.pi) * x``: NumPy defers to the
   proxy, since :class:`LumosProxy` says it takes no part in NumPy's ufuncs);
@@ -38,8 +38,9 @@ from torch.utils import _pytree as pytree
 
 from . import pyg_trace
 from .config import module_matches
-from .decompose import TRACED_THROUGH
 from .errors import is_library_file
+from .node_info import annotate
+from .rules import REGISTRY
 from .side_effects import Change
 
 _isinstance = builtins.isinstance
@@ -98,8 +99,8 @@ def is_subclass(kind: type, cls) -> bool:
 class LumosTracer(fx.Tracer):
     """fx.Tracer that records source lines, honours user leaves, and remembers where it failed.
 
-    torch_geometric's functional ops are auto-wrapped (:mod:`lumos_fx.pyg_trace`): fx patches
-    them in the globals of every traced forward and, through ``_autowrap_search`` (the list
+    The functions the rules record as one op (torch_geometric's pooling and scatter) are
+    auto-wrapped: fx patches them in the globals of every traced forward and, through ``_autowrap_search`` (the list
     fx fills from ``autowrap_modules``), in PyG's namespaces, without wrapping the other
     callables of those namespaces as ``autowrap_modules`` would.
 
@@ -110,7 +111,7 @@ class LumosTracer(fx.Tracer):
     """
 
     def __init__(self, leaf_modules=(), stateful: frozenset[str] = frozenset(), varargs: tuple = ()) -> None:
-        super().__init__(autowrap_functions=pyg_trace.functions())
+        super().__init__(autowrap_functions=tuple(REGISTRY.one_op))
         self._autowrap_search.extend(pyg_trace.namespaces())
         self.record_stack_traces = True
         self.leaf_specs = tuple(leaf_modules)
@@ -126,14 +127,15 @@ class LumosTracer(fx.Tracer):
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if any(module_matches(spec, m, module_qualified_name) for spec in self.leaf_specs):
             return True
-        if type(m) in TRACED_THROUGH or pyg_trace.traced_through(m) is not None:
-            return False
-        return pyg_trace.is_leaf(m) or super().is_leaf_module(m, module_qualified_name)
+        tracing = REGISTRY.tracing(m)
+        if tracing is not None:
+            return tracing.function is None
+        return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
-        through = TRACED_THROUGH.get(type(m)) or pyg_trace.traced_through(m)
-        if through is not None:
-            forward = functools.partial(through, m)
+        tracing = REGISTRY.tracing(m)
+        if tracing is not None and tracing.function is not None:
+            forward = functools.partial(tracing.function, m)
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:
@@ -231,7 +233,7 @@ class LumosTracer(fx.Tracer):
                                    or (id(buffer) in self._stateful_ids and _isinstance(value, torch.Tensor))):
             target = f"{qualname}.{name}" if qualname else name
             copy = self.create_proxy("call_method", "copy_", (self.create_proxy("get_attr", target, (), {}), value), {})
-            copy.node.meta["lumos_assign"] = (Change(qualname, name, "buffer"), _describe(frame))
+            annotate(copy.node, assignment=(Change(qualname, name, "buffer"), _describe(frame)))
             return True
         self.assignments[(qualname, name)] = frame
         return False

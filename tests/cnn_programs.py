@@ -12,7 +12,7 @@ from support import _varying_nodes, alive_entries
 from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lumos_fx.gate_fold import FOLD
+from lumos_fx.node_info import info
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 CONVT = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
@@ -300,7 +300,7 @@ class _Shapes(fx.Interpreter):
 def module_called(node: fx.Node) -> str | None:
     """The module a node calls: its target, or for a layer whose input gate lumos_fx folded
     into its weight (a functional call on the scaled weight), the module it stands for."""
-    return node.target if node.op == "call_module" else node.meta.get(FOLD)
+    return node.target if node.op == "call_module" else info(node).folded
 
 
 def expected_flops(wrapped: fx.GraphModule, x: torch.Tensor, seed: int = 0) -> int:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch import fx, nn
 
 import lumos_fx
+from lumos_fx.node_info import GateRole, info
 
 ACTIVATIONS = {
     "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU,
@@ -253,7 +254,7 @@ def _readers(w: fx.GraphModule) -> dict[str, list[str]]:
             for pname, _ in w.get_submodule(node.target).named_parameters():
                 readers.setdefault(f"{node.target}.{pname}", []).append(node.name)
         elif node.op == "get_attr":  # a weight a gate folded into is read by the layer behind the scaling
-            users = [v for u in node.users for v in (u.users if u.meta.get("lumos_gate") == "fold" else [u])]
+            users = [v for u in node.users for v in (u.users if info(u).gate is GateRole.FOLD else [u])]
             readers.setdefault(node.target, []).extend(u.name for u in users)
     return readers
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import lumos_fx
-from lumos_fx.instrument import gate_modules
+from lumos_fx.plan import gate_modules
 from models_zoo.bench import baselines
 from models_zoo.bench.__main__ import main
 from models_zoo.registry import NAMES

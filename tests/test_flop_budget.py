@@ -6,7 +6,7 @@ from torch import nn
 
 import lumos_fx
 from lumos_fx.budget import budget_of
-from lumos_fx.instrument import gate_modules, plan_of
+from lumos_fx.plan import gate_modules, plan_of
 from lumos_fx.report import count_flops
 
 

@@ -5,11 +5,11 @@ import torch
 from torch import nn
 
 import lumos_fx
-from lumos_fx.gate_fold import FOLD
+from lumos_fx.node_info import info
 
 
 def folded(wrapped) -> dict[str, str]:
-    return {n.name: n.meta[FOLD] for n in wrapped.graph.nodes if FOLD in n.meta}
+    return {n.name: info(n).folded for n in wrapped.graph.nodes if info(n).folded is not None}
 
 
 def test_linear_and_plain_convs_fold_grouped_convs_do_not():

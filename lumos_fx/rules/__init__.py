@@ -1,6 +1,8 @@
 """The registry of layer and op rules, with the built-in rules registered."""
 
-from .registry import REGISTRY, ModuleRule, Rule, Unsupported, register_rule
-from . import attention, conv, elementwise, embedding, graph_io, linear, norm, spatial, structure  # noqa: F401  (registration)
+from . import attention, conv, dims, elementwise, embedding, graph_io, indexing, joins, linear  # noqa: F401
+from . import multihead_attention, norm, reshape, shape_reads, spatial, transformer_encoder  # noqa: F401
+from .api import ModuleRule, Rule, Unsupported
+from .registry import REGISTRY, register_rule
 
 __all__ = ["REGISTRY", "ModuleRule", "Rule", "Unsupported", "register_rule"]

@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..fxutil import shape_of
-from .registry import REGISTRY, Rule, Unsupported
-from .structure import arg
+from .api import Attention, Connecting, Outcome, Pruning, Rule, Unsupported, arg, const, shape_of
+from .registry import REGISTRY
 
 
 class MatMul(Rule):
@@ -24,7 +23,7 @@ class MatMul(Rule):
     product would need both operands cut alike, which no rule here proves).
     """
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         operands = [a for a in node.args[:2] if an.space(a) is not None]
         out_ndim = len(an.shape(node))
         positions = {}
@@ -48,6 +47,14 @@ class MatMul(Rule):
             an.tie(an.space(a), out)
 
 
+    def attention(self, node: fx.Node) -> Attention | None:
+        """A product of two batched operands may be ``q @ k^T`` (k's head dims on its dim -2)."""
+        a, b = node.args[:2]
+        if not all(isinstance(t, fx.Node) and shape_of(t) is not None and len(shape_of(t)) >= 3 for t in (a, b)):
+            return None
+        return Attention(a, b, -2, b, loud=False)
+
+
 class ScaledDotProductAttention(Rule):
     r"""``F.scaled_dot_product_attention(q, k, v)``: ``softmax(q k^T s + M) v`` per head, with
     ``s`` the scale the call gives or ``1/\sqrt{D}`` of the unpruned head dim. Heads (a batch
@@ -55,7 +62,7 @@ class ScaledDotProductAttention(Rule):
     heads) has no one-to-one head map: refused.
     """
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         q, k, v = (arg(node, i, name) for i, name in enumerate(("query", "key", "value")))
         spaces = [an.space(t) for t in (q, k, v)]
         if all(s is None for s in spaces):
@@ -76,18 +83,22 @@ class ScaledDotProductAttention(Rule):
         if an.space(mask) is not None:
             an.block(an.space(mask), f"attention mask read whole by {an.describe(node)}")
 
-    def prune(self, node: fx.Node, pc):
+    def attention(self, node: fx.Node) -> Attention:
+        q, k, v = (arg(node, i, name) for i, name in enumerate(("query", "key", "value")))
+        return Attention(q, k, -1, v, loud=True)
+
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         """The scale stays :math:`1/\\sqrt{D}` of the unpruned head dim when dims are cut.
         Keys and values that are constants, the same at every position (closed inputs
         upstream), give every query uniform weights over equal values: the output is ``v``."""
         k, v = arg(node, 1, "key"), arg(node, 2, "value")
         if (all(pc.is_const(t) and pc.const(t).shape[-2] == 1 for t in (k, v)) and arg(node, 3, "attn_mask") is None
                 and not arg(node, 4, "dropout_p") and not arg(node, 5, "is_causal")):
-            return pc.const(v)
+            return const(pc.const(v))
         result = super().prune(node, pc)
         q = arg(node, 0, "query")
-        if result is None and arg(node, 6, "scale") is None and any(
-                pc.n_kept(s) < s.size for s in pc.plan.extra_spaces(q.name)):
+        if result.live and arg(node, 6, "scale") is None and any(
+                pc.n_kept(s) < s.size for s in pc.extra_spaces(q)):
             node.kwargs = {**node.kwargs, "scale": shape_of(q)[-1] ** -0.5}
         return result
 

@@ -6,7 +6,8 @@ import numpy as np
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .registry import REGISTRY, ModuleRule
+from .api import LIVE, Connecting, FoldedCall, ModuleRule, Outcome, Pruning, const
+from .registry import REGISTRY
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -32,7 +33,7 @@ class ConvRule(ModuleRule):
 
     channels_at = 1
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         module = an.module(node)
         transposed = isinstance(module, _TRANSPOSED)
         grouped = module.groups > 1
@@ -70,12 +71,12 @@ class ConvRule(ModuleRule):
             an.tie(space, w_in)
         an.consume(node, x, fold=[w_in if transposed else w_out])
 
-    def prune(self, node: fx.Node, pc):
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         module = pc.module(node)
         x = node.args[0]
         if pc.is_empty(x):
             bias = module.bias if module.bias is not None else module.weight.new_zeros(module.out_channels)
-            return pc.broadcast_form(node, bias.detach())
+            return const(pc.broadcast_form(node, bias.detach()))
         if pc.is_const(x):
             if self.keeps_uniform(module) and pc.is_uniform(x):
                 # Every output position sees a full window of the per-channel constant:
@@ -83,9 +84,15 @@ class ConvRule(ModuleRule):
                 window = [d * (k - 1) + 1 for d, k in zip(module.dilation, module.kernel_size)]
                 value = pc.const(x).expand(1, -1, *window)
                 conv = getattr(F, f"conv{len(window)}d")
-                return conv(value, module.weight, module.bias, 1, 0, module.dilation, module.groups).detach()
-            return pc.evaluate_at_example(node)
-        return None
+                return const(conv(value, module.weight, module.bias, 1, 0, module.dilation, module.groups).detach())
+            return const(pc.evaluate_at_example(node))
+        return LIVE
+
+    def folded(self, module) -> FoldedCall | None:
+        if isinstance(module, _TRANSPOSED) or module.groups != 1 or module.padding_mode != "zeros":
+            return None  # a grouped weight's dim 1 is not the input's channels; padding modes pad first
+        function = getattr(F, f"conv{len(module.kernel_size)}d")
+        return FoldedCall(function, (module.stride, module.padding, module.dilation, module.groups))
 
     def keeps_uniform(self, module) -> bool:
         """A conv (not transposed) maps an input constant over space to an output constant over

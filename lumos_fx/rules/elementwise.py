@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..fxutil import shape_of
-from .registry import REGISTRY, ModuleRule, Rule, Unsupported
+from .api import (LIVE, Connecting, HeadRole, ModuleRule, Outcome, Pruning, Rule, Unsupported, const, shape_of,
+    target_name)
+from .registry import REGISTRY
 
 
 class Elementwise(Rule):
@@ -19,7 +20,7 @@ class Elementwise(Rule):
     data of this rule (``clamp(x, min=t)`` ties ``t``'s channels too), so they are refused.
     """
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         x = node.args[0]
         src = an.space(x)
         if src is None:
@@ -31,16 +32,19 @@ class Elementwise(Rule):
             raise Unsupported("changes the shape of its input")
         an.follow(node, src, src.dim)
 
-    def prune(self, node: fx.Node, pc):
+    def head_role(self, node: fx.Node) -> HeadRole | None:
+        return HeadRole.MOVE if target_name(node) == "contiguous" else None
+
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         if pc.is_const(node.args[0]):
-            return pc.evaluate(node)
+            return const(pc.evaluate(node))
         return super().prune(node, pc)
 
 
 class Cast(Elementwise):
     """``x.to(other)``, ``x.type_as(other)``: ``other`` is read for its dtype and device only."""
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         for a in list(node.args[1:]) + list(node.kwargs.values()):
             if an.space(a) is not None:
                 an.accept(an.space(a))
@@ -56,7 +60,7 @@ class ElementwiseModule(Elementwise, ModuleRule):
 class PReLURule(ElementwiseModule):
     """``nn.PReLU``: one slope per channel (sliced with the channel) or one for all."""
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         super().connect(node, an)
         module = an.module(node)
         out = an.space(node)
@@ -81,7 +85,7 @@ class Broadcast(Rule):
     channel is read by all, so it is kept. Python scalars and 0-dim tensors are constants.
     """
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         out_shape = an.shape(node)
         if not out_shape:
             return
@@ -110,11 +114,21 @@ class Broadcast(Rule):
             else:
                 raise Unsupported("an operand varies along the output's channels on a dim that is not its channel dim")
 
-    def prune(self, node: fx.Node, pc):
+    def head_role(self, node: fx.Node) -> HeadRole | None:
+        """``s * q``, ``q * s`` and ``q / s`` for a Python number ``s`` scale the heads."""
+        if node.op != "call_function" or node.target not in (operator.mul, operator.truediv, torch.mul):
+            return None
+        a, b = node.args[:2]
+        if isinstance(a, fx.Node) and isinstance(b, (int, float)):
+            return HeadRole.SCALE
+        return HeadRole.SCALE if node.target is not operator.truediv and isinstance(a, (int, float)) \
+            and isinstance(b, fx.Node) else None
+
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         args = [a for a in node.all_input_nodes if pc.space(a) is not None]
         # Every input, channels or not (a live scalar like x.mean()), must be static to fold.
         if all(pc.is_static(a) for a in node.all_input_nodes) and any(pc.is_const(a) for a in args):
-            return pc.evaluate(node)
+            return const(pc.evaluate(node))
         out_shape = shape_of(node)
         full_live = any(pc.is_live(a) and shape_of(a) == out_shape for a in args)
         for a in args:
@@ -122,7 +136,7 @@ class Broadcast(Rule):
                 # A constant in broadcast form broadcasts exactly as the original operand did
                 # when a live operand already has the output's shape.
                 pc.replace_input(node, a, pc.const_attr(a, node) if full_live else pc.materialize(a, node))
-        return None
+        return LIVE
 
 
 _ACTIVATION_MODULES = (

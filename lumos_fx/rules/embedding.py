@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .registry import REGISTRY, ModuleRule, Rule, Unsupported
-from .structure import arg
+from .api import Connecting, ModuleRule, Rule, Unsupported, arg
+from .registry import REGISTRY
 
 
 class EmbeddingRule(ModuleRule):
@@ -20,7 +20,7 @@ class EmbeddingRule(ModuleRule):
 
     channels_at = -1
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         module = an.module(node)
         out = an.new_space(node, -1, producer=True)
         an.tie(out, an.param_space(module.weight, 1))
@@ -36,7 +36,7 @@ class FunctionalEmbedding(Rule):
     """``F.embedding(indices, weight)`` with the table read in forward: the output's
     channels are the table's last dim."""
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         table = an.space(arg(node, 1, "weight"))
         if table is None or table.dim != len(an.shape(arg(node, 1, "weight"))) - 1:
             raise Unsupported("its table has no channel space on its last dim")

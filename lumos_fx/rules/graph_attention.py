@@ -37,10 +37,10 @@ import torch
 from torch import fx, nn
 from torch_geometric.nn import GATConv, GATv2Conv
 
+from .api import Connecting, ModuleRule, Outcome, Pruning, Unsupported, arg, const, set_arg
 from .graph_conv import resize_linears
 from .linear import consume_last_dim
-from .registry import REGISTRY, ModuleRule, Unsupported
-from .structure import arg, set_arg
+from .registry import REGISTRY
 
 
 class GraphAttentionRule(ModuleRule):
@@ -61,7 +61,7 @@ class GraphAttentionRule(ModuleRule):
         when it is not constant."""
         raise NotImplementedError
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         module = an.module(node)
         x = arg(node, 0, "x")
         if not isinstance(x, fx.Node):
@@ -86,7 +86,7 @@ class GraphAttentionRule(ModuleRule):
         if isinstance(edge, fx.Node) and module.lin_edge is not None:
             consume_last_dim(node, edge, [an.param_space(module.lin_edge.weight, 1)], an)
 
-    def prune(self, node: fx.Node, pc):
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         module = pc.module(node)
         edge = arg(node, 2, "edge_attr")
         if isinstance(edge, fx.Node) and pc.is_empty(edge):
@@ -95,12 +95,10 @@ class GraphAttentionRule(ModuleRule):
         if pc.is_empty(x):
             value = self.closed_output(module)
             if value is not None:
-                return pc.broadcast_form(node, value.detach())
-            graph = pc.gm.graph
+                return const(pc.broadcast_form(node, value.detach()))
             ref = pc.reference(x, [0], node)
-            with graph.inserting_before(node):
-                n = graph.call_method("size", (ref, 0))
-                set_arg(node, 0, "x", graph.call_method("new_zeros", (ref, (n, 0))))
+            n = pc.insert(node, "call_method", "size", (ref, 0))
+            set_arg(node, 0, "x", pc.insert(node, "call_method", "new_zeros", (ref, (n, 0))))
         return pc.materialize_dead_inputs(node)
 
     def resize(self, module: nn.Module) -> None:

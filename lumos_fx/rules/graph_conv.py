@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import torch
 from torch import fx, nn
-from torch_geometric.nn import ChebConv, GCNConv, GraphConv, SAGEConv, SGConv, TAGConv
+from torch_geometric.nn import ChebConv, GCNConv, GraphConv, MessagePassing, SAGEConv, SGConv, TAGConv
 from torch_geometric.nn.dense.linear import Linear as PygLinear
 
+from .api import Connecting, ModuleRule, Outcome, Pruning, Unsupported, arg, const
 from .linear import LinearRule, consume_last_dim
-from .registry import REGISTRY, ModuleRule, Unsupported
-from .structure import arg
+from .registry import REGISTRY
 
 _CHANNELWISE_AGGR = frozenset({"add", "sum", "mean", "max", "min"})
 
@@ -53,7 +53,7 @@ class LinearInFeatures(ModuleRule):
         """Why the output channels cannot be cut, or None."""
         return None
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         module = an.module(node)
         self.check(module)
         x = arg(node, 0, "x")
@@ -69,13 +69,13 @@ class LinearInFeatures(ModuleRule):
             an.block(out, f"{an.describe(node)}: {whole}")
         consume_last_dim(node, x, [an.param_space(w, 1) for w in self.weights(module)], an)
 
-    def prune(self, node: fx.Node, pc):
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         module = pc.module(node)
         if pc.is_empty(arg(node, 0, "x")):
             bias = self.bias(module)
             if bias is None:
                 bias = self.weights(module)[0].new_zeros(pc.space(node).size)
-            return pc.broadcast_form(node, self.closed_output(module, bias.detach()))
+            return const(pc.broadcast_form(node, self.closed_output(module, bias.detach())))
         return pc.materialize_dead_inputs(node)
 
     def closed_output(self, module: nn.Module, bias: torch.Tensor) -> torch.Tensor:
@@ -190,3 +190,6 @@ REGISTRY.register(SAGERule(), SAGEConv)
 REGISTRY.register(SGRule(), SGConv)
 REGISTRY.register(PolynomialRule(), TAGConv, ChebConv)
 REGISTRY.register(PygLinearRule(), PygLinear)
+# fx cannot trace propagate() (it inspects edge_index): every message-passing layer is one op,
+# cut by its rule or kept whole. PyG's Linear too: traced into, it is a bare F.linear on attributes.
+REGISTRY.register_family(ModuleRule(), MessagePassing, PygLinear)

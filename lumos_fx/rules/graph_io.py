@@ -7,8 +7,8 @@ from collections import deque
 import torch
 from torch import fx
 
-from ..fxutil import fetch_attr, normalize_dim, shape_of, tensor_meta
-from .registry import REGISTRY, Rule
+from .api import LIVE, Connecting, Outcome, Pruning, Rule, normalize_dim, shape_of, tensor_meta
+from .registry import REGISTRY
 
 
 class Placeholder(Rule):
@@ -21,7 +21,7 @@ class Placeholder(Rule):
     as torch's layers take them. Integer and boolean inputs (indices, masks) are not features.
     """
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         meta = tensor_meta(node)
         if meta is None or len(meta.shape) == 0:
             return
@@ -29,7 +29,7 @@ class Placeholder(Rule):
         if not meta.dtype.is_floating_point:
             an.block(space, f"input of dtype {meta.dtype} holds no features")
 
-    def channel_dim(self, node: fx.Node, an) -> int:
+    def channel_dim(self, node: fx.Node, an: Connecting) -> int:
         ndim = len(shape_of(node))
         if ndim <= 2:
             return ndim - 1
@@ -39,15 +39,15 @@ class Placeholder(Rule):
             if user in seen:
                 continue
             seen.add(user)
-            hint = getattr(REGISTRY.lookup(user, an.gm), "channels_at", None)
+            hint = getattr(an.rule_of(user), "channels_at", None)
             if hint is not None:
                 return normalize_dim(hint, ndim)
             if shape_of(user) == shape:  # element-wise on the way to the first layer
                 queue.extend(user.users)
         return 1
 
-    def prune(self, node: fx.Node, pc) -> None:
-        return None
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
+        return LIVE
 
 
 class GetAttr(Rule):
@@ -59,8 +59,8 @@ class GetAttr(Rule):
     (GIN's eps) is a scalar, like a 0-dim one: no channels.
     """
 
-    def connect(self, node: fx.Node, an) -> None:
-        value = fetch_attr(an.gm, node.target)
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        value = an.attribute(node)
         shape = shape_of(node)
         if not isinstance(value, torch.Tensor) or not shape or value.numel() == 1:
             return
@@ -73,21 +73,21 @@ class GetAttr(Rule):
             else:
                 an.block(param, f"read whole by '{node.target}' in forward")
 
-    def prune(self, node: fx.Node, pc) -> None:
-        return None
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
+        return LIVE
 
 
 class Output(Rule):
     """Channels that reach a model output are the model's answer: never pruned."""
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         for arg in node.all_input_nodes:
             space = an.space(arg)
             if space is not None:
                 an.block(space, "reaches the model output")
 
-    def prune(self, node: fx.Node, pc) -> None:
-        pc.materialize_dead_inputs(node)
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
+        return pc.materialize_dead_inputs(node)
 
 
 REGISTRY.register_op("placeholder", Placeholder())

@@ -23,9 +23,9 @@ import torch
 from torch import fx, nn
 from torch_geometric.nn import norm
 
-from .norm import ChannelNorm
+from .api import ModuleRule, Outcome, Pruning, arg, const
+from .norm import ChannelNorm, CouplesModule
 from .registry import REGISTRY
-from .structure import CouplesModule, arg
 
 _SOURCES = {
     norm.GraphNorm: lambda m: f"GraphNorm({m.in_channels}, eps={m.eps})",
@@ -50,14 +50,14 @@ class GraphChannelNorm(PygNormSource, ChannelNorm):
     def channel_dim(self, module: nn.Module, ndim: int) -> int:
         return ndim - 1
 
-    def prune(self, node: fx.Node, pc):
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         x = arg(node, 0, "x")
         module = pc.module(node)
         if pc.is_const(x) and pc.is_uniform(x):
             one_node = pc.const(x).reshape(1, -1)
             with torch.no_grad():
                 value = module(one_node, torch.zeros(1, dtype=torch.long, device=one_node.device))
-            return pc.broadcast_form(node, value.reshape(-1))
+            return const(pc.broadcast_form(node, value.reshape(-1)))
         # A constant that varies over nodes is fed to the layer at its runtime shape.
         self.set_width(module, pc.n_kept(pc.space(node)))
         return pc.materialize_dead_inputs(node)
@@ -74,6 +74,10 @@ class CouplesNorm(PygNormSource, CouplesModule):
 
 
 _COUPLES = "normalises over the channels, which couples them (lumos_fx keeps them)"
+# Norms that take statistics per graph read the number of graphs off `batch`: one op each.
+# PyG's BatchNorm is traced through to the BatchNorm1d it wraps.
+REGISTRY.register_family(ModuleRule(), *(getattr(norm, name) for name in norm.__all__
+                                         if getattr(norm, name) is not norm.BatchNorm))
 REGISTRY.register(GraphChannelNorm(), norm.GraphNorm, norm.InstanceNorm, norm.MeanSubtractionNorm)
 REGISTRY.register(CouplesNorm(f"torch_geometric LayerNorm {_COUPLES}"), norm.LayerNorm)
 REGISTRY.register(CouplesNorm(f"PairNorm {_COUPLES}"), norm.PairNorm)

@@ -20,9 +20,9 @@ from torch import fx
 from torch_geometric import utils
 from torch_geometric.nn import pool
 
-from ..fxutil import normalize_dim, shape_of
-from .registry import REGISTRY, Rule, Unsupported
-from .structure import IndexSelect, arg
+from .api import Connecting, Outcome, Pruning, Rule, Unsupported, arg, normalize_dim, shape_of
+from .indexing import IndexSelect
+from .registry import REGISTRY
 
 
 class ReduceOverIndex(Rule):
@@ -33,7 +33,7 @@ class ReduceOverIndex(Rule):
     def __init__(self, source: str, dim_at: int | None) -> None:
         self.source, self.dim_at = source, dim_at  # the input's name; where `dim` is passed (None: nodes, -2)
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         x = arg(node, 0, self.source)
         src = an.space(x)
         if src is None:
@@ -46,31 +46,32 @@ class ReduceOverIndex(Rule):
             raise Unsupported("changes the number of dims")
         an.follow(node, src, src.dim)
 
-    def prune(self, node: fx.Node, pc):
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         if self.dim_at is None and pc.is_const(arg(node, 0, self.source)):
             _add_graph_count_witness(node, pc)
         return super().prune(node, pc)
 
-    def emptied(self, node: fx.Node, pc) -> None:
+    def emptied(self, node: fx.Node, pc: Pruning) -> None:
         if self.dim_at is None:
             _add_graph_count_witness(node, pc)
 
 
-def _add_graph_count_witness(node: fx.Node, pc) -> None:
+def _add_graph_count_witness(node: fx.Node, pc: Pruning) -> None:
     """A pooling of zero channels, ``pool(batch.new_zeros(N, 0), batch)``: its size is the
     number of graphs, which a constant downstream (every pooled channel closed) is expanded
     to; nothing else in the pruned model has it."""
     batch = arg(node, 1, "batch")
     if not isinstance(batch, fx.Node):
         return
-    graph = pc.gm.graph
-    with graph.inserting_before(node):
-        n = graph.call_method("size", (batch, 0))
-        empty = graph.call_method("new_zeros", (batch, (n, 0)), {"dtype": torch.float32})
-        witness = graph.call_function(node.target, (empty, *node.args[1:]), dict(node.kwargs))
-    pc.witnesses.append((witness, tuple(shape_of(node))))
+    n = pc.insert(node, "call_method", "size", (batch, 0))
+    empty = pc.insert(node, "call_method", "new_zeros", (batch, (n, 0)), {"dtype": torch.float32})
+    witness = pc.insert(node, "call_function", node.target, (empty, *node.args[1:]), dict(node.kwargs))
+    pc.add_witness(witness, tuple(shape_of(node)))
 
 
+# Their code reads tensor values (the number of graphs off `batch`): the tracer records one op each.
+REGISTRY.record_as_one_op(pool.global_add_pool, pool.global_mean_pool, pool.global_max_pool, utils.scatter,
+                          utils.softmax, utils.to_dense_batch, utils.degree)
 REGISTRY.register(ReduceOverIndex("x", None), pool.global_add_pool, pool.global_mean_pool, pool.global_max_pool)
 REGISTRY.register(ReduceOverIndex("src", 2), utils.scatter)
 REGISTRY.register(ReduceOverIndex("src", 4), utils.softmax)  # per channel, over each target's edges

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .registry import REGISTRY, ModuleRule
+from .api import LIVE, Connecting, FoldedCall, ModuleRule, Outcome, Pruning, const
+from .registry import REGISTRY
 
 
-def consume_last_dim(node: fx.Node, x: fx.Node, w_ins: list, an) -> None:
+def consume_last_dim(node: fx.Node, x: fx.Node, w_ins: list, an: Connecting) -> None:
     """`node` multiplies the last dim of `x` by the columns `w_ins` of its weights: tie
     them to x's channels and gate x in front of `node`, folded into those columns. Channels
     on another dim of x cannot be read this way: both sides are kept."""
@@ -35,7 +36,7 @@ class LinearRule(ModuleRule):
 
     channels_at = -1
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         module = an.module(node)
         out = an.new_space(node, -1, producer=True)
         an.tie(out, an.param_space(module.weight, 0))
@@ -43,15 +44,18 @@ class LinearRule(ModuleRule):
             an.tie(out, an.param_space(module.bias, 0))
         consume_last_dim(node, node.args[0], [an.param_space(module.weight, 1)], an)
 
-    def prune(self, node: fx.Node, pc):
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         module = pc.module(node)
         x = node.args[0]
         if pc.is_empty(x):
             bias = module.bias if module.bias is not None else module.weight.new_zeros(module.out_features)
-            return pc.broadcast_form(node, bias.detach())
+            return const(pc.broadcast_form(node, bias.detach()))
         if pc.is_const(x):
-            return F.linear(pc.const(x), module.weight, module.bias).detach()
-        return None
+            return const(F.linear(pc.const(x), module.weight, module.bias).detach())
+        return LIVE
+
+    def folded(self, module: nn.Linear) -> FoldedCall:
+        return FoldedCall(F.linear, ())
 
     def resize(self, module: nn.Linear) -> None:
         module.out_features, module.in_features = module.weight.shape

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
-from .registry import REGISTRY, ModuleRule, Unsupported
+from .api import Connecting, ModuleRule, Outcome, Pruning, Rule, Unsupported, const
+from .registry import REGISTRY
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -32,12 +34,13 @@ class ChannelNorm(ModuleRule):
 
     channels_at = 1
 
-    def channel_dim(self, module: nn.Module, ndim: int) -> int:
-        if isinstance(module, _INSTANCE_NORMS):
-            return ndim - int(type(module).__name__[-2]) - 1  # (C, L) unbatched or (N, C, L)
-        return 1
+    def __init__(self, spatial: int | None = None) -> None:
+        self.spatial = spatial  # InstanceNorm{k}d: the k dims after the channels; they may come unbatched
 
-    def connect(self, node: fx.Node, an) -> None:
+    def channel_dim(self, module: nn.Module, ndim: int) -> int:
+        return 1 if self.spatial is None else ndim - self.spatial - 1  # (C, L) unbatched or (N, C, L)
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         module = an.module(node)
         x = node.args[0]
         src = an.space(x)
@@ -49,17 +52,17 @@ class ChannelNorm(ModuleRule):
         for tensor in channel_tensors(module):
             an.tie(out, an.param_space(tensor, 0))
 
-    def prune(self, node: fx.Node, pc):
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         x = node.args[0]
         module = pc.module(node)
         if pc.is_const(x) and isinstance(module, _BATCH_NORMS):
             if module.track_running_stats:
-                return pc.evaluate(node)  # a per-channel affine map in eval mode
+                return const(pc.evaluate(node))  # a per-channel affine map in eval mode
             # Batch statistics of a value constant over the batch: x - mu = 0.
             beta = module.bias if module.affine else torch.zeros(pc.space(node).size, device=pc.const(x).device)
-            return pc.broadcast_form(node, beta.detach())
+            return const(pc.broadcast_form(node, beta.detach()))
         if pc.is_const(x):
-            return pc.evaluate_at_example(node)
+            return const(pc.evaluate_at_example(node))
         self.set_width(module, pc.n_kept(pc.space(node)))
         return super().prune(node, pc)
 
@@ -77,7 +80,7 @@ class GroupNormRule(ChannelNorm):
     norm group are tied into one unit: they go together, and ``num_groups`` shrinks.
     """
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         super().connect(node, an)
         src, out = an.space(node.args[0]), an.space(node)
         if src is not None:
@@ -91,5 +94,27 @@ class GroupNormRule(ChannelNorm):
         module.num_channels, module.num_groups = n, n // per_group
 
 
-REGISTRY.register(ChannelNorm(), *_BATCH_NORMS, *_INSTANCE_NORMS)
+REGISTRY.register(ChannelNorm(), *_BATCH_NORMS)
+for _spatial, _norm in enumerate(_INSTANCE_NORMS, start=1):
+    REGISTRY.register(ChannelNorm(_spatial), _norm)
 REGISTRY.register(GroupNormRule(), nn.GroupNorm)
+
+
+class Couples(Rule):
+    """An op that mixes all channels in a way no rule here describes yet (LayerNorm's
+    statistics over the channels, a normalisation). Its channels are kept, with `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        raise Unsupported(self.reason)
+
+
+class CouplesModule(Couples, ModuleRule):
+    pass
+
+
+_NORMALISES = "normalises over the channels, which couples them (lumos_fx keeps them)"
+REGISTRY.register(CouplesModule(f"LayerNorm {_NORMALISES}"), nn.LayerNorm, nn.RMSNorm)
+REGISTRY.register(Couples(f"layer_norm {_NORMALISES}"), F.layer_norm, F.normalize)

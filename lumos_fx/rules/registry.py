@@ -1,68 +1,28 @@
-"""The registry of rules: one small rule per layer or op.
+"""The registry of rules: one small rule per layer or op (the contract is :mod:`.api`).
 
-A rule says how an fx node moves channels (:meth:`Rule.connect`, used to build the channel
-dependency graph) and how to cut it once masks are known (:meth:`Rule.prune`). Module
-rules also resize the module after its parameters were sliced and write its constructor
-for export. Rules are looked up by the exact module class (a subclass may change forward),
-by function object, or by Tensor method name.
+Rules are looked up by the exact module class (a subclass may change forward), by function
+object, or by Tensor method name. A module rule registered for a family (a base class and
+its subclasses) answers only the tracer's question, whether to call a module as one op.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Callable
 
 import torch
 from torch import fx
 
-if TYPE_CHECKING:
-    from ..analyze import Analysis
-    from ..prune import PruneContext
-
-
-class Unsupported(Exception):
-    """Raised by :meth:`Rule.connect` when this use of the op has no rule; the message says why."""
-
-
-class Rule:
-    """How one op moves channels. Subclasses override :meth:`connect` and, where the op
-    needs more than "materialise dead inputs", :meth:`prune`."""
-
-    channels_at: int | None = None  # the dim a layer reads as channels (tells a model input's feature dim)
-
-    def connect(self, node: fx.Node, an: "Analysis") -> None:
-        raise NotImplementedError
-
-    def prune(self, node: fx.Node, pc: "PruneContext") -> Any:
-        """Rewrite `node` for the cut model. Return a constant tensor (broadcast form, full
-        channel width) when the node's value no longer depends on the inputs, else None."""
-        return pc.materialize_dead_inputs(node)
-
-    def emptied(self, node: fx.Node, pc: "PruneContext") -> None:
-        """Called instead of :meth:`prune` when every channel of `node` closed (it goes)."""
-
-
-class ModuleRule(Rule):
-    """A rule for an ``nn.Module`` class."""
-
-    def resize(self, module: torch.nn.Module) -> None:
-        """Update the module's size attributes after its parameters were sliced."""
-
-    def source(self, module: torch.nn.Module) -> str:
-        """Python expression that constructs `module` (with ``nn`` = ``torch.nn``)."""
-        return generic_module_source(module)
-
-
-def generic_module_source(module: torch.nn.Module) -> str:
-    """``nn.<repr>`` for a childless torch.nn module whose repr is its constructor call."""
-    return f"nn.{module!r}"
+from .api import ModuleRule, Rule, Tracing
 
 
 class Registry:
     def __init__(self) -> None:
         self.modules: dict[type, ModuleRule] = {}
+        self.families: dict[type, ModuleRule] = {}
         self.functions: dict[Callable, Rule] = {}
         self.methods: dict[str, Rule] = {}
         self.ops: dict[str, Rule] = {}
+        self.one_op: list[Callable] = []
 
     def register(self, rule: Rule, *keys) -> Rule:
         """Register `rule` for module classes, functions, or Tensor method names (strings)."""
@@ -79,9 +39,20 @@ class Registry:
                 raise TypeError(f"cannot register a rule for {key!r}")
         return rule
 
+    def register_family(self, rule: ModuleRule, *bases: type) -> ModuleRule:
+        """`rule` tells the tracer how to treat subclasses of `bases` that have no rule of their own."""
+        for base in bases:
+            self.families[base] = rule
+        return rule
+
     def register_op(self, op: str, rule: Rule) -> None:
         """Rules for fx's structural ops: placeholder, get_attr, output."""
         self.ops[op] = rule
+
+    def record_as_one_op(self, *functions: Callable) -> None:
+        """Functions the tracer records as one node instead of tracing into them (their code
+        reads tensor values); those without a rule keep the channels they touch."""
+        self.one_op.extend(f for f in functions if f not in self.one_op)
 
     def lookup(self, node: fx.Node, gm: fx.GraphModule) -> Rule | None:
         if node.op == "call_module":
@@ -95,10 +66,19 @@ class Registry:
     def module_rule(self, module: torch.nn.Module) -> ModuleRule | None:
         return self.modules.get(type(module))
 
+    def tracing(self, module: torch.nn.Module) -> Tracing | None:
+        """How the rule of `module` (or of its family) has the tracer treat it; None when no
+        rule speaks for it (the tracer's defaults decide)."""
+        rule = self.modules.get(type(module))
+        if rule is None:
+            rule = next((r for base, r in self.families.items() if isinstance(module, base)), None)
+        return None if rule is None else rule.tracing(module)
+
 
 REGISTRY = Registry()
 
 
 def register_rule(rule: Rule, *keys) -> Rule:
-    """Teach lumos_fx a layer or op: ``register_rule(MyRule(), MyLayer)``."""
+    """Teach lumos_fx a layer or op: ``register_rule(MyRule(), MyLayer)``. A module rule's
+    hooks (:class:`~.api.ModuleRule`) also tell the tracer, gate insertion and export about it."""
     return REGISTRY.register(rule, *keys)

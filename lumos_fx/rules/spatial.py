@@ -6,13 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .registry import REGISTRY, ModuleRule, Rule, Unsupported
-from .structure import arg
-
-
-def _suffix_dims(name: str) -> int | None:
-    """1, 2 or 3 for names ending in 1d / 2d / 3d."""
-    return int(name[-2]) if len(name) > 2 and name[-1] == "d" and name[-2] in "123" else None
+from .api import Connecting, ModuleRule, Outcome, Pruning, Rule, Unsupported, arg, const
+from .registry import REGISTRY
 
 
 class Spatial(Rule):
@@ -28,17 +23,16 @@ class Spatial(Rule):
 
     channels_at = 1
 
-    def __init__(self, uniform: bool = False) -> None:
-        self.uniform = uniform
+    def __init__(self, uniform: bool = False, dims: int | None = None) -> None:
+        self.uniform, self.dims = uniform, dims  # dims: how many trailing dims it acts on (None: all but 2)
 
-    def keeps_uniform(self, node: fx.Node, pc) -> bool:
+    def keeps_uniform(self, node: fx.Node, pc: Pruning) -> bool:
         return self.uniform
 
     def spatial_dims(self, node: fx.Node, ndim: int, module: nn.Module | None) -> int:
-        name = type(module).__name__ if module is not None else getattr(node.target, "__name__", str(node.target))
-        return _suffix_dims(name) or ndim - 2
+        return self.dims or ndim - 2
 
-    def connect(self, node: fx.Node, an) -> None:
+    def connect(self, node: fx.Node, an: Connecting) -> None:
         x = node.args[0]
         src = an.space(x)
         if src is None:
@@ -52,12 +46,12 @@ class Spatial(Rule):
             raise Unsupported(f"acts on the last {k} dims, which include the channel dim {src.dim}")
         an.follow(node, src, src.dim)
 
-    def prune(self, node: fx.Node, pc):
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         x = node.args[0]
         if pc.is_const(x):
             if self.keeps_uniform(node, pc) and pc.is_uniform(x):
-                return pc.const(x)
-            return pc.evaluate_at_example(node)
+                return const(pc.const(x))
+            return const(pc.evaluate_at_example(node))
         return super().prune(node, pc)
 
 
@@ -71,7 +65,7 @@ class Pad(Spatial):
     def spatial_dims(self, node: fx.Node, ndim: int, module: nn.Module | None) -> int:
         return len(arg(node, 1, "pad")) // 2
 
-    def keeps_uniform(self, node: fx.Node, pc) -> bool:
+    def keeps_uniform(self, node: fx.Node, pc: Pruning) -> bool:
         return arg(node, 2, "mode", "constant") != "constant"
 
 
@@ -79,7 +73,7 @@ class AvgPool(Spatial):
     """``avg_pool1d/2d/3d``: the mean of a constant window is the constant, unless zero
     padding is counted in it or a divisor overrides the window size."""
 
-    def keeps_uniform(self, node: fx.Node, pc) -> bool:
+    def keeps_uniform(self, node: fx.Node, pc: Pruning) -> bool:
         if node.op == "call_module":
             m = pc.module(node)
             padding, count_pad, divisor = m.padding, m.count_include_pad, getattr(m, "divisor_override", None)
@@ -101,30 +95,37 @@ class PadModule(SpatialModule):
         return len(module.padding) // 2
 
 
-_MAX_POOLS = (F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.max_pool3d,
-              F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-              F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.adaptive_avg_pool1d,
-              F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear)
-_AVG_POOLS = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, torch.avg_pool1d)
-_LP_POOLS = (F.lp_pool1d, F.lp_pool2d, F.lp_pool3d)
-_UNIFORM_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-                    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-                    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-                    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
-                    nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d,
-                    nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
-_AVG_POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-_OTHER_MODULES = (nn.LPPool1d, nn.LPPool2d, nn.LPPool3d,
-                  nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)
-_PAD_MODULES = tuple(m for m in _UNIFORM_MODULES + _OTHER_MODULES if "Pad" in m.__name__)
+# By the number of trailing dims they act on (None: every dim after batch and channels).
+_UNIFORM_FUNCTIONS = {
+    1: (F.max_pool1d, torch.max_pool1d, F.adaptive_max_pool1d, F.adaptive_avg_pool1d, torch.adaptive_avg_pool1d),
+    2: (F.max_pool2d, torch.max_pool2d, F.adaptive_max_pool2d, F.adaptive_avg_pool2d),
+    3: (F.max_pool3d, torch.max_pool3d, F.adaptive_max_pool3d, F.adaptive_avg_pool3d),
+    None: (F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear),
+}
+_AVG_POOLS = {1: (F.avg_pool1d, torch.avg_pool1d), 2: (F.avg_pool2d,), 3: (F.avg_pool3d,)}
+_LP_POOLS = {1: (F.lp_pool1d,), 2: (F.lp_pool2d,), 3: (F.lp_pool3d,)}
+_UNIFORM_MODULES = {
+    1: (nn.MaxPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool1d),
+    2: (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d),
+    3: (nn.MaxPool3d, nn.AdaptiveMaxPool3d, nn.AdaptiveAvgPool3d),
+    None: (nn.Upsample,),
+}
+_AVG_POOL_MODULES = {1: (nn.AvgPool1d,), 2: (nn.AvgPool2d,), 3: (nn.AvgPool3d,)}
+_LP_POOL_MODULES = {1: (nn.LPPool1d,), 2: (nn.LPPool2d,), 3: (nn.LPPool3d,)}
+# Edge-replicating pads keep a constant constant; zero and constant pads do not.
+_UNIFORM_PADS = (nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d,
+                 nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
+_OTHER_PADS = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)
 
-REGISTRY.register(Spatial(uniform=True), *_MAX_POOLS)
-REGISTRY.register(AvgPool(), *_AVG_POOLS)
-REGISTRY.register(AvgPoolModule(), *_AVG_POOL_MODULES)
-REGISTRY.register(Spatial(uniform=False), *_LP_POOLS)  # (sum c^p)^(1/p) over a window is not c
-REGISTRY.register(SpatialModule(uniform=True), *(m for m in _UNIFORM_MODULES if m not in _PAD_MODULES))
-REGISTRY.register(SpatialModule(uniform=False), *(m for m in _OTHER_MODULES if m not in _PAD_MODULES))
-REGISTRY.register(PadModule(uniform=True), *(m for m in _UNIFORM_MODULES if m in _PAD_MODULES))
-REGISTRY.register(PadModule(uniform=False), *(m for m in _OTHER_MODULES if m in _PAD_MODULES))
+for _dims in (1, 2, 3, None):
+    REGISTRY.register(Spatial(uniform=True, dims=_dims), *_UNIFORM_FUNCTIONS[_dims])
+    REGISTRY.register(SpatialModule(uniform=True, dims=_dims), *_UNIFORM_MODULES[_dims])
+for _dims in (1, 2, 3):
+    REGISTRY.register(AvgPool(dims=_dims), *_AVG_POOLS[_dims])
+    REGISTRY.register(AvgPoolModule(dims=_dims), *_AVG_POOL_MODULES[_dims])
+    # (sum c^p)^(1/p) over a window is not c
+    REGISTRY.register(Spatial(uniform=False, dims=_dims), *_LP_POOLS[_dims])
+    REGISTRY.register(SpatialModule(uniform=False, dims=_dims), *_LP_POOL_MODULES[_dims])
+REGISTRY.register(PadModule(uniform=True), *_UNIFORM_PADS)
+REGISTRY.register(PadModule(uniform=False), *_OTHER_PADS)
 REGISTRY.register(Pad(), F.pad)

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 import lumos_fx
-from lumos_fx.gate_fold import FOLD
-from lumos_fx.instrument import gate_modules, plan_of
+from lumos_fx.node_info import info
+from lumos_fx.plan import gate_modules, plan_of
 from lumos_fx.report import count_params
 
 OPEN, CLOSED = 30.0, -30.0
@@ -36,8 +36,8 @@ def l1_scores(wrapped) -> dict[int, np.ndarray]:
     """Group id -> per-unit L1 norm of the weights producing each unit's channels (the weight
     tensors, of two or more dims, of the modules whose outputs are the group's channels)."""
     plan = plan_of(wrapped)
-    target = {n.name: n.meta.get(FOLD, n.target) for n in wrapped.graph.nodes
-              if n.op == "call_module" or FOLD in n.meta}  # a folded gate turned the module call functional
+    target = {n.name: info(n).folded or n.target for n in wrapped.graph.nodes
+              if n.op == "call_module" or info(n).folded is not None}  # a folded gate turned the module call functional
     producers = {(s.group, target[s.node]) for s in plan.spaces.values() if s.producer and s.node in target}
     return _scores(wrapped, lambda space, module: (space.group, space.param.rpartition(".")[0]) in producers
                    and _is_weight(space, wrapped))

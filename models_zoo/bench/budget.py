@@ -19,7 +19,7 @@ import time
 
 import lumos_fx
 from lumos_fx.budget import WHAT, cost_model
-from lumos_fx.instrument import plan_of
+from lumos_fx.plan import plan_of
 from lumos_fx.report import count_flops, count_params
 
 from ..registry import get

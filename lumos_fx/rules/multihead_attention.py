@@ -1,7 +1,7 @@
-"""Attention modules written out so that their heads and widths can be cut.
+"""``nn.MultiheadAttention``, written out so that its heads and widths can be cut.
 
-fx calls ``nn.MultiheadAttention`` as one opaque op, so its heads would be kept whole. At
-instrument time each call becomes, on the traced copy of the model,
+fx calls ``nn.MultiheadAttention`` as one opaque op, so its heads would be kept whole. After
+tracing, each call becomes (:meth:`~lumos_fx.rules.api.ModuleRule.write_out`), on the traced copy of the model,
 
 .. math::
     Q = x_q W_Q^T + b_Q,\\; K = x_k W_K^T + b_K,\\; V = x_v W_V^T + b_V \\quad (\\text{split into } H \\text{ heads}),
@@ -15,9 +15,6 @@ weights, the middle is written as ``softmax(Q K^T / sqrt(D) + M)``, an ``nn.Drop
 follows train/eval) and ``@ V``. Calls that read the attention weights, ``add_bias_kv``,
 ``add_zero_attn`` or ``is_causal`` stay opaque.
 
-``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder`` are traced through their own
-computation (:data:`TRACED_THROUGH`, without the inference fast path, which computes the
-same function), so their attention, feed-forward and norm layers reach the rules.
 """
 
 from __future__ import annotations
@@ -29,40 +26,47 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .fxutil import shape_of
+from .api import Connecting, ModuleRule, Unsupported, shape_of
+from .registry import REGISTRY
 
 
-def split_attention(gm: fx.GraphModule) -> bool:
-    """Decompose every supported ``nn.MultiheadAttention`` call in `gm`; True if any was."""
-    changed = False
-    for node in list(gm.graph.nodes):
-        if node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.MultiheadAttention:
-            call = _supported_call(node, gm.get_submodule(node.target))
-            if call is not None:
-                _write_out(gm, node, gm.get_submodule(node.target), call)
-                changed = True
-    if changed:
-        gm.graph.lint()
-        gm.recompile()
-    return changed
+class MultiheadAttentionRule(ModuleRule):
+    """A supported call is written out into projections and attention, which other rules cut;
+    any other call stays one op and keeps its channels, with the reason."""
+
+    def write_out(self, node: fx.Node, gm: fx.GraphModule) -> bool:
+        module = gm.get_submodule(node.target)
+        call = _bound_call(node)
+        if call is None or _opaque(node, module, call) is not None:
+            return False
+        _write_out(gm, node, module, call)
+        return True
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        call = _bound_call(node)
+        raise Unsupported(_opaque(node, an.module(node), call) if call is not None
+                          else "called with arguments lumos_fx does not bind")
 
 
-def _supported_call(node: fx.Node, module: nn.MultiheadAttention):
-    """The call's bound arguments, or None when it must stay one opaque op."""
-    if module.bias_k is not None or module.add_zero_attn:
-        return None
+def _bound_call(node: fx.Node) -> dict | None:
     try:
-        call = inspect.signature(nn.MultiheadAttention.forward).bind(None, *node.args, **node.kwargs).arguments
+        return inspect.signature(nn.MultiheadAttention.forward).bind(None, *node.args, **node.kwargs).arguments
     except TypeError:
         return None
+
+
+def _opaque(node: fx.Node, module: nn.MultiheadAttention, call: dict) -> str | None:
+    """Why the call must stay one op, or None."""
+    if module.bias_k is not None or module.add_zero_attn:
+        return "add_bias_kv / add_zero_attn attention is kept whole"
     if call.get("is_causal", False):
-        return None
+        return "is_causal attention is kept whole"
     for user in node.users:
         if not (user.op == "call_function" and user.target is operator.getitem and user.args[1] in (0, 1)):
-            return None
+            return "its output is read other than as (output, weights)"
         if user.args[1] == 1 and user.users:
-            return None  # the attention weights are read
-    return call
+            return "its attention weights are read"
+    return None
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -161,24 +165,4 @@ def _mask(g: fx.Graph, call: dict, b, heads: int, length, source, dtype: torch.d
     return parts[0] if len(parts) == 1 else g.call_function(operator.add, tuple(parts))
 
 
-def _encoder_layer(layer: nn.TransformerEncoderLayer, src, src_mask=None, src_key_padding_mask=None,
-                   is_causal: bool = False):
-    """``nn.TransformerEncoderLayer.forward`` without its inference fast path."""
-    x = src
-    if layer.norm_first:
-        x = x + layer._sa_block(layer.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
-        return x + layer._ff_block(layer.norm2(x))
-    x = layer.norm1(x + layer._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
-    return layer.norm2(x + layer._ff_block(x))
-
-
-def _encoder(encoder: nn.TransformerEncoder, src, mask=None, src_key_padding_mask=None, is_causal=None):
-    """``nn.TransformerEncoder.forward`` without its fast path. ``is_causal=None`` (detect it
-    from the mask) passes False: the mask itself is applied, which a causal hint only mirrors."""
-    for layer in encoder.layers:
-        src = layer(src, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
-    return encoder.norm(src) if encoder.norm is not None else src
-
-
-#: Modules the tracer enters through these functions instead of calling them as one op.
-TRACED_THROUGH = {nn.TransformerEncoderLayer: _encoder_layer, nn.TransformerEncoder: _encoder}
+REGISTRY.register(MultiheadAttentionRule(), nn.MultiheadAttention)

@@ -1,0 +1,155 @@
+"""Ops that join or split tensors: cat, stack, split / chunk, unbind."""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+from torch import fx
+
+from .api import (EMPTY, LIVE, Connecting, HeadRole, Outcome, Pruning, Rule, Unsupported, arg, const, kept_in_range,
+    normalize_dim, set_arg, shape_of)
+from .registry import REGISTRY
+
+
+def joined_spaces(node: fx.Node, an: Connecting):
+    """The spaces of the tensors a cat or stack joins (channels on one dim), and its dim."""
+    spaces = [an.space(t) for t in arg(node, 0, "tensors")]
+    if any(s is None for s in spaces) or len({s.dim for s in spaces}) != 1:
+        raise Unsupported("inputs carry channels on different dims")
+    return spaces, normalize_dim(arg(node, 1, "dim", 0), len(an.shape(node)))
+
+
+class Cat(Rule):
+    r"""``torch.cat(xs, dim)``. On the channel dim, input ``i``'s channel ``j`` is output
+    channel ``o_i + j`` with ``o_i = \sum_{k<i} C_k`` (the paper's Fig. 7: 50 + 47 kept
+    channels become 97 at the consumer). On another dim, every input shares the output's
+    channels."""
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        spaces, dim = joined_spaces(node, an)
+        out = an.new_space(node, spaces[0].dim)
+        offset = 0
+        for s in spaces:
+            if out.dim == dim:
+                an.tie(s, out, None, offset + np.arange(s.size))
+                offset += s.size
+            else:
+                an.tie(s, out)
+
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
+        tensors = arg(node, 0, "tensors")
+        out = pc.space(node)
+        on_channels = normalize_dim(arg(node, 1, "dim", 0), len(shape_of(node))) == out.dim
+        nonempty = [t for t in tensors if not pc.is_empty(t)]
+        if on_channels and all(pc.is_const(t) for t in nonempty):
+            # Constants in broadcast form concatenate along the channel dim exactly; an empty
+            # input's channels are all cut, so zeros stand in for them.
+            like = pc.const(nonempty[0])
+            parts = [pc.const(t) if pc.is_const(t) else pc.broadcast_form(t, like.new_zeros(pc.space(t).size))
+                     for t in tensors]
+            shape = list(torch.broadcast_shapes(*(p.shape[:out.dim] + (1,) + p.shape[out.dim + 1:] for p in parts)))
+            full = [p.expand(shape[:out.dim] + [p.shape[out.dim]] + shape[out.dim + 1:]) for p in parts]
+            return const(torch.cat(full, dim=out.dim))
+        if on_channels:
+            set_arg(node, 0, "tensors", nonempty)
+        return super().prune(node, pc)
+
+
+class Stack(Rule):
+    """``torch.stack(xs, dim)``: inputs share the output's channels, shifted by the new dim."""
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        spaces, dim = joined_spaces(node, an)
+        out = an.new_space(node, spaces[0].dim + (1 if dim <= spaces[0].dim else 0))
+        for s in spaces:
+            an.tie(s, out)
+
+
+class Split(Rule):
+    """``torch.split`` / ``torch.chunk`` and their Tensor methods, read through ``[i]``.
+
+    On the channel dim, piece ``i`` holds channels ``o_i .. o_i + n_i`` of the input; the
+    pruned model splits at the kept counts (always as ``split`` with explicit sizes, since
+    kept pieces need not be equal).
+    """
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        x = node.args[0]
+        src = an.space(x)
+        pieces = node.meta.get("tensor_meta")
+        if src is None or not isinstance(pieces, (tuple, list)):
+            raise Unsupported("splits a value lumos_fx does not follow")
+        users = list(node.users)
+        if not all(u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)
+                   for u in users):
+            raise Unsupported("its pieces are used other than by indexing with a number")
+        dim = normalize_dim(arg(node, 2, "dim", 0), len(an.shape(x)))
+        sizes = [p.shape[dim] for p in pieces]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        for user in users:
+            i = user.args[1] % len(sizes)
+            if dim == src.dim:
+                out = an.new_space(user, dim)
+                an.tie(src, out, offsets[i] + np.arange(sizes[i]), None)
+            else:
+                an.follow(user, src, src.dim)
+            an.claim(user)
+
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
+        x = node.args[0]
+        if pc.is_empty(x):
+            return EMPTY
+        src = pc.space(x)
+        dim = normalize_dim(arg(node, 2, "dim", 0), len(shape_of(x)))
+        if dim == src.dim and pc.is_const(x):
+            return const(pc.evaluate(node))  # a tuple of constant pieces, read by the getitem rule
+        result = super().prune(node, pc)
+        if dim != src.dim or not result.live:
+            return result
+        kept = pc.kept(src)
+        sizes = [p.shape[dim] for p in node.meta["tensor_meta"]]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        new_sizes = [kept_in_range(kept, offsets[i], offsets[i + 1]) for i in range(len(sizes))]
+        node.target = "split" if node.op == "call_method" else torch.split
+        node.args = (node.args[0], new_sizes)
+        node.kwargs = {"dim": dim}
+        return LIVE
+
+
+class Unbind(Rule):
+    """``x.unbind(dim)`` read through ``[i]``: on a dim other than the channels, every piece
+    keeps the channels (one dim to the left if ``dim`` was before them)."""
+
+    def head_role(self, node: fx.Node) -> HeadRole:
+        return HeadRole.MOVE
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        src = an.space(node.args[0])
+        if src is None:
+            return
+        dim = normalize_dim(arg(node, 1, "dim", 0), len(an.shape(node.args[0])))
+        if dim == src.dim:
+            raise Unsupported("splits the channels into single channels")
+        users = list(node.users)
+        if not all(u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)
+                   for u in users):
+            raise Unsupported("its pieces are used other than by indexing with a number")
+        for user in users:
+            an.follow(user, src, src.dim - (1 if dim < src.dim else 0))
+            an.claim(user)
+
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
+        x = node.args[0]
+        if pc.is_empty(x):
+            return EMPTY
+        if pc.is_const(x):
+            return const(pc.evaluate(node))  # a tuple of constant pieces, read by the getitem rule
+        return super().prune(node, pc)
+
+
+REGISTRY.register(Cat(), torch.cat, torch.concat, torch.concatenate)
+REGISTRY.register(Stack(), torch.stack)
+REGISTRY.register(Split(), torch.split, torch.functional.split, torch.chunk, "split", "chunk")
+REGISTRY.register(Unbind(), torch.unbind, "unbind")
