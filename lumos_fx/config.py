@@ -75,7 +75,9 @@ class Config:
 
     Tracer: ``leaf_modules`` are modules torch.fx must not trace into, given as qualified
     names (``"encoder.block1"``), classes, or a predicate ``f(module, qualified_name)``.
-    A leaf with no registered rule keeps every channel it touches.
+    A leaf with no registered rule keeps every channel it touches. With ``auto_leaves`` (the
+    default), a submodule fx cannot trace into becomes a leaf of its own, the reason in
+    summary(), and the rest of the model is traced and cut; without, it is a TraceError.
 
     Fine-tuning: ``frozen`` names modules (the same three ways) whose weights stay as they
     are (``requires_grad=False`` in the instrumented model, so :func:`lumos_fx.param_groups`
@@ -105,6 +107,7 @@ class Config:
     budget_tolerance: float = 0.01
     leaf_modules: Sequence[LeafSpec] = field(default_factory=tuple)
     frozen: Sequence[LeafSpec] = field(default_factory=tuple)
+    auto_leaves: bool = True
 
     def __post_init__(self) -> None:
         """Check every field, so that a bad setting fails here, naming itself, and not as a
@@ -117,6 +120,8 @@ class Config:
             raise ValueError("Config takes one budget: target_params or target_flops, not both")
         for name in ("leaf_modules", "frozen"):
             _check_specs(name, getattr(self, name))
+        if not isinstance(self.auto_leaves, bool):
+            raise TypeError(f"Config.auto_leaves must be True or False, got {self.auto_leaves!r}")
 
     @property
     def budget(self) -> tuple[str, float] | None:

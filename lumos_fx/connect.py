@@ -19,6 +19,7 @@ class Analysis:
 
     def __init__(self, gm: fx.GraphModule) -> None:
         self.gm = gm
+        self.auto_leaves: dict[str, str] = gm.meta.get("lumos_auto_leaves", {})  # read before instrument pops it
         self.cg = ChannelGraph()
         self.handled: set[fx.Node] = set()
         self.unruled: set[str] = set()
@@ -124,7 +125,9 @@ class Analysis:
         self._touched = set()
         rule = REGISTRY.lookup(node, self.gm)
         if rule is None:
-            self._unknown(node, f"no rule for {self.describe(node)}")
+            one_op = node.op == "call_module" and node.target in self.auto_leaves
+            self._unknown(node, f"{self.describe(node)} is called as one op: fx could not trace into it "
+                                "(summary().one_op says why)" if one_op else f"no rule for {self.describe(node)}")
             return
         try:
             rule.connect(node, self)

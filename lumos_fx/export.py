@@ -9,6 +9,7 @@ generates for the pruned graph. ``weights.pt`` is a plain state_dict, readable w
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import importlib.util
 import math
@@ -83,7 +84,10 @@ def _imports(python_code) -> list[str]:
             continue
         else:
             module = getattr(obj, "__module__", "") or ""
-            if not module.split(".")[0] in _IMPORTABLE:
+            # The output container of a library's model (transformers' ModelOutput dataclasses)
+            # is imported from that library: the outputs keep their type.
+            container = isinstance(obj, type) and dataclasses.is_dataclass(obj)
+            if not (module.split(".")[0] in _IMPORTABLE or container):
                 raise ExportError(f"the forward calls {name} from {module or 'an unknown module'}; "
                                   "model.py may import only torch and torch_geometric")
             lines.append(f"from {module} import {obj.__qualname__} as {name}")
@@ -132,6 +136,9 @@ def export(pruned: fx.GraphModule, path, *, overwrite: bool = False) -> Path:
         new = graph.node_copy(node, env.__getitem__)
         env[node] = new
         if node.op not in ("call_module", "get_attr"):
+            continue
+        if node.op == "get_attr" and node.target.rpartition(".")[2] == "training":
+            new.target = "training"  # a module's flag, which follows the exported model's .train()/.eval()
             continue
         if node.target not in flat_of:
             flat = flat_of[node.target] = _flat(node.target, taken)

@@ -51,6 +51,7 @@ def instrument(model: nn.Module, example_inputs, *, feature_names=None, config: 
         channels,
         config=config,
         example_flops=gm.meta.pop("lumos_example_flops"),
+        auto_leaves=gm.meta.pop("lumos_auto_leaves"),
         example_inputs=fresh(normalize_example_inputs(example_inputs)),  # the user's tensors stay theirs
         feature_names=_feature_names(gm, channels, feature_names, getattr(model, "input_features", {})),
         gate_keys=_gate_keys(channels),

@@ -29,6 +29,17 @@ class GateRole(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Decision:
+    """A value the trace took from the example inputs (the ``torch._assert`` after it checks it)."""
+
+    where: str  # the source line that asked
+    value: object
+
+    def __str__(self) -> str:
+        return f"{self.where} (decided with {self.value!r}, as for the example inputs)"
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     """lumos_fx's record of one node."""
 
@@ -38,6 +49,7 @@ class NodeInfo:
     assignment: Any = None  # a buffer assignment written as copy_: (side_effects.Change, source line)
     gate: GateRole | None = None  # a node instrument() inserted
     folded: str | None = None  # the module a gate-folded functional call stands for
+    decision: Decision | None = None  # a guard: the decision on the example inputs it checks
 
 
 _BLANK = NodeInfo()

@@ -47,6 +47,7 @@ class Plan:
     extras: dict[str, list[Space]] = field(default_factory=dict)  # node name -> its spaces off the channel dim
     essential: set[int] = field(default_factory=set)  # groups every input-to-output path runs through
     stateful: frozenset[str] = frozenset()  # buffers and parameters forward updates on every call
+    auto_leaves: dict[str, str] = field(default_factory=dict)  # submodules fx could not trace into -> why
 
     def space_of(self, node_name: str) -> Space | None:
         return self.spaces.get(NodeKey(node_name))

@@ -523,7 +523,9 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
     keep = _masks(plan, z)
     pruned = cut(wrapped, keep, z, shrink_inputs)
     fixed_size = pruned.meta.pop("lumos_fixed_size")
-    assumptions = add_guards(wrapped, pruned, plan.example_inputs, shrink_inputs, bool(fixed_size), plan.stateful)
+    decisions = [str(info(n).decision) for n in pruned.graph.nodes if info(n).decision is not None]
+    assumptions = decisions + add_guards(wrapped, pruned, plan.example_inputs, shrink_inputs, bool(fixed_size),
+                                         plan.stateful)
     inputs = _verify_inputs(plan, pruned, shrink_inputs)
     err, scale, flops = _error(wrapped, pruned, inputs)
     if not within_tolerance(err, scale):

@@ -37,6 +37,7 @@ class Summary:
     budget: Snap | None = None  # with Config(target_params=...): the target and how the cut met it
     ungated: dict[str, str] = field(default_factory=dict)  # input -> why its features have no gate
     assumptions: list[str] = field(default_factory=list)  # what the pruned model's guards check on its inputs
+    one_op: dict[str, str] = field(default_factory=dict)  # submodule fx could not trace into -> the error
 
     def __str__(self) -> str:
         width = max([len(r.name) for r in self.groups] + [5])
@@ -63,6 +64,9 @@ class Summary:
         if self.assumptions:
             lines.append("assumptions, checked when the pruned model runs:")
             lines.extend(f"  {a}" for a in self.assumptions)
+        if self.one_op:
+            lines.append("called as one op, their channels kept (fx could not trace into them):")
+            lines.extend(f"  {name}: {why}" for name, why in self.one_op.items())
         if self.kept_whole:
             lines.append("kept whole:")
             lines.extend(f"  {name}: {why}" for name, why in self.kept_whole.items())
@@ -120,6 +124,7 @@ def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[in
         budget=budget,
         ungated=ungated,
         assumptions=list(assumptions),
+        one_op=dict(plan.auto_leaves),
     )
 
 

@@ -191,11 +191,12 @@ def _restore_python_state(state: list[tuple[dict, str, Any]]) -> None:
 
 
 @contextmanager
-def preserved(module: nn.Module, extra: list[str] = ()):
+def preserved(module: nn.Module, extra: list[str] = (), tensors: bool = True):
     """Run code on `module` and put its state back as it was: its buffers, the parameters
     named in `extra`, and the Python attributes of its submodules (a leaf module counting
-    its calls). lumos_fx's own runs of a model never advance its state."""
-    saved = {name: t.detach().clone() for name, t in module.named_buffers()}
+    its calls); only the Python attributes without `tensors`. lumos_fx's own runs of a
+    model never advance its state."""
+    saved = {name: t.detach().clone() for name, t in module.named_buffers()} if tensors else {}
     saved.update({name: module.get_parameter(name).detach().clone() for name in extra})
     python = _python_state(module)
     try:

@@ -12,13 +12,15 @@ run is checked against the model's (:mod:`lumos_fx.fidelity`): outputs, buffers,
 from __future__ import annotations
 
 import copy
+import operator
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.graph import CodeGen
+from torch.fx.node import map_arg
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
@@ -30,7 +32,7 @@ from .fxutil import describe, fetch_attr, free_attr_name
 from .inputs import BoundInputs, bind, fresh
 from .node_info import annotate
 from .rules import REGISTRY
-from .side_effects import Change, Observation, changed, fingerprint, observe, preserved, source_line
+from .side_effects import Change, Observation, changed, fingerprint, observe, preserved, rng_devices, source_line
 from .tracer import IsinstanceQuery, LumosTracer
 from .verify import eval_mode
 
@@ -120,16 +122,69 @@ _FUNCTIONAL_DROPOUT = {
 }
 
 
+class _FailedInSubmodule(Exception):
+    """Tracing failed inside submodule `qualname` (the innermost one the error crossed)."""
+
+    def __init__(self, qualname: str, error: TraceError, reason: str) -> None:
+        super().__init__(reason)
+        self.qualname, self.error, self.reason = qualname, error, reason
+
+
 def _trace_in_mode(model: torch.nn.Module, training: bool, config: Config, bound: BoundInputs,
-                   stateful: frozenset[str], stack_traces: bool = True) -> LumosTracer:
+                   stateful: frozenset[str], stack_traces: bool = True, leaves: tuple = ()) -> LumosTracer:
     model.train(training)
-    tracer = LumosTracer(config.leaf_modules, stateful, bound.varargs)
+    tracer = LumosTracer(tuple(config.leaf_modules) + leaves, stateful, bound.varargs)
     tracer.record_stack_traces = stack_traces
+    tracer.start_examples(fresh(bound.examples))
+    # The examples run the model's ops for real (on copies of its tensors): its Python state
+    # and the random stream are put back afterwards.
     try:
-        tracer.trace(model, concrete_args=bound.concrete or None)
+        with preserved(model, tensors=False), torch.random.fork_rng(rng_devices(model)):
+            tracer.trace(model, concrete_args=bound.concrete or None)
     except Exception as e:  # fx raises many types; every one becomes a TraceError
-        raise _trace_error(e, tracer, model) from e
+        error = _trace_error(e, tracer, model)
+        if tracer.failed_in is not None and tracer.failed_in[0]:
+            frame = user_frame_of_traceback(e.__traceback__)
+            first = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            reason = f"{first} (at {describe_frame(frame)})" if frame is not None else first
+            raise _FailedInSubmodule(tracer.failed_in[0], error, reason) from e
+        raise error from e
     return tracer
+
+
+class _Traced(NamedTuple):
+    root: nn.Module  # the copy the train-mode trace ran on (the GraphModule's root)
+    tracer: LumosTracer
+    twin: nn.Module  # the copy the eval-mode trace ran on
+    evaluation: LumosTracer
+    start: dict  # fingerprint of `root` before tracing
+    flags: dict[int, bool]  # each module of `root`'s training flag before tracing
+    auto_leaves: dict[str, str]  # submodules made leaves, with the reason
+
+
+def _trace_both(model: nn.Module, twin: nn.Module, config: Config, bound: BoundInputs,
+                stateful: frozenset[str]) -> _Traced:
+    """Trace a copy of `model` in train mode and `twin` in eval mode. A submodule fx cannot
+    trace into becomes a leaf (``Config.auto_leaves``), and both are traced again from fresh
+    copies of `model`: a failed trace may have left proxies in the modules' attributes."""
+    leaves: dict[str, str] = {}
+    while True:
+        root = copy.deepcopy(model)
+        start, flags = fingerprint(root), {id(m): m.training for m in root.modules()}
+        try:
+            train = _trace_in_mode(root, True, config, bound, stateful, leaves=tuple(leaves))
+            # The eval-mode graph is only compared with the train-mode one: no source lines
+            # needed. It traces another copy, so that the constants fx stores on the root get
+            # the same names.
+            evaluation = _trace_in_mode(twin, False, config, bound, stateful, stack_traces=False,
+                                        leaves=tuple(leaves))
+            _follow_training_flag(root, train.graph, twin, evaluation.graph)
+            return _Traced(root, train, twin, evaluation, start, flags, leaves)
+        except _FailedInSubmodule as failed:
+            if not config.auto_leaves or failed.qualname in leaves:
+                raise failed.error from failed.__cause__
+            leaves[failed.qualname] = failed.reason
+            twin = copy.deepcopy(model)
 
 
 def _same_constant(a: fx.Node, b: fx.Node, root: nn.Module, twin: nn.Module) -> bool:
@@ -150,16 +205,22 @@ def _follow_training_flag(root: torch.nn.Module, train: fx.Graph, twin: nn.Modul
     `twin`) is Python control flow on ``self.training`` that one GraphModule cannot hold.
     """
     a_nodes, b_nodes = list(train.nodes), list(evaluation.nodes)
-    frozen = []
+    frozen, switched = [], []
     for a, b in zip(a_nodes, b_nodes):
-        if a.format_node() == b.format_node() and (a.op != "get_attr" or not a.target.startswith("_tensor_constant")
-                                                   or _same_constant(a, b, root, twin)):
+        if _same_op(a, b) and (a.op != "get_attr" or not a.target.startswith("_tensor_constant")
+                               or _same_constant(a, b, root, twin)):
             continue
-        if not (a.op == b.op == "call_function" and a.target is b.target and a.target in _FUNCTIONAL_DROPOUT):
+        if a.op == b.op == "call_function" and a.target is b.target and a.target in _FUNCTIONAL_DROPOUT:
+            frozen.append(a)
+            continue
+        differing = _differing_numbers(a, b)
+        if differing is None:
             _raise_mode_dependent(a)
-        frozen.append(a)
+        switched.append((a, differing))
     if len(a_nodes) != len(b_nodes):
         _raise_mode_dependent(a_nodes[min(len(a_nodes), len(b_nodes)) - 1])
+    for a, differing in switched:
+        _follow_flag_in_args(train, a, differing)
     for a in frozen:
         name = free_attr_name(root, f"{a.name}_module")
         p = a.args[1] if len(a.args) > 1 else a.kwargs.get("p", 0.5)
@@ -172,14 +233,68 @@ def _follow_training_flag(root: torch.nn.Module, train: fx.Graph, twin: nn.Modul
         train.erase_node(a)
 
 
+def _same_op(a: fx.Node, b: fx.Node) -> bool:
+    """The same op on the same inputs (how many read it may differ: the other path's)."""
+    def call(n: fx.Node):
+        return n.op, n.target, map_arg((n.args, n.kwargs), lambda x: x.name)
+
+    return a.name == b.name and call(a) == call(b)
+
+
+def _differing_numbers(a: fx.Node, b: fx.Node) -> dict[int, tuple] | None:
+    """The arguments in which the train-mode node `a` and the eval-mode node `b` differ, by
+    position among the flattened arguments, when they are the same op on the same inputs and
+    differ in numbers or flags only (``dropout_p=self.p if self.training else 0.0``); else None."""
+    if a.op != b.op or a.target != b.target:
+        return None
+    (leaves_a, spec_a), (leaves_b, spec_b) = (pytree.tree_flatten((n.args, n.kwargs)) for n in (a, b))
+    if spec_a != spec_b:
+        return None
+    differing = {}
+    for i, (x, y) in enumerate(zip(leaves_a, leaves_b)):
+        if isinstance(x, fx.Node) or isinstance(y, fx.Node):
+            if not (isinstance(x, fx.Node) and isinstance(y, fx.Node) and x.name == y.name):
+                return None
+        elif x != y:
+            if not (isinstance(x, (bool, int, float)) and isinstance(y, (bool, int, float))):
+                return None
+            differing[i] = (x, y)
+    return differing or None
+
+
+def _follow_flag_in_args(graph: fx.Graph, node: fx.Node, differing: dict[int, tuple]) -> None:
+    """Compute each differing argument of `node` from the training flag of the module that
+    called it: a flag itself (``training=self.training``), or ``eval + (train - eval) *
+    training`` for a number, so that one graph follows ``.train()`` / ``.eval()``."""
+    stack = node.meta.get("nn_module_stack") or {}
+    owner = next(reversed(stack.values()))[0] if stack else ""
+    leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
+    with graph.inserting_before(node):
+        flag = graph.get_attr(f"{owner}.training" if owner else "training")
+        for i, (train, evaluation) in differing.items():
+            if isinstance(train, bool) and isinstance(evaluation, bool):
+                leaves[i] = flag if train else graph.call_function(operator.not_, (flag,))
+            else:
+                leaves[i] = graph.call_function(operator.add, (evaluation, graph.call_function(
+                    operator.mul, (train - evaluation, flag))))
+    node.args, node.kwargs = pytree.tree_unflatten(leaves, spec)
+
+
 def _raise_mode_dependent(node: fx.Node):
+    """A TraceError; raised as a failure of the innermost submodule that took the other path
+    (``Config.auto_leaves`` then calls it as one op: it follows .train()/.eval() itself)."""
     where = user_line_of_stack_trace(node.stack_trace)
-    raise TraceError(
+    error = TraceError(
         "the model's forward takes different paths in train and eval mode (Python control flow on "
         f"self.training){f' near {where}' if where else ''}; one traced graph cannot hold both.\n"
         "fix: move that code into a submodule that fx calls as one op: "
         "lumos_fx.Config(leaf_modules=[...])."
     )
+    stack = node.meta.get("nn_module_stack") or {}
+    owner = next(reversed(stack.values()))[0] if stack else ""
+    if owner:
+        raise _FailedInSubmodule(owner, error, f"takes different paths in train and eval mode (near {where})")
+    raise error
 
 
 def _flat_signature(graph: fx.Graph) -> None:
@@ -214,6 +329,13 @@ def _propagate(gm: fx.GraphModule, model: torch.nn.Module, bound: BoundInputs,
         )
         where = describe(prop.current, gm) if prop.current is not None else "the model"
         cause = e.__cause__ if e.__cause__ is not None else e
+        if _runs(model, bound):
+            raise TraceError(
+                f"the traced graph of {type(model).__name__} fails on example_inputs where the model itself runs: "
+                f"at {where}:\n  {type(cause).__name__}: {cause}\n"
+                "the trace took a path the model does not take there; please report this model, and meanwhile "
+                "name the module in lumos_fx.Config(leaf_modules=[...])."
+            ) from None
         raise InputError(
             f"example_inputs do not run through {type(model).__name__}: at {where}:\n"
             f"  {type(cause).__name__}: {cause}\n"
@@ -221,6 +343,17 @@ def _propagate(gm: fx.GraphModule, model: torch.nn.Module, bound: BoundInputs,
             "fix: pass inputs the model accepts, so that model(*example_inputs) runs."
         ) from None
     return int(flops.get_total_flops()), output
+
+
+def _runs(model: nn.Module, bound: BoundInputs) -> bool:
+    """Whether a copy of `model` runs on the example inputs in eval mode."""
+    twin = copy.deepcopy(model).eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(rng_devices(model)):
+            twin(*fresh(bound.args))
+    except Exception:
+        return False
+    return True
 
 
 def _refuse_lazy(model: nn.Module) -> None:
@@ -334,13 +467,7 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
     observed, trained, twin = observe(model, bound.args)
     # Read as graph values while tracing (harmless for buffers only a leaf reads: BatchNorm's).
     stateful = frozenset(c.qualname for c in observed.per_call + trained.per_call if c.kind != "attribute")
-    root = copy.deepcopy(model)
-    start, flags = fingerprint(root), {id(m): m.training for m in root.modules()}
-    tracer = _trace_in_mode(root, True, config, bound, stateful)
-    # The eval-mode graph is only compared with the train-mode one: no source lines needed.
-    # It traces another copy, so that the constants fx stores on the root get the same names.
-    evaluation = _trace_in_mode(twin, False, config, bound, stateful, stack_traces=False)
-    _follow_training_flag(root, tracer.graph, twin, evaluation.graph)
+    root, tracer, twin, evaluation, start, flags, auto_leaves = _trace_both(model, twin, config, bound, stateful)
     del twin, evaluation
     _refuse_traced_changes(model, bound, start, root, tracer)
     for module in root.modules():  # each module's own flag, as in the model
@@ -352,6 +479,7 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
     for node, leaf in zip((n for n in gm.graph.nodes if n.op == "placeholder"), bound.leaves):
         annotate(node, input=leaf.name)
     gm.meta["lumos_inputs"] = bound.leaves
+    gm.meta["lumos_auto_leaves"] = auto_leaves
     gm.meta["lumos_stateful"] = frozenset(q for q in stateful if not _in_a_leaf(gm, q))
     gm.meta["lumos_example_flops"] = _check_run(model, gm, bound, observed, trained, tracer)
     if _write_out(gm):

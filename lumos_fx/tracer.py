@@ -23,7 +23,9 @@ Beyond :class:`torch.fx.Tracer`, while it traces a model it
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import functools
+import inspect
 import operator
 import sys
 import traceback
@@ -37,6 +39,7 @@ from torch.fx._symbolic_trace import PH
 from torch.utils import _pytree as pytree
 
 from . import pyg_trace
+from .concrete import SHAPE_ATTRIBUTES, UNKNOWN, ConcreteProxy, ShapeConcrete
 from .config import module_matches
 from .errors import is_library_file
 from .node_info import annotate
@@ -47,14 +50,23 @@ _isinstance = builtins.isinstance
 _SHAPE_METHODS = {"size": torch.Size, "dim": int, "ndimension": int, "numel": int}
 
 
-class LumosProxy(fx.Proxy):
-    """fx.Proxy that NumPy defers to (``np.float32(2) * proxy`` calls ``proxy.__rmul__``),
-    and that records item assignment (``h[:, :2] *= 0.5``) as ``operator.setitem``."""
-
-    __array_ufunc__ = None
+class LumosProxy(ConcreteProxy, fx.Proxy):
+    """fx.Proxy with its example value (:mod:`lumos_fx.concrete`), that NumPy defers to
+    (``np.float32(2) * proxy`` calls ``proxy.__rmul__``), and that records item assignment
+    (``h[:, :2] *= 0.5``) as ``operator.setitem``."""
 
     def __setitem__(self, key, value) -> None:
         self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+    def __getattr__(self, name: str):
+        if name.startswith("__array"):  # NumPy's probes before __array__: not tensor attributes
+            raise AttributeError(name)
+        if name in SHAPE_ATTRIBUTES and "tracer" in self.__dict__ \
+                and _isinstance(self.tracer.known(self, shape_only=False), torch.Tensor):
+            if name == "ndim":  # a rank is asked to pick code (einops' recipe per ndim): an int
+                return self.tracer.decide_rank(self)
+            return self.tracer.create_proxy("call_function", builtins.getattr, (self, name), {})
+        return super().__getattr__(name)
 
 
 @dataclass
@@ -96,7 +108,46 @@ def is_subclass(kind: type, cls) -> bool:
         return False
 
 
-class LumosTracer(fx.Tracer):
+@contextmanager
+def _flat_forward(root: nn.Module):
+    """Trace a decorated forward (``def wrapper(self, *args, **kwargs)`` around the real one, as
+    transformers' ``can_return_tuple`` is) through a forward with the real signature.
+
+    fx reads the real signature (``inspect.unwrap``) but rewrites the wrapper's code to it,
+    which fails; a subclass whose forward has that signature and calls the wrapper with the
+    arguments the call gives (the defaults left out, as a caller leaves them out) is traced
+    instead, for as long as the trace lasts.
+    """
+    forward = type(root).forward
+    real = inspect.unwrap(forward)
+    params = list(inspect.signature(real).parameters.values())[1:]
+    if real is forward or any(p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) for p in params):
+        yield
+        return
+    names = [p.name for p in params if p.kind is not p.VAR_KEYWORD]
+    defaults = {p.name: p.default for p in params if p.default is not p.empty and p.kind is not p.VAR_KEYWORD}
+    signature, body = [], []
+    for p in params:
+        if p.kind is p.VAR_KEYWORD:
+            continue
+        if p.kind is p.KEYWORD_ONLY and "*" not in signature:
+            signature.append("*")
+        signature.append(f"{p.name}=_defaults[{p.name!r}]" if p.name in defaults else p.name)
+        body.append(f"    if {p.name} is not _defaults.get({p.name!r}, _no_default): given[{p.name!r}] = {p.name}")
+    source = (f"def forward(self, {', '.join(signature)}):\n    given = {{}}\n" + "\n".join(body)
+              + "\n    return _wrapped(self, **given)\n")
+    scope = {"_defaults": defaults, "_no_default": object(), "_wrapped": forward}
+    exec(compile(source, f"<lumos_fx: {type(root).__name__}.forward>", "exec"), scope)  # noqa: S102
+    flat = type(type(root).__name__, (type(root),), {"forward": scope["forward"]})
+    original, root.__class__ = root.__class__, flat
+    try:
+        yield
+    finally:
+        root.__class__ = original
+    del names
+
+
+class LumosTracer(ShapeConcrete, fx.Tracer):
     """fx.Tracer that records source lines, honours user leaves, and remembers where it failed.
 
     The functions the rules record as one op (torch_geometric's pooling and scatter) are
@@ -148,7 +199,23 @@ class LumosTracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return LumosProxy(node, self)
 
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        if _isinstance(proxy, LumosProxy):
+            self.attach_example(proxy, kind, target, args, kwargs)
+        return proxy
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        return self.decide(obj, bool, "a condition")
+
+    def iter(self, obj: fx.Proxy):
+        return iter([obj[i] for i in range(self.decide_length(obj))])
+
     def create_arg(self, a):
+        if _isinstance(a, dict) and dataclasses.is_dataclass(a):
+            # An output container that is a dict and a dataclass (transformers' ModelOutput)
+            # is rebuilt with its type and the fields it holds, not flattened to a dict.
+            return self.create_node("call_function", type(a), (), {k: self.create_arg(v) for k, v in a.items()})
         # torch reads a NumPy scalar as a Python number and an array as a tensor.
         if _isinstance(a, np.generic):
             a = a.item()
@@ -178,7 +245,7 @@ class LumosTracer(fx.Tracer):
     def trace(self, root, concrete_args=None):
         self._qualnames = {id(m): name for name, m in root.named_modules(remove_duplicate=False)}
         self._stateful_ids = {id(t) for name, t in root.named_buffers() if name in self.stateful}
-        with self._patched():
+        with self._patched(), _flat_forward(root):
             return super().trace(root, concrete_args)
 
     @contextmanager
@@ -188,6 +255,8 @@ class LumosTracer(fx.Tracer):
         jit_isinstance, is_tensor = torch.jit.isinstance, torch.is_tensor
 
         def module_setattr(module, name, value):
+            if tracer.computing_example:
+                return setattr_of_module(module, name, value)
             qualname = tracer._qualnames.get(id(module))
             frame = _user_frame(1) if qualname is not None else None
             if frame is None or not tracer._assign(module, qualname, name, value, frame):
@@ -219,7 +288,8 @@ class LumosTracer(fx.Tracer):
             yield
 
     def _answer(self, proxy: fx.Proxy, cls, frame: traceback.FrameSummary) -> bool:
-        kind = _likely_type(proxy.node)
+        example = self.known(proxy, shape_only=False)
+        kind = _likely_type(proxy.node) if example is UNKNOWN else type(example)
         answer = is_subclass(kind, cls)
         self.isinstance_queries.append(IsinstanceQuery(proxy.node, cls, answer, _describe(frame), kind))
         return answer

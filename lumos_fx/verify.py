@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 
 import torch
@@ -70,8 +71,9 @@ def _leaf_error(reference: torch.Tensor, candidate: torch.Tensor) -> tuple[float
 
 
 def _mutable(tree):
-    """`tree` with fx's immutable containers (an Interpreter's outputs) as plain dicts and lists."""
-    if isinstance(tree, immutable_dict):
+    """`tree` with fx's immutable containers (an Interpreter's outputs) and dict-dataclass
+    output containers (transformers' ModelOutput) as plain dicts and lists."""
+    if isinstance(tree, immutable_dict) or (isinstance(tree, dict) and dataclasses.is_dataclass(tree)):
         return {k: _mutable(v) for k, v in tree.items()}
     if isinstance(tree, immutable_list):
         return [_mutable(v) for v in tree]

@@ -4,6 +4,7 @@ oracles: output equivalence on fresh inputs, and the parameters that must surviv
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 from hypothesis import strategies as st
@@ -261,3 +262,9 @@ def _readers(w: fx.GraphModule) -> dict[str, list[str]]:
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def line_of(fn, text: str) -> int:
+    """The line number of the first line of `fn`'s source that contains `text`."""
+    lines, start = inspect.getsourcelines(fn)
+    return start + next(i for i, line in enumerate(lines) if text in line)

@@ -35,13 +35,15 @@ def test_untraceable_submodule_names_the_line_the_module_and_the_leaf_fix():
     model, x = Outer(), torch.randn(4, 4)
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(lumos_fx.TraceError) as info:
-        lumos_fx.instrument(model, (x,))
+        lumos_fx.instrument(model, (x,), config=lumos_fx.Config(auto_leaves=False))
     message = str(info.value)
     assert "test_errors.py" in message and "if x.sum() > 0" in message
     assert "inside module 'block' (DataDependent)" in message
     assert "leaf_modules=['block']" in message
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
+    # By default the module is called as one op on its own (Config.auto_leaves), naming the line.
+    assert "if x.sum() > 0" in lumos_fx.summary(lumos_fx.instrument(model, (x,))).one_op["block"]
     # The fix the message gives works; the leaf's channels are kept, the rest still prunes.
     wrapped = lumos_fx.instrument(model, (x,), config=lumos_fx.Config(leaf_modules=["block"]))
     assert set(lumos_fx.gates(wrapped)) == {"x"}

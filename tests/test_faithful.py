@@ -7,7 +7,6 @@ isinstance branches, inputs of another rank, containers and *args in forward.
 
 import contextlib
 import copy
-import inspect
 import io
 
 import numpy as np
@@ -18,12 +17,7 @@ from torch import nn
 
 import lumos_fx
 from lumos_fx.verify import output_error
-
-
-def line_of(fn, text: str) -> int:
-    """The line number of the first line of `fn`'s source that contains `text`."""
-    lines, start = inspect.getsourcelines(fn)
-    return start + next(i for i, line in enumerate(lines) if text in line)
+from support import line_of
 
 
 def close_half(wrapped):
@@ -275,18 +269,34 @@ def test_isinstance_branches_on_inputs_are_traced_as_taken(test, with_e):
     assert_same(run(lumos_fx.prune(wrapped), *fresh), run(wrapped, *fresh))
 
 
-def test_a_wrong_isinstance_answer_is_refused_naming_the_line():
-    class Recurrent(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rnn, self.head = nn.GRU(4, 8, batch_first=True), nn.Linear(8, 2)
+class Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.GRU(4, 8, batch_first=True), nn.Linear(8, 2)
 
-        def forward(self, x):
-            out = self.rnn(x)
-            if isinstance(out, tuple):  # the GRU (a leaf) returns (output, h_n)
-                out = out[0]
-            return self.head(out)
+    def forward(self, x):
+        out = self.rnn(x)
+        if isinstance(out, tuple):  # the GRU (a leaf) returns (output, h_n)
+            out = out[0]
+        return self.head(out)
 
+
+def test_isinstance_on_a_leafs_output_is_answered_from_its_example():
+    model, x = Recurrent(), torch.randn(2, 5, 4)
+    wrapped = lumos_fx.instrument(model, (x,))
+    assert_same(run(wrapped, x), run(model, x))
+
+
+def test_a_wrong_isinstance_answer_is_refused_naming_the_line(monkeypatch):
+    """Without an example (an op that failed on the example values), the tracer takes a
+    value for a tensor; the run-time type refutes it."""
+    from lumos_fx import concrete
+
+    def no_module_examples(root, kind, target, args, kwargs):
+        return (concrete.UNKNOWN, False) if kind == "call_module" else example_of(root, kind, target, args, kwargs)
+
+    example_of = concrete.example_of
+    monkeypatch.setattr(concrete, "example_of", no_module_examples)
     line = line_of(Recurrent.forward, "if isinstance(out, tuple)")
     with pytest.raises(lumos_fx.TraceError, match=rf"(?s)isinstance\(\) test on a traced value took the wrong "
                                                   rf"branch, at .*test_faithful.py:{line}.*took the value for a Tensor"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import operator
 
 import torch
 from torch import fx
+from torch.fx._symbolic_trace import _assert_is_none
 from torch.fx.node import map_arg
 
 from .api import (EMPTY, LIVE, Connecting, Outcome, PruneError, Pruning, Rule, arg, describe, normalize_dim, run_on,
@@ -74,7 +76,7 @@ class ShapeRead(Rule):
                 break
             except PruneError:
                 if not self._is_permute(source) or not (pc.is_empty(source) or pc.is_const(source)):
-                    raise
+                    return self._read_example_sizes(node, dims, pc)
                 probe = run_on(source, torch.empty(PRIMES[: len(shape_of(source.args[0]))], device="meta"))
                 where = [PRIMES.index(probe.shape[w]) for w in where]
                 source = source.args[0]
@@ -82,6 +84,22 @@ class ShapeRead(Rule):
         if where != sorted(where):
             self._read_dims_of(node, where)
         return LIVE
+
+    def _read_example_sizes(self, node: fx.Node, dims: list[int], pc: Pruning) -> Outcome:
+        """No live tensor has the sizes read (everything upstream became constant: a UNet's
+        encoder whose skip channels all closed): the example's sizes, exact at the example
+        input's spatial size, which summary() then says. The batch is always live."""
+        x = node.args[0]
+        if 0 in dims:
+            raise PruneError(f"{describe(node, node.graph.owning_module)} reads the batch size of a constant "
+                             "no live tensor has; please report this model")
+        for d in dims:
+            self._read_channels_as_literal(node, d, shape_of(x)[d], pc)
+        if node.users:
+            raise PruneError(f"{describe(node, node.graph.owning_module)} reads the whole shape of a constant "
+                             "no live tensor has; please report this model")
+        pc.holds_at_example_size(node)
+        return EMPTY
 
     @staticmethod
     def _read_channels_as_literal(node: fx.Node, dim: int, size: int, pc: Pruning) -> None:
@@ -138,7 +156,10 @@ def _reads_one_size(node: fx.Node) -> bool:
 
 
 def _dims_indexed(user: fx.Node, ndim: int) -> list[int] | None:
-    """The dims of a shape that ``shape[i]`` or ``shape[a:b]`` reads; None for other uses."""
+    """The dims of a shape that ``shape[i]`` or ``shape[a:b]`` reads (``len(shape)``, the rank,
+    reads none); None for other uses."""
+    if user.op == "call_function" and user.target is builtins.len:
+        return []
     index = user.args[1] if user.op == "call_function" and user.target is operator.getitem else None
     if isinstance(index, int):
         return [index]
@@ -147,4 +168,16 @@ def _dims_indexed(user: fx.Node, ndim: int) -> list[int] | None:
     return None
 
 
+class Assertion(Rule):
+    """``torch._assert(condition, message)``: a guard on sizes or dtypes the trace took from
+    the example inputs (:mod:`lumos_fx.concrete`), or fx's check of a constant argument. It
+    reads values, never channels; the shape reads it checks have their own rule."""
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        for value in node.all_input_nodes:
+            if an.space(value) is not None:
+                an.accept(an.space(value))
+
+
 REGISTRY.register(ShapeRead(), getattr, "size", "dim", "ndimension", "numel")
+REGISTRY.register(Assertion(), torch._assert, _assert_is_none)

@@ -1,0 +1,101 @@
+"""A forward whose train- and eval-mode traces differ only in numbers or flags computed from
+``self.training`` is one graph that follows ``.train()`` / ``.eval()``, cut and exported."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lumos_fx
+from support import max_rel_error
+
+
+class Attention(nn.Module):
+    """Attention dropout as transformers' sdpa integration passes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.out, self.p = nn.Linear(8, 24), nn.Linear(8, 3), 0.5
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        h = F.scaled_dot_product_attention(q, k, v, dropout_p=self.p if self.training else 0.0)
+        return self.out(h.transpose(1, 2).reshape(b, n, 8))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.attn = nn.Linear(4, 8), Attention()
+        self.register_buffer("mean", torch.zeros(8))
+        self.register_buffer("var", torch.ones(8))
+
+    def forward(self, x):
+        h = self.inp(x).transpose(1, 2)
+        h = F.batch_norm(h, self.mean.clone(), self.var.clone(), training=self.training).transpose(1, 2)
+        return self.attn(torch.relu(h))
+
+
+@pytest.fixture()
+def cut(tmp_path):
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 5, 4)
+    wrapped = lumos_fx.instrument(model, (x,))
+    with torch.no_grad():
+        assert max_rel_error(wrapped.eval()(x), model(x)) < 1e-6
+        for gate in lumos_fx.gates(wrapped).values():
+            gate.log_alpha[::2] = -10.0
+    pruned = lumos_fx.prune(wrapped)
+    lumos_fx.export(pruned, tmp_path / "m")
+    return model, wrapped, pruned, lumos_fx.load(tmp_path / "m")
+
+
+def test_the_graph_reads_the_training_flag_where_the_model_did(cut):
+    _, wrapped, pruned, _ = cut
+    assert "self.attn.training" in wrapped.code and "training" in pruned.code
+    assert "dropout_p = 0.0" not in wrapped.code
+
+
+def test_eval_mode_is_exact_and_train_mode_draws_dropout(cut):
+    _, wrapped, pruned, exported = cut
+    x = torch.randn(3, 7, 4)
+    with torch.no_grad():
+        for m in (pruned, exported):
+            assert max_rel_error(m.eval()(x), wrapped.eval()(x)) < 1e-5
+        torch.manual_seed(1)
+        first = wrapped.train()(x)
+        torch.manual_seed(2)
+        assert not torch.allclose(first, wrapped(x))  # dropout on the attention weights
+        exported.train()
+        torch.manual_seed(1)
+        assert exported(x).shape == first.shape
+
+
+class Noisy(nn.Module):
+    """A path only train mode takes (noise injection, drop path): not one graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        if self.training:
+            x = x + 0.1 * torch.randn_like(x)
+        return self.lin(x)
+
+
+def test_a_submodule_whose_paths_differ_by_mode_is_one_op_and_the_rest_is_cut():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), Noisy(), nn.ReLU(), nn.Linear(8, 16), nn.ReLU(),
+                          nn.Linear(16, 2)).eval()
+    x = torch.randn(5, 4)
+    wrapped = lumos_fx.instrument(model, (x,))
+    assert "different paths in train and eval mode" in lumos_fx.summary(wrapped).one_op["2"]
+    assert "4" in lumos_fx.gates(wrapped)
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["4"].log_alpha[::2] = -10.0
+    pruned = lumos_fx.prune(wrapped)
+    assert pruned.get_submodule("4").out_features == 8
+    assert max_rel_error(pruned(x), wrapped.eval()(x)) < 1e-5
+    wrapped.train()(x)  # the leaf draws its noise in train mode
