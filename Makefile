@@ -10,7 +10,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-smoke clean
+.PHONY: demo test bench bench-smoke coverage clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,24 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(PY) -m models_zoo.bench --scale smoke --out out/bench-smoke
+
+# `make coverage` runs the external coverage benchmark (benchmarks/coverage.py: 100+ small models
+# from torchvision, timm, PyG, MONAI, neuraloperator, PhysicsNeMo, DeepXDE, smp, e3nn and
+# transformers) in its own venv: torchvision needs torch 2.14.1 (both wheels lie on the build
+# machines' disk). Pass options with ARGS, e.g. `make coverage ARGS="--only timm"`.
+COV_TORCH ?= torch==2.14.1 torchvision==0.29.1
+COV_VENV ?= .venv-coverage
+COV_STAMP := $(COV_VENV)/.installed
+
+$(COV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(COV_VENV)
+	$(COV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(COV_VENV)/bin/python -m pip install --quiet $(COV_TORCH)
+	$(COV_VENV)/bin/python -m pip install --quiet -e ".[coverage]"
+	touch $(COV_STAMP)
+
+coverage: $(COV_STAMP)
+	$(COV_VENV)/bin/python -m benchmarks.coverage --out results $(ARGS)
 
 clean:
 	rm -rf $(VENV) out .cache .pytest_cache .hypothesis
