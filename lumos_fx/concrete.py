@@ -228,6 +228,9 @@ class ConcreteProxy:
     def __float__(self) -> float:
         return self.tracer.decide(self, float, "float()")
 
+    def __round__(self, ndigits=None):
+        return self.tracer.decide(self, lambda v: round(v, ndigits), "round()")
+
     def __array__(self, dtype=None, copy=None):
         return np.asarray(self.tracer.decide(self, lambda v: tuple(v) if isinstance(v, torch.Size) else v,
                                              "a NumPy array"), dtype=dtype)

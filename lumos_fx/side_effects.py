@@ -115,7 +115,8 @@ class Observation:
 
 def rng_devices(model: nn.Module) -> list[torch.device]:
     """The accelerators whose random state a run of `model` may draw from."""
-    return list({t.device for t in model.state_dict().values() if t.device.type == "cuda"})
+    return list({t.device for t in model.state_dict().values()  # extra state may be any object
+                 if isinstance(t, torch.Tensor) and t.device.type == "cuda"})
 
 
 def _two_calls(twin: nn.Module, inputs: tuple, training: bool) -> Observation:

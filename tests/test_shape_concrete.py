@@ -248,3 +248,22 @@ def test_an_output_container_keeps_its_type_in_the_cut_and_the_export(tmp_path):
     assert type(out) is Output and out.logits.shape == (5, 2)
     lumos_fx.export(pruned, tmp_path / "m")
     assert "Output" in (tmp_path / "m" / "model.py").read_text()
+
+
+def test_round_of_a_shape_is_decided_and_extra_state_that_is_not_a_tensor_is_fine():
+    class Rounds(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv1d(2, 4, 1)
+
+        def get_extra_state(self):  # neuralop keeps dicts in its state_dict
+            return {"version": 1}
+
+        def set_extra_state(self, state):
+            pass
+
+        def forward(self, x):
+            return F.interpolate(self.a(x), size=round(x.shape[-1] * 1.5))
+
+    _, pruned = _cut(Rounds(), torch.randn(2, 2, 8))
+    assert any("round(x.shape[-1] * 1.5)" in a for a in lumos_fx.summary(pruned).assumptions)
