@@ -27,7 +27,7 @@ from .errors import ExportError
 from .rules import REGISTRY
 from .rules.api import ModuleRule, generic_module_source
 
-_IMPORTABLE = ("torch", "torch_geometric", "math", "operator", "builtins")
+_IMPORTABLE = ("torch", "torch_geometric", "math", "operator", "_operator", "builtins")
 
 
 def _flat(name: str, taken: set[str]) -> str:

@@ -267,3 +267,11 @@ def test_round_of_a_shape_is_decided_and_extra_state_that_is_not_a_tensor_is_fin
 
     _, pruned = _cut(Rounds(), torch.randn(2, 2, 8))
     assert any("round(x.shape[-1] * 1.5)" in a for a in lumos_fx.summary(pruned).assumptions)
+
+
+def test_a_pruned_model_with_guards_exports_and_loads(tmp_path):
+    _, pruned = _cut(Validates(), torch.randn(2, 3, 8, 8))
+    assert "not_" in pruned.code  # the guard of a decision taken as False
+    lumos_fx.export(pruned, tmp_path / "m")
+    x = torch.randn(3, 3, 10, 6)
+    assert max_rel_error(lumos_fx.load(tmp_path / "m")(x), pruned(x)) < 1e-6
