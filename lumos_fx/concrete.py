@@ -35,6 +35,7 @@ from torch.fx.node import map_aggregate
 
 from .errors import is_library_file
 from .node_info import Decision, annotate
+from .rules.api import call_op
 
 UNKNOWN = object()  # the example of an op that failed on example values: decisions on it raise as in fx
 
@@ -64,18 +65,18 @@ def example_of(root: torch.nn.Module, kind: str, target, args: tuple, kwargs: di
         kind == "call_function" and target is builtins.getattr and args[1] in SHAPE_ATTRIBUTES)
     shape_only = reads_shape or (bool(proxies) and all(p.__dict__.get("shape_only", False) for p in proxies))
     try:
+        if kind not in ("call_module", "call_method", "call_function"):
+            return UNKNOWN, False
+        module = None
+        if kind == "call_module":
+            # On copies of its buffers: a BatchNorm in train mode updates its statistics.
+            leaf = root.get_submodule(target)
+            buffers = {name: b.clone() for name, b in leaf.named_buffers()}
+
+            def module(*a, **k):
+                return torch.func.functional_call(leaf, buffers, a, k, strict=False)
         with torch.no_grad():
-            if kind == "call_module":
-                # On copies of its buffers: a BatchNorm in train mode updates its statistics.
-                module = root.get_submodule(target)
-                buffers = {name: b.clone() for name, b in module.named_buffers()}
-                result = torch.func.functional_call(module, buffers, args, kwargs, strict=False)
-            elif kind == "call_method":
-                result = getattr(args[0], target)(*args[1:], **kwargs)
-            elif kind == "call_function":
-                result = target(*args, **kwargs)
-            else:
-                return UNKNOWN, False
+            result = call_op(kind, target, args, kwargs, module)
     except Exception:  # an op the example values cannot run: the proxy stays symbolic only
         return UNKNOWN, False
     return result, shape_only and not isinstance(result, torch.Tensor)

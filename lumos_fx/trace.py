@@ -233,6 +233,12 @@ def _follow_training_flag(root: torch.nn.Module, train: fx.Graph, twin: nn.Modul
         train.erase_node(a)
 
 
+def _owner(node: fx.Node) -> str:
+    """The innermost submodule whose forward made `node` ('' for the root's own forward)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else ""
+
+
 def _same_op(a: fx.Node, b: fx.Node) -> bool:
     """The same op on the same inputs (how many read it may differ: the other path's)."""
     def call(n: fx.Node):
@@ -266,8 +272,7 @@ def _follow_flag_in_args(graph: fx.Graph, node: fx.Node, differing: dict[int, tu
     """Compute each differing argument of `node` from the training flag of the module that
     called it: a flag itself (``training=self.training``), or ``eval + (train - eval) *
     training`` for a number, so that one graph follows ``.train()`` / ``.eval()``."""
-    stack = node.meta.get("nn_module_stack") or {}
-    owner = next(reversed(stack.values()))[0] if stack else ""
+    owner = _owner(node)
     leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
     with graph.inserting_before(node):
         flag = graph.get_attr(f"{owner}.training" if owner else "training")
@@ -290,8 +295,7 @@ def _raise_mode_dependent(node: fx.Node):
         "fix: move that code into a submodule that fx calls as one op: "
         "lumos_fx.Config(leaf_modules=[...])."
     )
-    stack = node.meta.get("nn_module_stack") or {}
-    owner = next(reversed(stack.values()))[0] if stack else ""
+    owner = _owner(node)
     if owner:
         raise _FailedInSubmodule(owner, error, f"takes different paths in train and eval mode (near {where})")
     raise error

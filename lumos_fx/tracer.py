@@ -124,7 +124,6 @@ def _flat_forward(root: nn.Module):
     if real is forward or any(p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) for p in params):
         yield
         return
-    names = [p.name for p in params if p.kind is not p.VAR_KEYWORD]
     defaults = {p.name: p.default for p in params if p.default is not p.empty and p.kind is not p.VAR_KEYWORD}
     signature, body = [], []
     for p in params:
@@ -144,7 +143,6 @@ def _flat_forward(root: nn.Module):
         yield
     finally:
         root.__class__ = original
-    del names
 
 
 class LumosTracer(ShapeConcrete, fx.Tracer):

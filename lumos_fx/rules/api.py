@@ -46,7 +46,7 @@ from ..fxutil import describe, normalize_dim, shape_of, tensor_meta
 
 __all__ = [
     "Attention", "Connecting", "EMPTY", "FoldedCall", "HeadRole", "LEAF", "LIVE", "ModuleRule", "Outcome",
-    "PruneError", "Pruning", "Rule", "Space", "Status", "TraceError", "Tracing", "Unsupported", "arg", "const",
+    "PruneError", "Pruning", "Rule", "Space", "Status", "TraceError", "Tracing", "Unsupported", "arg", "call_op", "const",
     "describe", "generic_module_source", "kept_in_range", "normalize_dim", "run_on", "run_op", "set_arg", "shape_of",
     "target_name", "tensor_meta", "trace_through", "varargs",
 ]
@@ -363,13 +363,16 @@ def run_op(node: fx.Node, value_of: Callable[[fx.Node], Any], module: nn.Module 
     """Run `node`'s op with every input node replaced by ``value_of(input)`` (`module`: the
     module a ``call_module`` node calls). The one way lumos_fx runs a node on values of its
     own: example constants, meta tensors, tensors of channel indices."""
-    args = map_arg(node.args, value_of)
-    kwargs = map_arg(node.kwargs, value_of)
-    if node.op == "call_module":
+    return call_op(node.op, node.target, map_arg(node.args, value_of), map_arg(node.kwargs, value_of), module)
+
+
+def call_op(op: str, target, args: tuple, kwargs: dict, module: Callable | None = None):
+    """Call what an fx node of kind `op` calls (`module` for ``call_module``) on values."""
+    if op == "call_module":
         return module(*args, **kwargs)
-    if node.op == "call_method":
-        return getattr(args[0], node.target)(*args[1:], **kwargs)
-    return node.target(*args, **kwargs)
+    if op == "call_method":
+        return getattr(args[0], target)(*args[1:], **kwargs)
+    return target(*args, **kwargs)
 
 
 def run_on(node: fx.Node, x: torch.Tensor):
