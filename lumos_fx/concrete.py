@@ -23,9 +23,12 @@ spatial sizes where the model's own code does. A decision on tensor values (``if
 from __future__ import annotations
 
 import builtins
+import functools
 import operator
 import sys
 import traceback
+import types
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -102,6 +105,69 @@ def model_frame() -> traceback.FrameSummary | None:
     if frame is None:
         return None
     return traceback.FrameSummary(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
+
+
+def _holds_proxy(values) -> bool:
+    for v in values:
+        if isinstance(v, fx.Proxy):
+            return True
+        if isinstance(v, (tuple, list)) and any(isinstance(w, fx.Proxy) for w in v):
+            return True
+    return False
+
+
+def _traced(function):
+    """`function` (torch's C code) recorded as a node when a traced value is among its
+    arguments, before torch's argument parser sees them: the parser reads a proxy in an
+    int or int-list argument (``grid.repeat(b, 1)``, ``F.pad(x, (0, w - m))``,
+    ``torch.zeros(b, c, h, w)``) through ``__index__``, which would decide the size."""
+    @functools.wraps(function)
+    def traced(*args, **kwargs):
+        if _holds_proxy(args) or _holds_proxy(kwargs.values()):
+            return fx.Proxy.__torch_function__(function, (), args, kwargs)
+        return function(*args, **kwargs)
+    traced.__lumos_wraps__ = function
+    return traced
+
+
+_C_CODE = (types.BuiltinFunctionType, types.MethodDescriptorType)
+_NAMESPACES = (torch, torch.nn.functional, torch.fft, torch.linalg, torch.special)
+# Private names, the __torch_function__ protocol itself and queries/settings of torch's state.
+_NOT_OPS = ("_", "has_torch_function", "is_", "set_", "get_")
+
+
+_ABSENT = object()
+
+
+@functools.cache
+def _size_wrappers() -> tuple[tuple[object, str, object, object], ...]:
+    """(owner, name, what the owner itself holds or _ABSENT, wrapper) for every C function."""
+    # torch caches which functions are Tensor methods on first use: fill it with the originals.
+    torch.overrides._get_tensor_methods()
+    found = []
+    for owner in (*_NAMESPACES, torch.Tensor):
+        names = dir(torch._C.TensorBase) if owner is torch.Tensor else list(vars(owner))
+        for name in names:
+            value = getattr(owner, name)
+            if not name.startswith(_NOT_OPS) and isinstance(value, _C_CODE):
+                found.append((owner, name, vars(owner).get(name, _ABSENT), _traced(value)))
+    return tuple(found)
+
+
+@contextmanager
+def symbolic_sizes():
+    """While tracing: torch's C functions and Tensor methods take traced sizes symbolically."""
+    wrappers = _size_wrappers()
+    for owner, name, _, wrapper in wrappers:
+        setattr(owner, name, wrapper)
+    try:
+        yield
+    finally:
+        for owner, name, original, _ in wrappers:
+            if original is _ABSENT:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
 
 
 class ShapeConcrete:
@@ -202,6 +268,12 @@ _NUMPY_OPERATORS = {np.add: operator.add, np.subtract: operator.sub, np.multiply
 
 class ConcreteProxy:
     """Proxy mixin: Python's conversions ask the tracer for the example's answer."""
+
+    @classmethod
+    def __torch_function__(cls, orig_method, types, args=(), kwargs=None):
+        # torch's C code finds a Tensor method by its name on the class: while tracing, the
+        # wrapper of symbolic_sizes; the graph records what it wraps.
+        return super().__torch_function__(getattr(orig_method, "__lumos_wraps__", orig_method), types, args, kwargs)
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         """A NumPy function of shapes computes on the example's numbers (``np.ceil(h / 7)``);

@@ -39,7 +39,7 @@ from torch.fx._symbolic_trace import PH
 from torch.utils import _pytree as pytree
 
 from . import pyg_trace
-from .concrete import SHAPE_ATTRIBUTES, UNKNOWN, ConcreteProxy, ShapeConcrete
+from .concrete import SHAPE_ATTRIBUTES, UNKNOWN, ConcreteProxy, ShapeConcrete, symbolic_sizes
 from .config import module_matches
 from .errors import is_library_file
 from .node_info import annotate
@@ -276,6 +276,7 @@ class LumosTracer(ShapeConcrete, fx.Tracer):
             return is_tensor(obj)
 
         with ExitStack() as stack:
+            stack.enter_context(symbolic_sizes())
             for owner, name, value in ((nn.Module, "__setattr__", module_setattr),
                                        (builtins, "isinstance", traced_isinstance),
                                        (torch.jit, "isinstance", traced_jit_isinstance),

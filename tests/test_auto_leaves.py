@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import lumos_fx
@@ -87,3 +88,40 @@ def test_a_traced_graph_that_fails_where_the_model_runs_is_not_blamed_on_the_inp
 
     with pytest.raises(lumos_fx.TraceError, match=r"(?s)fails on example_inputs where the model itself runs.*view"):
         lumos_fx.instrument(TracesOtherwise(), (torch.randn(3, 4),))
+
+
+class Opaque(nn.Module):
+    """A layer fx cannot trace into, whose output the model trims from the end
+    (PhysicsNeMo's FNO unpads ``x[..., :-pad, :-pad]`` after its spectral layers)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        if x.mean() > 0:
+            return self.conv(x)
+        return -self.conv(x)
+
+
+class Unpads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.odd, self.b = nn.Conv2d(2, 4, 1), Opaque(), nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        h = self.odd(F.pad(torch.relu(self.a(x)), (0, 2, 0, 2)))
+        return self.b(h[..., :-2, :-2])
+
+
+def test_a_slice_from_the_end_of_a_leaf_output_holds_at_other_sizes():
+    torch.manual_seed(0)
+    model = Unpads().eval()
+    wrapped = lumos_fx.instrument(model, (torch.randn(2, 2, 6, 6),))
+    assert "odd" in lumos_fx.summary(wrapped).one_op
+    pruned = lumos_fx.prune(wrapped)
+    for shape in [(2, 2, 6, 6), (3, 2, 9, 7)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            assert pruned(x).shape == model(x).shape
+            assert max_rel_error(pruned(x), wrapped.eval()(x)) < 1e-5, shape

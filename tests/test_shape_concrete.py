@@ -91,6 +91,24 @@ class Symbolic(nn.Module):
         return self.b(torch.relu(self.a(x.reshape(b * n, 4)))).reshape(b, n, 2)
 
 
+class Spectral(nn.Module):
+    """Sizes passed to torch's C code one by one, as FNO layers write them (PhysicsNeMo's
+    ``torch.zeros(b, c, h, w)``, neuraloperator's cached ``grid.repeat(b, 1, 1, 1)``,
+    ``F.pad(x, (0, w - m))``): nothing is decided, the cut runs at other batch and grid sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(9, 2, 1)
+        self.register_buffer("grid", torch.full((1, 1, 1, 1), 0.5))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        b, w = h.size(0), h.size(-1)
+        out = torch.zeros(b, 8, h.size(-2), w, dtype=h.dtype) + F.pad(h[..., :3], (0, w - 3))
+        grid = self.grid.repeat(b, 1, h.size(-2), w)
+        return self.b(torch.cat([out, grid], 1))
+
+
 def _cut(model, x):
     torch.manual_seed(0)
     wrapped = lumos_fx.instrument(model.eval(), (x,))
@@ -107,6 +125,7 @@ CASES = [
     (Unrolled, (2, 4, 5), [(3, 4, 5)]),
     (NumpySizes, (2, 2, 4, 4), [(5, 2, 4, 4)]),
     (Symbolic, (2, 3, 4), [(5, 7, 4)]),
+    (Spectral, (2, 3, 5, 6), [(3, 3, 5, 6), (3, 3, 7, 9)]),
 ]
 
 
@@ -134,6 +153,12 @@ def test_sizes_that_flow_into_arithmetic_are_not_decided():
     _, pruned = _cut(Symbolic(), torch.randn(2, 3, 4))
     assert not [a for a in lumos_fx.summary(pruned).assumptions if "decided" in a]
     assert "decided" not in pruned.code
+
+
+def test_sizes_given_to_torch_functions_one_by_one_are_not_decided():
+    _, pruned = _cut(Spectral(), torch.randn(2, 3, 5, 6))
+    assert not [a for a in lumos_fx.summary(pruned).assumptions if "decided" in a]
+    assert "torch.zeros(" in pruned.code and "repeat(" in pruned.code
 
 
 def test_a_rank_lookup_keeps_the_lookup_out_of_the_graph():

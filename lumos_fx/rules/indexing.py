@@ -151,7 +151,9 @@ class GetItem(Rule):
         if src is None or not result.live:
             return result
         pos, _, item = self._channel_item(node, src, len(shape_of(x)))
-        if isinstance(item, slice):
+        # An uncut space leaves the slice as written: its bounds may count from the end of a
+        # dim whose size the example only happens to give (a blocked space on a spatial dim).
+        if isinstance(item, slice) and pc.n_kept(src) < src.size:
             start, stop, _ = item.indices(src.size)
             kept = pc.kept(src)
             items = list(node.args[1]) if isinstance(node.args[1], tuple) else [node.args[1]]
