@@ -12,6 +12,7 @@ import builtins
 import dataclasses
 import hashlib
 import importlib.util
+import inspect
 import math
 import pprint
 import re
@@ -44,15 +45,20 @@ def _module_source(name: str, module: nn.Module) -> str:
     rule = REGISTRY.module_rule(module)
     if rule is not None and type(rule).source is not ModuleRule.source:
         return rule.source(module)
-    source = generic_module_source(module)
-    # A torch.nn module without children whose repr rebuilds it (ReLU(), LayerNorm(...)).
+    # A torch.nn module without children whose repr rebuilds it (ReLU(), LayerNorm(...)), with
+    # the settings its repr leaves out (AvgPool2d's count_include_pad) given by keyword.
+    source, same = generic_module_source(module), False
     try:
         rebuilt = eval(source, {"nn": nn, "torch": torch})
-        same = (type(rebuilt) is type(module) and rebuilt.extra_repr() == module.extra_repr()
+        missing = _settings_differing(rebuilt, module)
+        if missing:
+            source = f"{source[:-1]}{', ' if source[-2] != '(' else ''}{', '.join(f'{k}={v!r}' for k, v in missing.items())})"
+            rebuilt = eval(source, {"nn": nn, "torch": torch})
+        same = (type(rebuilt) is type(module) and not _settings_differing(rebuilt, module)
                 and {k: v.shape for k, v in rebuilt.state_dict().items()}
                 == {k: v.shape for k, v in module.state_dict().items()})
     except Exception:
-        same = False
+        pass
     if not same or not type(module).__module__.startswith("torch.nn") or any(True for _ in module.children()):
         raise ExportError(
             f"cannot write module '{name}' ({type(module).__name__}) as Python source. "
@@ -60,6 +66,17 @@ def _module_source(name: str, module: nn.Module) -> str:
             "lumos_fx.register_rule(MyRule(), type(module)) with MyRule(lumos_fx.ModuleRule).source()."
         )
     return source
+
+
+def _settings_differing(rebuilt: nn.Module, module: nn.Module) -> dict:
+    """The constructor arguments of `module`, kept as attributes of the same name, that
+    differ in `rebuilt`."""
+    names = inspect.signature(type(module).__init__).parameters
+    return {k: v for k, v in vars(module).items()
+            if k in names and not isinstance(v, (torch.Tensor, nn.Module)) and vars(rebuilt).get(k, _NONE) != v}
+
+
+_NONE = object()
 
 
 def _tensor_source(tensor: torch.Tensor) -> str:
@@ -82,6 +99,9 @@ def _imports(python_code) -> list[str]:
             lines.append(f"{name} = type(None)")
         elif getattr(builtins, name, None) is obj:
             continue
+        elif isinstance(obj, type) and issubclass(obj, tuple) and hasattr(obj, "_fields"):
+            # A named tuple the model returns (torchvision's GoogLeNetOutputs): defined again here.
+            lines.append(f"{name} = collections.namedtuple({obj.__name__!r}, {list(obj._fields)!r})")
         else:
             module = getattr(obj, "__module__", "") or ""
             # The output container of a library's model (transformers' ModelOutput dataclasses)
@@ -135,6 +155,7 @@ def export(pruned: fx.GraphModule, path, *, overwrite: bool = False) -> Path:
     for node in pruned.graph.nodes:
         new = graph.node_copy(node, env.__getitem__)
         env[node] = new
+        new.type = None  # an annotation names the model's types (typing, jaxtyping, strings): model.py needs none
         if node.op not in ("call_module", "get_attr"):
             continue
         if node.op == "get_attr" and node.target.rpartition(".")[2] == "training":
@@ -166,6 +187,8 @@ def export(pruned: fx.GraphModule, path, *, overwrite: bool = False) -> Path:
     src = "\n".join(line for line in code.src.splitlines() if not line.startswith("torch.fx._symbolic_trace.wrap("))
     forward = textwrap.indent(src.strip("\n"), " " * 4)
     imports = _imports(code) + _layer_imports(init)
+    if any("collections.namedtuple(" in line for line in imports):
+        imports.insert(0, "import collections")
     if specs and "import torch.utils._pytree as pytree" not in imports:
         imports.append("import torch.utils._pytree as pytree")
     needs = "torch and torch_geometric" if any("torch_geometric" in line for line in imports) else "torch"

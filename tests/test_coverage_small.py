@@ -23,12 +23,7 @@ if ROOT not in sys.path:
 from benchmarks import coverage  # noqa: E402
 from benchmarks.coverage_models import by_key  # noqa: E402
 
-# PyG's BasicGNN.forward annotates edge_index as Union[Tensor, SparseTensor]; export() reads
-# the annotation in the generated signature as a call into `typing` and refuses it.
-EXPORT_ANNOTATION = "export() refuses the typing.Union annotation of BasicGNN.forward's edge_index"
-
 MODELS = ["pyg/GCN", "pyg/GraphSAGE", "pyg/GIN", "pyg/GAT", "pyg/MLP"]
-EXPORT_XFAIL = {"pyg/GCN", "pyg/GraphSAGE", "pyg/GIN", "pyg/GAT"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,9 +46,7 @@ def test_pruned_equals_gated(key):
     assert max(c["rel_err"] for c in checked) < coverage.PRUNE_TOL
 
 
-@pytest.mark.parametrize("key", [
-    pytest.param(k, marks=pytest.mark.xfail(reason=EXPORT_ANNOTATION, strict=False)) if k in EXPORT_XFAIL else k
-    for k in MODELS])
+@pytest.mark.parametrize("key", MODELS)
 def test_export_loads_in_a_fresh_process(key):
     rec = record(key)
     assert rec["status"] == coverage.EXPORTED, rec["reason"]

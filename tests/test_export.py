@@ -1,5 +1,6 @@
 """export()/load(): readable standalone source, weights without pickle, a fresh process."""
 
+import collections
 import subprocess
 import sys
 import textwrap
@@ -102,6 +103,9 @@ def test_exported_cnns_and_vits_load_in_a_fresh_process(tmp_path):
     models["transformer_encoder"] = (SequenceRegressor(n_features=5, length=6, dim=16, depth=2), (6, 5))
     models["reflect_padding"] = (nn.Sequential(nn.Conv2d(2, 6, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
                                                nn.Conv2d(6, 3, 3, padding=1, padding_mode="circular")), (2, 8, 8))
+    # A setting nn.AvgPool2d's repr leaves out (timm's PoolFormer pools so).
+    models["avg_pool_without_padding"] = (nn.Sequential(nn.Conv2d(2, 6, 1), nn.AvgPool2d(3, 1, 1, count_include_pad=False),
+                                                        nn.Conv2d(6, 3, 1)), (2, 8, 8))
     folders = {}
     for name, (model, shape) in models.items():
         torch.manual_seed(0)
@@ -128,3 +132,34 @@ def test_exported_cnns_and_vits_load_in_a_fresh_process(tmp_path):
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
+
+
+Pair = collections.namedtuple("Pair", ["main", "aux"])
+
+
+class Annotated(nn.Module):
+    """A forward annotated with a library's types, returning a named tuple (torchvision's
+    GoogLeNetOutputs): model.py needs neither the annotations nor the library."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(8, 2), nn.Linear(8, 1)
+
+    def forward(self, x: "typing.Union[torch.Tensor, None]") -> Pair:
+        h = torch.relu(self.a(x))
+        return Pair(self.b(h), self.c(h))
+
+
+def test_annotations_are_dropped_and_a_named_tuple_output_is_defined_in_model_py(tmp_path):
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(Annotated(), (torch.randn(2, 4),))
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["a"].log_alpha[::2] = -10.0
+    pruned = lumos_fx.prune(wrapped)
+    folder = lumos_fx.export(pruned, tmp_path / "m")
+    source = (folder / "model.py").read_text()
+    assert "typing" not in source and "import test_export" not in source
+    x = torch.randn(3, 4)
+    out = lumos_fx.load(folder)(x)
+    assert type(out).__name__ == "Pair" and out._fields == ("main", "aux")
+    assert torch.allclose(out.main, pruned(x).main) and torch.allclose(out.aux, pruned(x).aux)
