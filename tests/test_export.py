@@ -4,6 +4,7 @@ import collections
 import subprocess
 import sys
 import textwrap
+import typing
 
 import pytest
 import torch
@@ -145,7 +146,7 @@ class Annotated(nn.Module):
         super().__init__()
         self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(8, 2), nn.Linear(8, 1)
 
-    def forward(self, x: "typing.Union[torch.Tensor, None]") -> Pair:
+    def forward(self, x: typing.Optional[torch.Tensor]) -> Pair:
         h = torch.relu(self.a(x))
         return Pair(self.b(h), self.c(h))
 
