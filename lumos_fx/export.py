@@ -25,6 +25,8 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from .errors import ExportError
+from .fxutil import describe
+from .leaf_code import FunctionCall, graph_values, is_flag, received, traced, with_flag
 from .rules import REGISTRY
 from .rules.api import ModuleRule, generic_module_source
 
@@ -129,12 +131,156 @@ def _spec_source(pruned: fx.GraphModule) -> list[str]:
             for name, spec in (("_in_spec", info.in_spec), ("_out_spec", info.out_spec)) if spec is not None]
 
 
+def _library_function(target) -> bool:
+    """A function the graph calls that model.py cannot import (only torch and torch_geometric)."""
+    if not callable(target) or isinstance(target, type) or getattr(builtins, getattr(target, "__name__", ""), None) is target:
+        return False
+    return (getattr(target, "__module__", "") or "").split(".")[0] not in _IMPORTABLE
+
+
+def _class_name(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"_+", re.sub(r"\W", "_", name)) if part) or "Part"
+
+
+class _Writer:
+    """The classes of model.py: the pruned model's, and one per module or library function it
+    calls that has no constructor export knows (:mod:`lumos_fx.leaf_code`), written from their
+    traced graphs; identical classes are written once."""
+
+    def __init__(self) -> None:
+        self.classes: dict[str, str] = {}  # class name -> definition, dependencies first
+        self.imports: list[str] = []
+
+    def write(self, name: str, graphs: list[fx.GraphModule], example: tuple | None, where: str) -> tuple[str, dict]:
+        """Write class `name` whose forward runs `graphs` (one, or the train- and eval-mode
+        graphs); returns the name it got and its state_dict. `example`: what its forward gets."""
+        taken: set[str] = set()
+        flat_of: dict[str, str] = {}
+        init, state, methods = [], {}, []
+        for mode, gm in zip(("train", "eval") if len(graphs) == 2 else ("",), graphs):
+            code = self._graph_code(gm, example, mode == "train", where, taken, flat_of, init, state)
+            src = "\n".join(line for line in code.src.splitlines() if not line.startswith("torch.fx._symbolic_trace.wrap("))
+            if mode:
+                src = src.replace("def forward(", f"def _forward_{mode}(", 1)
+            methods.append(textwrap.indent(src.strip("\n").rstrip(), " " * 4))
+            self.imports += [line for line in _imports(code) if line not in self.imports]
+        if len(graphs) == 2:
+            methods.insert(0, "    def forward(self, *args, **kwargs):\n        # its code takes another path in train mode\n"
+                              "        if self.training:\n            return self._forward_train(*args, **kwargs)\n"
+                              "        return self._forward_eval(*args, **kwargs)")
+        self.imports += [line for line in _layer_imports(init) if line not in self.imports]
+        specs = _spec_source(graphs[0])
+        if specs and "import torch.utils._pytree as pytree" not in self.imports:
+            self.imports.append("import torch.utils._pytree as pytree")
+        body = textwrap.indent("\n".join(["super().__init__()"] + specs + init), " " * 8)
+        methods_src = "\n\n".join(methods)
+
+        def definition(class_name):
+            return f"class {class_name}(nn.Module):\n    def __init__(self):\n{body}\n\n{methods_src}\n"
+
+        for existing, text in self.classes.items():
+            if text == definition(existing):
+                return existing, state
+        class_name, n = name, 1
+        while class_name in self.classes:
+            n += 1
+            class_name = f"{name}{n}"
+        self.classes[class_name] = definition(class_name)
+        return class_name, state
+
+    def _graph_code(self, gm, example, training, where, taken, flat_of, init, state):
+        """fx's code for `gm` with every attribute and submodule written into `init` / `state`."""
+        graph = fx.Graph()
+        graph._codegen = gm.graph._codegen  # a forward taking containers keeps its signature (read only)
+        env, pending = {}, []
+        for node in gm.graph.nodes:
+            new = graph.node_copy(node, env.__getitem__)
+            env[node] = new
+            new.type = None  # an annotation names the model's types (typing, jaxtyping, strings): model.py needs none
+            if node.op == "call_function" and _library_function(node.target):
+                pending.append((node, new))
+            elif node.op == "get_attr" and node.target.rpartition(".")[2] == "training":
+                new.target = "training"  # a module's flag, which follows the exported model's .train()/.eval()
+            elif node.op in ("call_module", "get_attr"):
+                if node.target not in flat_of:
+                    flat_of[node.target] = _flat(node.target, taken)
+                    module = gm.get_submodule(node.target) if node.op == "call_module" else None
+                    source = self._source(node, module, gm) if module is not None else None
+                    if source is None and module is not None:
+                        pending.append((node, new))
+                        continue
+                    flat = flat_of[node.target]
+                    if module is not None:
+                        init.append(f"self.{flat} = {source}")
+                        state.update({f"{flat}.{k}": v for k, v in module.state_dict().items()})
+                    else:
+                        owner, _, attr = node.target.rpartition(".")
+                        tensor = getattr(gm.get_submodule(owner), attr)
+                        if isinstance(tensor, nn.Parameter):
+                            init.append(f"self.{flat} = nn.Parameter({_tensor_source(tensor)})")
+                        else:
+                            init.append(f"self.register_buffer({flat!r}, {_tensor_source(tensor)})")
+                        state[flat] = tensor
+                new.target = flat_of[node.target]
+        if pending:
+            self._write_out(gm, example, training, where, pending, taken, flat_of, init, state)
+            for new in list(graph.nodes):  # a flag a written-out function took as its mode
+                if new.op == "get_attr" and new.target == "training" and not new.users:
+                    graph.erase_node(new)
+        return graph.python_code("self")
+
+    @staticmethod
+    def _source(node: fx.Node, module: nn.Module, gm: fx.GraphModule) -> str | None:
+        try:
+            return _module_source(node.target, module)
+        except ExportError:
+            return None
+
+    def _write_out(self, gm, example, training, where, pending, taken, flat_of, init, state):
+        """Classes for the module calls and library functions export has no constructor for,
+        traced on what they get when `gm` runs on `example`."""
+        if example is None:
+            node = pending[0][0]
+            raise ExportError(f"cannot write {describe(node, gm)} as Python source: the model holds no example "
+                              "inputs to trace it on (export the model lumos_fx.prune() returned)")
+        got = received(gm, example, {node.name for node, _ in pending}, training)
+        for node, new in pending:
+            if node.name not in got:
+                raise ExportError(f"cannot write {describe(node, gm)} as Python source: the example inputs do not "
+                                  "reach it, so it cannot be traced")
+            args, kwargs = got[node.name]
+            if node.op == "call_module":
+                module, name = gm.get_submodule(node.target), type(gm.get_submodule(node.target)).__name__
+                modes = traced(f"{where}{node.target}", module, args, kwargs)
+                flat = flat_of[node.target]
+                values = args
+                graphs = [modes.train] if modes.eval is None else [modes.train, modes.eval]
+            else:
+                # A flag argument (stochastic_depth(x, p, mode, self.training)) gives the
+                # class one path per mode; the other arguments come in as the call gives them.
+                graphs, name = [], _class_name(node.target.__name__)
+                flags = any(is_flag(v) for v in pytree.tree_leaves((node.args, node.kwargs)))
+                for training in (True, False) if flags else (False,):
+                    module = FunctionCall(node.target, *with_flag(node, training))
+                    values = tuple(pytree.tree_leaves((args, kwargs))[i] for i in module.slots)
+                    graphs.append(traced(f"{where}{node.name}", module, values, {}).train)
+                flat = flat_of.setdefault(("call", node.name), _flat(node.name, taken))
+                new.op, new.target = "call_module", flat
+                new.args, new.kwargs = tuple(v for v in graph_values(new) if not is_flag(v)), {}
+            class_name, sub_state = self.write(_class_name(name), graphs, values, f"{where}{flat}.")
+            init.append(f"self.{flat} = {class_name}()")
+            state.update({f"{flat}.{k}": v for k, v in sub_state.items()})
+            new.target = flat
+
+
 def export(pruned: fx.GraphModule, path, *, overwrite: bool = False) -> Path:
     """Write ``model.py`` and ``weights.pt`` into the folder `path`; returns the folder.
 
     ``lumos_fx.load(path)`` (or ``import model; model.load()`` with only torch installed,
     and torch_geometric for a GNN) rebuilds the module. A folder that already holds a
-    ``model.py`` is refused unless ``overwrite=True``.
+    ``model.py`` is refused unless ``overwrite=True``. A module or library function that has
+    no constructor export knows is written out as the torch code it runs (traced on the
+    values it gets from the pruned model's example inputs), as a class of its own.
     """
     if not isinstance(pruned, fx.GraphModule):
         raise ExportError(f"export() takes the GraphModule returned by lumos_fx.prune(), got {type(pruned).__name__}")
@@ -144,54 +290,18 @@ def export(pruned: fx.GraphModule, path, *, overwrite: bool = False) -> Path:
     if (folder / "model.py").exists() and not overwrite:
         raise ExportError(f"{folder} already holds a model (model.py); pass overwrite=True to replace it, "
                           "or export into another folder")
-    folder.mkdir(parents=True, exist_ok=True)
 
-    graph = fx.Graph()
-    graph._codegen = pruned.graph._codegen  # a forward taking containers keeps its signature (read only)
-    env = {}
-    taken: set[str] = set()
-    flat_of: dict[str, str] = {}
-    init, state = [], {}
-    for node in pruned.graph.nodes:
-        new = graph.node_copy(node, env.__getitem__)
-        env[node] = new
-        new.type = None  # an annotation names the model's types (typing, jaxtyping, strings): model.py needs none
-        if node.op not in ("call_module", "get_attr"):
-            continue
-        if node.op == "get_attr" and node.target.rpartition(".")[2] == "training":
-            new.target = "training"  # a module's flag, which follows the exported model's .train()/.eval()
-            continue
-        if node.target not in flat_of:
-            flat = flat_of[node.target] = _flat(node.target, taken)
-            if node.op == "call_module":
-                module = pruned.get_submodule(node.target)
-                init.append(f"self.{flat} = {_module_source(node.target, module)}")
-                state.update({f"{flat}.{k}": v for k, v in module.state_dict().items()})
-            else:
-                tensor = getattr(pruned.get_submodule(node.target.rpartition(".")[0]), node.target.rpartition(".")[2])
-                if isinstance(tensor, nn.Parameter):
-                    init.append(f"self.{flat} = nn.Parameter({_tensor_source(tensor)})")
-                else:
-                    init.append(f"self.register_buffer({flat!r}, {_tensor_source(tensor)})")
-                state[flat] = tensor
-        new.target = flat_of[node.target]
-    code = graph.python_code("self")
-
+    writer = _Writer()
     class_name = re.sub(r"\W", "_", pruned.meta.get("lumos_class_name", "PrunedModel"))
+    class_name, state = writer.write(class_name, [pruned], pruned.meta.get("lumos_example_inputs"), "")
     kept = pprint.pformat(getattr(pruned, "kept_features", {}), width=100, compact=True)
     kept_idx = pprint.pformat(getattr(pruned, "kept_feature_indices", {}), width=100, compact=True)
-    specs = _spec_source(pruned)
-    init_body = textwrap.indent("\n".join(["super().__init__()"] + specs + init), " " * 8)
-    # fx prefixes the code with wrap() calls for auto-wrapped functions (PyG's pooling), for
-    # tracing it again; model.py is never traced, and wrap() is only legal at module level.
-    src = "\n".join(line for line in code.src.splitlines() if not line.startswith("torch.fx._symbolic_trace.wrap("))
-    forward = textwrap.indent(src.strip("\n"), " " * 4)
-    imports = _imports(code) + _layer_imports(init)
+    imports = writer.imports
     if any("collections.namedtuple(" in line for line in imports):
         imports.insert(0, "import collections")
-    if specs and "import torch.utils._pytree as pytree" not in imports:
-        imports.append("import torch.utils._pytree as pytree")
     needs = "torch and torch_geometric" if any("torch_geometric" in line for line in imports) else "torch"
+    *parts, main = writer.classes.values()
+    parts_src = "".join(f"{part}\n\n" for part in parts)
     source = f'''"""{class_name}, pruned by lumos_fx. Its weights are in weights.pt next to this file.
 
 Load it with only {needs} installed:
@@ -208,12 +318,7 @@ KEPT_FEATURES = {kept}
 KEPT_FEATURE_INDICES = {kept_idx}
 
 
-class {class_name}(nn.Module):
-    def __init__(self):
-{init_body}
-
-{forward}
-
+{parts_src}{main}
 
 def load(weights=None, map_location="cpu"):
     """Build the model and load weights.pt (or `weights`)."""
@@ -222,6 +327,7 @@ def load(weights=None, map_location="cpu"):
     model.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
     return model.eval()
 '''
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.py").write_text(source)
     torch.save({k: v.detach().cpu() for k, v in state.items()}, folder / "weights.pt")
     return folder

@@ -540,6 +540,7 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
             f"groups whose cut alone breaks it: {offenders or 'none alone (an interaction)'}. "
             "This is a bug in a lumos_fx rule; please report it with the model."
         )
+    pruned.meta["lumos_example_inputs"] = inputs  # export traces what it writes out on them
     pruned.meta["lumos_summary"] = build_summary(wrapped, pruned, keep, flops, fixed_size, snap, assumptions)
     return pruned
 

@@ -233,6 +233,46 @@ def _follow_training_flag(root: torch.nn.Module, train: fx.Graph, twin: nn.Modul
         train.erase_node(a)
 
 
+class Modes(NamedTuple):
+    """A module traced for export: `train` is its graph in train mode, which also follows
+    the module's flag where the modes differ in numbers only; `eval` its eval-mode graph
+    where they take different paths (None otherwise)."""
+
+    train: fx.GraphModule
+    eval: fx.GraphModule | None
+
+
+def trace_modes(module: nn.Module, args: tuple) -> Modes:
+    """Trace `module` (a leaf of a traced model) on the values `args` it is called with, in
+    both modes. Its own untraceable submodules are leaves of the result, as in :func:`trace`."""
+    bound = bind(module, args)
+    config, leaves = Config(), {}
+    while True:
+        root, twin = copy.deepcopy(module), copy.deepcopy(module)
+        try:
+            train = _trace_in_mode(root, True, config, bound, frozenset(), leaves=tuple(leaves))
+            evaluation = _trace_in_mode(twin, False, config, bound, frozenset(), leaves=tuple(leaves))
+            break
+        except _FailedInSubmodule as failed:
+            if failed.qualname in leaves:
+                raise failed.error from failed.__cause__
+            leaves[failed.qualname] = failed.reason
+    try:
+        _follow_training_flag(root, train.graph, twin, evaluation.graph)
+        divergent = False
+    except (TraceError, _FailedInSubmodule):
+        divergent = True
+    flags = {name: m.training for name, m in module.named_modules()}
+    graphs = []
+    for copy_, tracer in ((root, train), (twin, evaluation))[:2 if divergent else 1]:
+        for name, m in copy_.named_modules():
+            m.training = flags[name]
+        if bound.var_positional or bound.var_keyword:
+            _flat_signature(tracer.graph)
+        graphs.append(fx.GraphModule(copy_, tracer.graph, class_name=type(module).__name__))
+    return Modes(graphs[0], graphs[1] if divergent else None)
+
+
 def _owner(node: fx.Node) -> str:
     """The innermost submodule whose forward made `node` ('' for the root's own forward)."""
     stack = node.meta.get("nn_module_stack") or {}

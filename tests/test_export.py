@@ -75,19 +75,89 @@ def test_load_in_process_and_the_source_reads_like_the_model(tmp_path):
     assert "def forward(self, input):" in source
 
 
+def _same_in_both_modes(loaded, pruned, trained_reference, x):
+    """The loaded export equals the pruned model in eval mode and the reference in train mode,
+    where it draws random numbers (so differs from eval mode)."""
+    assert torch.allclose(loaded(x), pruned(x))
+    torch.manual_seed(1)
+    trained = loaded.train()(x)
+    torch.manual_seed(1)
+    assert torch.allclose(trained, trained_reference.train()(x), atol=1e-6)
+    assert not torch.allclose(trained, loaded.eval()(x))
+
+
+class Custom(nn.Module):
+    """A leaf with no constructor export knows, whose forward takes another path in train mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x):
+        if self.training:
+            return x * self.scale + torch.randn_like(x)
+        return x * self.scale
+
+
+class ValueDependent(nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x
+
+
+def test_a_leaf_without_a_constructor_is_written_out_as_its_torch_code_in_both_modes(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 3), Custom(), Custom(), nn.Linear(3, 2))
+    pruned = lumos_fx.prune(lumos_fx.instrument(model, (torch.randn(2, 3),),
+                                                config=lumos_fx.Config(leaf_modules=[Custom])))
+    folder = lumos_fx.export(pruned, tmp_path)
+    source = (folder / "model.py").read_text()
+    assert source.count("class Custom(nn.Module):") == 1  # both leaves are one class
+    assert "if self.training:" in source and "def _forward_eval(self, x):" in source
+    _same_in_both_modes(lumos_fx.load(folder), pruned, model, torch.randn(5, 3))
+
+
+def drop_samples(x, p: float, training: bool):
+    """A library function fx calls as one op, taking the mode as an argument (torchvision's
+    stochastic_depth)."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.empty(x.shape[0], 1, device=x.device).bernoulli_(1 - p)
+    return x * keep / (1 - p)
+
+
+torch.fx.wrap("drop_samples")
+
+
+class Dropping(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.b(drop_samples(torch.relu(self.a(x)), 0.5, self.training))
+
+
+def test_a_library_function_is_written_out_with_a_path_per_mode(tmp_path):
+    torch.manual_seed(0)
+    model = Dropping()
+    wrapped = lumos_fx.instrument(model, (torch.randn(3, 4),))
+    with torch.no_grad():
+        for gate in lumos_fx.gates(wrapped).values():
+            gate.log_alpha[::2] = -10.0
+    pruned = lumos_fx.prune(wrapped)
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    folder = lumos_fx.export(pruned, tmp_path)
+    source = (folder / "model.py").read_text()
+    assert "class DropSamples(nn.Module):" in source and "test_export" not in source
+    _same_in_both_modes(lumos_fx.load(folder), pruned, wrapped, torch.randn(6, 4))
+
+
 def test_export_refuses_an_instrumented_model_and_unwritable_modules(tmp_path):
     wrapped, _ = pruned_residual()
     with pytest.raises(lumos_fx.ExportError, match="call lumos_fx.prune"):
         lumos_fx.export(wrapped, tmp_path)
-
-    class Custom(nn.Module):
-        def forward(self, x):
-            return x * 2
-
-    model = nn.Sequential(nn.Linear(3, 3), Custom())
-    pruned = lumos_fx.prune(lumos_fx.instrument(model, (torch.randn(2, 3),),
-                                                config=lumos_fx.Config(leaf_modules=[Custom])))
-    with pytest.raises(lumos_fx.ExportError, match=r"module '1' \(Custom\).*register_rule"):
+    model = nn.Sequential(nn.Linear(3, 3), ValueDependent())
+    pruned = lumos_fx.prune(lumos_fx.instrument(model, (torch.randn(2, 3),)))
+    with pytest.raises(lumos_fx.ExportError, match=r"module '1' \(ValueDependent\).*cannot trace it.*register_rule"):
         lumos_fx.export(pruned, tmp_path)
 
 

@@ -118,10 +118,17 @@ class ScaleRule(ModuleRule):
         an.tie(an.follow(node, src, src.dim), an.param_space(an.module(node).weight, 0))
 
 
-def test_a_users_layer_whose_rule_writes_no_constructor_is_named_by_export(tmp_path):
-    """The default source, ``nn.<repr>``, is checked: it would not rebuild the user's layer."""
+def test_a_users_layer_whose_rule_writes_no_constructor_is_written_out_by_export(tmp_path):
+    """The default source, ``nn.<repr>``, is checked: it would not rebuild the user's layer,
+    so export writes the cut layer out as the torch code it runs."""
     lumos_fx.register_rule(ScaleRule(), Scale)
     model = nn.Sequential(nn.Linear(3, 4), Scale(4), nn.Linear(4, 2))
-    pruned = lumos_fx.prune(lumos_fx.instrument(model, (torch.randn(4, 3),)))
-    with pytest.raises(lumos_fx.ExportError, match=r"module '1' \(Scale\)"):
-        lumos_fx.export(pruned, tmp_path / "m")
+    wrapped = lumos_fx.instrument(model, (torch.randn(4, 3),))
+    set_gates(wrapped, "random", seed=1)
+    pruned = lumos_fx.prune(wrapped)
+    assert pruned.get_submodule("1").weight.numel() < 4
+    lumos_fx.export(pruned, tmp_path / "m")
+    source = (tmp_path / "m" / "model.py").read_text()
+    assert "class Scale(nn.Module):" in source and "nn.Scale(" not in source
+    x = torch.randn(3, 3)
+    assert max_rel_error(lumos_fx.load(tmp_path / "m")(x), pruned(x)) < 1e-5
