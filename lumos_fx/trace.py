@@ -187,6 +187,18 @@ def _trace_both(model: nn.Module, twin: nn.Module, config: Config, bound: BoundI
             twin = copy.deepcopy(model)
 
 
+def _train_only_count(node: fx.Node) -> dict[int, tuple] | None:
+    """For a step counter only train mode advances (``self.num_batches_tracked.add_(1)``, as
+    BatchNorm-like layers written out in Python count batches): the step, as
+    :func:`_differing_numbers` gives it (train value, eval value 0), which makes the update
+    follow the flag; None for any other node."""
+    if not (node.op == "call_method" and node.target in ("add_", "sub_") and not node.users and not node.kwargs
+            and len(node.args) == 2 and isinstance(node.args[0], fx.Node) and node.args[0].op == "get_attr"):
+        return None
+    step = node.args[1]
+    return {1: (step, 0)} if isinstance(step, (int, float)) and not isinstance(step, bool) else None
+
+
 def _same_constant(a: fx.Node, b: fx.Node, root: nn.Module, twin: nn.Module) -> bool:
     """Two reads of a tensor fx stored while tracing (``torch.from_numpy(...)`` in forward),
     one per trace: the same op when the tensors are equal."""
@@ -206,19 +218,32 @@ def _follow_training_flag(root: torch.nn.Module, train: fx.Graph, twin: nn.Modul
     """
     a_nodes, b_nodes = list(train.nodes), list(evaluation.nodes)
     frozen, switched = [], []
-    for a, b in zip(a_nodes, b_nodes):
-        if _same_op(a, b) and (a.op != "get_attr" or not a.target.startswith("_tensor_constant")
-                               or _same_constant(a, b, root, twin)):
+    i = j = 0
+    while i < len(a_nodes):
+        a, b = a_nodes[i], b_nodes[j] if j < len(b_nodes) else None
+        i += 1
+        if b is not None and _same_op(a, b) and (a.op != "get_attr" or not a.target.startswith("_tensor_constant")
+                                                 or _same_constant(a, b, root, twin)):
+            j += 1
             continue
-        if a.op == b.op == "call_function" and a.target is b.target and a.target in _FUNCTIONAL_DROPOUT:
+        if b is not None and a.op == b.op == "call_function" and a.target is b.target and a.target in _FUNCTIONAL_DROPOUT:
             frozen.append(a)
+            j += 1
             continue
-        differing = _differing_numbers(a, b)
-        if differing is None:
-            _raise_mode_dependent(a)
-        switched.append((a, differing))
-    if len(a_nodes) != len(b_nodes):
-        _raise_mode_dependent(a_nodes[min(len(a_nodes), len(b_nodes)) - 1])
+        differing = _differing_numbers(a, b) if b is not None else None
+        if differing is not None:
+            switched.append((a, differing))
+            j += 1
+            continue
+        count = _train_only_count(a)
+        if count is not None:
+            switched.append((a, count))
+            continue
+        if a.op == "get_attr" and a.users and all(_train_only_count(u) is not None for u in a.users):
+            continue  # the buffer such an update reads
+        _raise_mode_dependent(a)
+    if j != len(b_nodes):
+        _raise_mode_dependent(a_nodes[-1])
     for a, differing in switched:
         _follow_flag_in_args(train, a, differing)
     for a in frozen:
@@ -461,6 +486,7 @@ def _check_run(model: nn.Module, gm: fx.GraphModule, bound: BoundInputs, observe
     """ShapeProp, then every check of the run against the model's, in eval and in train
     mode; the graph's state is put back as it was. Returns the forward's FLOPs."""
     before = fingerprint(gm)
+    buffers = {name: b.detach().clone() for name, b in gm.named_buffers()}
     params = [c.qualname for c in observed.per_call + trained.per_call if c.kind == "parameter"]
     with preserved(gm, params):
         flops, output = _propagate(gm, model, bound, tracer.isinstance_queries)
@@ -474,7 +500,7 @@ def _check_run(model: nn.Module, gm: fx.GraphModule, bound: BoundInputs, observe
         fidelity.check_isinstance(gm, tracer.isinstance_queries)
         fidelity.check_assignments(gm)
         fidelity.check_output(model, gm, observed, output, tracer.isinstance_queries, tracer.assignments)
-        fidelity.check_state(model, gm, observed, before, _where(model, bound, tracer))
+        fidelity.check_state(model, gm, observed, before, _where(model, bound, tracer), buffers)
     fidelity.check_train_mode(model, gm, trained, bound.args, tracer.isinstance_queries, tracer.assignments,
                               _where(model, bound, tracer), params)
     return flops

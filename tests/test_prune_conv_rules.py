@@ -63,6 +63,34 @@ def test_conv_bn_closed_channels_are_physically_gone():
     check(wrapped, pruned, (3, 8, 8))
 
 
+class FunctionalBN(nn.Module):
+    """F.batch_norm on a layer's buffers and parameters, as Python BatchNorms call it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        bn = self.bn
+        h = F.batch_norm(self.conv1(x), bn.running_mean, bn.running_var, bn.weight, bn.bias, self.training, 0.1, 1e-5)
+        return self.conv2(torch.relu(h))
+
+
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_functional_batch_norm_is_cut_with_its_channels(setting):
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(randomise_norms(FunctionalBN()), (torch.randn(2, 3, 6, 6),))
+    set_gates(wrapped, setting, seed=3)
+    pruned = lumos_fx.prune(wrapped)
+    state = pruned.state_dict()
+    kept = state["conv1.bias"].numel() if "conv1.bias" in state else 0
+    assert state.get("bn.weight", torch.empty(0)).numel() == kept == state.get("bn.running_var", torch.empty(0)).numel()
+    assert kept == 8 if setting == "open" else kept < 8
+    for shape, batch in (((3, 6, 6), 2), ((3, 9, 5), 5)):
+        check(wrapped, pruned, shape, batch)
+
+
 def test_the_gate_sits_after_batchnorm_and_activation_never_before_batchnorm():
     wrapped = lumos_fx.instrument(ConvBN(), (torch.randn(2, 3, 8, 8),))
     nodes = {n.name: n for n in wrapped.graph.nodes}

@@ -99,3 +99,40 @@ def test_a_submodule_whose_paths_differ_by_mode_is_one_op_and_the_rest_is_cut():
     assert pruned.get_submodule("4").out_features == 8
     assert max_rel_error(pruned(x), wrapped.eval()(x)) < 1e-5
     wrapped.train()(x)  # the leaf draws its noise in train mode
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """BatchNorm written out in Python, as timm's BatchNormAct2d does: train mode alone counts
+    the batch and uses batch statistics."""
+
+    def forward(self, x):
+        factor = self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+        bn_training = True if self.training else (self.running_mean is None) and (self.running_var is None)
+        x = F.batch_norm(x, self.running_mean if not self.training or self.track_running_stats else None,
+                         self.running_var if not self.training or self.track_running_stats else None,
+                         self.weight, self.bias, bn_training, factor, self.eps)
+        return torch.relu(x)
+
+
+def test_a_batch_counter_only_train_mode_advances_is_one_graph_and_its_channels_are_cut(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), BatchNormAct(8), nn.Conv2d(8, 2, 1))
+    x = torch.randn(4, 3, 6, 6)
+    wrapped = lumos_fx.instrument(model, (x,))
+    assert not lumos_fx.summary(wrapped).one_op
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["0"].log_alpha[::2] = -10.0
+    pruned = lumos_fx.prune(wrapped)
+    assert pruned.get_submodule("0").out_channels == 4 and pruned.get_parameter("1.weight").numel() == 4
+    other = torch.randn(3, 3, 9, 5)
+    assert max_rel_error(pruned(other), wrapped.eval()(other)) < 1e-5
+    counter = wrapped.get_buffer("1.num_batches_tracked")
+    start = counter.item()
+    wrapped.eval()(x)
+    assert counter.item() == start  # eval mode counts nothing
+    wrapped.train()(x)
+    assert counter.item() == start + 1
+    lumos_fx.export(pruned, tmp_path / "m")
+    assert max_rel_error(lumos_fx.load(tmp_path / "m")(other), pruned(other)) < 1e-5

@@ -1,4 +1,4 @@
-"""Normalisation layers that keep channels apart: BatchNorm, InstanceNorm, GroupNorm."""
+"""Normalisation layers that keep channels apart: BatchNorm (module and functional), InstanceNorm, GroupNorm."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .api import Connecting, ModuleRule, Outcome, Pruning, Rule, Unsupported, const
+from .api import Connecting, ModuleRule, Outcome, Pruning, Rule, Unsupported, arg, const
 from .registry import REGISTRY
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -94,6 +94,40 @@ class GroupNormRule(ChannelNorm):
         module.num_channels, module.num_groups = n, n // per_group
 
 
+class FunctionalBatchNorm(Rule):
+    r"""``F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)``, a
+    BatchNorm written out in Python (timm's ``BatchNormAct2d``): the map of
+    :class:`ChannelNorm` on dim 1,
+
+    .. math::
+        y_c = \frac{x_c - \mu_c}{\sqrt{\sigma_c^2 + \epsilon}}\,\gamma_c + \beta_c ;
+
+    the statistics and :math:`\gamma, \beta` it reads are sliced with the channels."""
+
+    channels_at = 1
+    _PER_CHANNEL = ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        src = an.space(node.args[0])
+        if src is None:
+            return
+        if src.dim != 1:
+            raise Unsupported(f"normalises per index of dim 1, the channels are on dim {src.dim}")
+        out = an.follow(node, src, 1)
+        for index, name in self._PER_CHANNEL:
+            space = an.space(arg(node, index, name))
+            if space is not None:
+                an.tie(out, space)
+
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
+        if pc.is_const(node.args[0]):
+            if arg(node, 1, "running_mean") is not None:
+                return const(pc.evaluate(node))  # a per-channel affine map with running statistics
+            return const(pc.evaluate_at_example(node))
+        return super().prune(node, pc)
+
+
+REGISTRY.register(FunctionalBatchNorm(), F.batch_norm)
 REGISTRY.register(ChannelNorm(), *_BATCH_NORMS)
 for _spatial, _norm in enumerate(_INSTANCE_NORMS, start=1):
     REGISTRY.register(ChannelNorm(_spatial), _norm)
