@@ -11,6 +11,7 @@ from torch import fx
 from .channels import ChannelGraph, Consumer, NodeKey, ParamKey, Space
 from .fxutil import describe, fetch_attr, input_name, normalize_dim, shape_of, tensor_args
 from .rules import REGISTRY, Unsupported
+from .sample_scale import passes_channels
 
 
 class Analysis:
@@ -121,9 +122,19 @@ class Analysis:
             out = self.space(node) or self.new_space(node, -1)
             self.cg.block(out, reason)
 
+    def _scales_samples(self, node: fx.Node) -> bool:
+        """A call with no rule that scales whole samples (drop path) passes its channels."""
+        src = self.space(node.args[0]) if node.op in ("call_module", "call_function") and node.args else None
+        if src is None or len(list(tensor_args(node))) != 1 or not passes_channels(self.gm, node):
+            return False
+        self.follow(node, src, src.dim)
+        return True
+
     def run(self, node: fx.Node) -> None:
         self._touched = set()
         rule = REGISTRY.lookup(node, self.gm)
+        if rule is None and self._scales_samples(node):
+            return
         if rule is None:
             one_op = node.op == "call_module" and node.target in self.auto_leaves
             self._unknown(node, f"{self.describe(node)} is called as one op: fx could not trace into it "

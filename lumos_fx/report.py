@@ -65,7 +65,7 @@ class Summary:
             lines.append("assumptions, checked when the pruned model runs:")
             lines.extend(f"  {a}" for a in self.assumptions)
         if self.one_op:
-            lines.append("called as one op, their channels kept (fx could not trace into them):")
+            lines.append("called as one op, fx could not trace into them (their channels are kept, unless the call only scales whole samples):")
             lines.extend(f"  {name}: {why}" for name, why in self.one_op.items())
         if self.kept_whole:
             lines.append("kept whole:")

@@ -136,3 +136,71 @@ def test_a_batch_counter_only_train_mode_advances_is_one_graph_and_its_channels_
     assert counter.item() == start + 1
     lumos_fx.export(pruned, tmp_path / "m")
     assert max_rel_error(lumos_fx.load(tmp_path / "m")(other), pruned(other)) < 1e-5
+
+
+def drop_path(x, drop_prob: float = 0.0, training: bool = False):
+    """timm's drop_path: whole samples dropped in train mode, the identity in eval mode."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - drop_prob)
+    return x * keep.div_(1 - drop_prob)
+
+
+def stochastic_depth(x, p: float, training: bool):
+    """torchvision's stochastic_depth, which torchvision wraps for fx (one op in the graph)."""
+    if not training or p == 0.0:
+        return x
+    noise = torch.empty([x.shape[0]] + [1] * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(1 - p)
+    return x * noise.div_(1 - p)
+
+
+torch.fx.wrap("stochastic_depth")
+
+
+class DropPath(nn.Module):
+    def __init__(self, p, per_channel=False):
+        super().__init__()
+        self.p, self.per_channel = p, per_channel
+
+    def forward(self, x):
+        if self.per_channel and self.training:  # not a per-sample scale: keeps the channels
+            return x * torch.rand(x.shape[0], x.shape[1], 1, 1, device=x.device)
+        return drop_path(x, self.p, self.training)
+
+
+class Residual(nn.Module):
+    def __init__(self, module_drop=True, per_channel=False):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 1)
+        self.module_drop, self.drop = module_drop, DropPath(0.3, per_channel)
+
+    def forward(self, x):
+        h = self.b(torch.relu(self.a(x)))
+        return x + (self.drop(h) if self.module_drop else stochastic_depth(h, 0.3, self.training))
+
+
+@pytest.mark.parametrize("module_drop", [True, False], ids=["DropPath module", "stochastic_depth function"])
+def test_drop_path_and_stochastic_depth_block_nothing(module_drop, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), Residual(module_drop), Residual(module_drop), nn.Conv2d(8, 2, 1))
+    x = torch.randn(2, 3, 5, 5)
+    wrapped = lumos_fx.instrument(model, (x,))
+    assert "0" in lumos_fx.gates(wrapped)  # the residual stream is one group
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["0"].log_alpha[::2] = -10.0
+    pruned = lumos_fx.prune(wrapped)
+    assert pruned.get_submodule("0").out_channels == 4 and pruned.get_submodule("1.b").out_channels == 4
+    for other in (torch.randn(3, 3, 5, 5), torch.randn(4, 3, 7, 6)):
+        assert max_rel_error(pruned(other), wrapped.eval()(other)) < 1e-5
+    torch.manual_seed(1)
+    drawn = wrapped.train()(other)
+    assert not torch.allclose(drawn, wrapped.eval()(other))  # train mode still drops samples
+    lumos_fx.export(pruned, tmp_path / "m")
+    assert max_rel_error(lumos_fx.load(tmp_path / "m")(other), pruned(other)) < 1e-5
+
+
+def test_a_per_channel_random_scale_keeps_its_channels():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), Residual(per_channel=True), nn.Conv2d(8, 2, 1))
+    wrapped = lumos_fx.instrument(model, (torch.randn(2, 3, 5, 5),))
+    assert "0" not in lumos_fx.gates(wrapped)
+    assert "1.drop" in lumos_fx.summary(wrapped).one_op
