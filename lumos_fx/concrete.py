@@ -35,6 +35,7 @@ import torch
 from torch import fx
 from torch.fx._symbolic_trace import _maybe_revert_all_patches
 from torch.fx.node import map_aggregate
+from torch.utils import _pytree as pytree
 
 from .errors import is_library_file
 from .node_info import Decision, annotate
@@ -108,10 +109,13 @@ def model_frame() -> traceback.FrameSummary | None:
 
 
 def _holds_proxy(values) -> bool:
+    """Whether a proxy is among `values`, in a tuple or list of them, or a slice's bounds."""
     for v in values:
+        if isinstance(v, slice):
+            v = (v.start, v.stop, v.step)
         if isinstance(v, fx.Proxy):
             return True
-        if isinstance(v, (tuple, list)) and any(isinstance(w, fx.Proxy) for w in v):
+        if isinstance(v, (tuple, list)) and _holds_proxy(v):
             return True
     return False
 
@@ -128,6 +132,20 @@ def _traced(function):
         return function(*args, **kwargs)
     traced.__lumos_wraps__ = function
     return traced
+
+
+def _indexed(getitem):
+    """``tensor[index]`` of a tensor the model holds with traced bounds
+    (``self.position_ids[:, :seq_length]``): recorded as fx records indexing."""
+    @functools.wraps(getitem)
+    def indexed(self, index):
+        if _holds_proxy((index,)):
+            proxy = next(p for p in pytree.tree_leaves(index, is_leaf=lambda v: isinstance(v, slice))
+                         for p in ((p.start, p.stop, p.step) if isinstance(p, slice) else (p,))
+                         if isinstance(p, fx.Proxy))
+            return proxy.tracer.create_proxy("call_function", operator.getitem, (self, index), {})
+        return getitem(self, index)
+    return indexed
 
 
 _C_CODE = (types.BuiltinFunctionType, types.MethodDescriptorType)
@@ -151,6 +169,8 @@ def _size_wrappers() -> tuple[tuple[object, str, object, object], ...]:
             value = getattr(owner, name)
             if not name.startswith(_NOT_OPS) and isinstance(value, _C_CODE):
                 found.append((owner, name, vars(owner).get(name, _ABSENT), _traced(value)))
+    found.append((torch.Tensor, "__getitem__", vars(torch.Tensor).get("__getitem__", _ABSENT),
+                  _indexed(torch.Tensor.__getitem__)))
     return tuple(found)
 
 

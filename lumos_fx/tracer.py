@@ -108,6 +108,12 @@ def is_subclass(kind: type, cls) -> bool:
         return False
 
 
+def _names_proxy(cls) -> bool:
+    """Whether an isinstance() class argument names fx's Proxy."""
+    classes = cls if _isinstance(cls, tuple) else (cls,)
+    return any(_isinstance(c, type) and issubclass(c, fx.Proxy) for c in classes)
+
+
 @contextmanager
 def _flat_forward(root: nn.Module):
     """Trace a decorated forward (``def wrapper(self, *args, **kwargs)`` around the real one, as
@@ -261,7 +267,8 @@ class LumosTracer(ShapeConcrete, fx.Tracer):
                 setattr_of_module(module, name, value)
 
         def traced_isinstance(obj, cls, /):
-            if _isinstance(obj, fx.Proxy) and (frame := _user_frame(1)) is not None:
+            # "Is this traced?" (transformers' is_tracing) gets the true answer.
+            if _isinstance(obj, fx.Proxy) and not _names_proxy(cls) and (frame := _user_frame(1)) is not None:
                 return tracer._answer(obj, cls, frame)
             return _isinstance(obj, cls)
 

@@ -161,6 +161,42 @@ def test_sizes_given_to_torch_functions_one_by_one_are_not_decided():
     assert "torch.zeros(" in pruned.code and "repeat(" in pruned.code
 
 
+class Positions(nn.Module):
+    """Token and position embeddings as transformers writes them: value checks skipped while
+    traced (``is_tracing``: ``isinstance(x, fx.Proxy)``), a position buffer sliced to the
+    sequence length, a view to a shape computed in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(10, 8), nn.Embedding(16, 8)
+        self.register_buffer("position_ids", torch.arange(16).expand(1, -1), persistent=False)
+        self.hidden, self.out = nn.Linear(8, 12), nn.Linear(12, 3)
+
+    def forward(self, ids):
+        if not isinstance(ids, torch.fx.Proxy) and bool((ids < 0).any()):
+            raise ValueError("negative token ids")
+        h = self.tokens(ids) + self.positions(self.position_ids[:, :ids.shape[1]])
+        out = self.out(torch.relu(self.hidden(h)))
+        return out.view(out.size()[:-1] + (3,))
+
+
+def test_a_buffer_sliced_to_the_sequence_length_and_an_is_tracing_check_stay_symbolic():
+    torch.manual_seed(0)
+    model = Positions().eval()
+    ids = torch.randint(0, 10, (2, 5))
+    wrapped = lumos_fx.instrument(model, (ids,))
+    with torch.no_grad():
+        for gate in lumos_fx.gates(wrapped).values():
+            gate.log_alpha[::2] = -10.0
+    pruned = lumos_fx.prune(wrapped)
+    assert not [a for a in lumos_fx.summary(pruned).assumptions if "decided" in a]
+    assert pruned.get_submodule("hidden").out_features == 6
+    for shape in [(2, 5), (3, 9)]:
+        other = torch.randint(0, 10, shape)
+        with torch.no_grad():
+            assert max_rel_error(pruned(other), wrapped.eval()(other)) < 1e-5, shape
+
+
 def test_a_rank_lookup_keeps_the_lookup_out_of_the_graph():
     wrapped, _ = _cut(ByRank(), torch.randn(2, 7, 6))
     assert all(n.op != "get_attr" or "recipes" not in n.target for n in wrapped.graph.nodes)

@@ -59,6 +59,8 @@ class Expand(Rule):
         if src is None:
             return
         k = src.dim + len(an.shape(node)) - len(an.shape(node.args[0]))
+        if len(self._sizes(node)) != len(an.shape(node)):
+            raise Unsupported("its whole target shape is computed in forward")
         if isinstance(self._sizes(node)[k], fx.Node):
             raise Unsupported("its channel count is computed in forward")
         an.follow(node, src, k)

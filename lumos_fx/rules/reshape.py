@@ -164,6 +164,8 @@ class Reshape(Rule):
             raise Unsupported("regroups the channel dim with other dims")
         k, in_idx, out_idx = mapping
         shape = self._shape_args(node)
+        if shape is not None and len(shape) != len(an.shape(node)):
+            raise Unsupported("its whole target shape is computed in forward")
         if shape is not None and isinstance(shape[k], fx.Node) and -1 in shape:
             raise Unsupported("its channel count is computed in forward, next to a -1")
         out = an.new_space(node, k)
