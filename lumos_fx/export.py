@@ -9,6 +9,7 @@ generates for the pruned graph. ``weights.pt`` is a plain state_dict, readable w
 from __future__ import annotations
 
 import builtins
+import collections
 import dataclasses
 import hashlib
 import importlib.util
@@ -108,7 +109,7 @@ def _imports(python_code) -> list[str]:
             module = getattr(obj, "__module__", "") or ""
             # The output container of a library's model (transformers' ModelOutput dataclasses)
             # is imported from that library: the outputs keep their type.
-            container = isinstance(obj, type) and dataclasses.is_dataclass(obj)
+            container = obj is collections.OrderedDict or (isinstance(obj, type) and dataclasses.is_dataclass(obj))
             if not (module.split(".")[0] in _IMPORTABLE or container):
                 raise ExportError(f"the forward calls {name} from {module or 'an unknown module'}; "
                                   "model.py may import only torch and torch_geometric")

@@ -23,6 +23,7 @@ Beyond :class:`torch.fx.Tracer`, while it traces a model it
 from __future__ import annotations
 
 import builtins
+import collections
 import dataclasses
 import functools
 import inspect
@@ -216,9 +217,12 @@ class LumosTracer(ShapeConcrete, fx.Tracer):
         return iter([obj[i] for i in range(self.decide_length(obj))])
 
     def create_arg(self, a):
-        if _isinstance(a, dict) and dataclasses.is_dataclass(a):
-            # An output container that is a dict and a dataclass (transformers' ModelOutput)
-            # is rebuilt with its type and the fields it holds, not flattened to a dict.
+        if _isinstance(a, dict) and type(a) is not dict and (
+                dataclasses.is_dataclass(a) or (type(a) is collections.OrderedDict and all(
+                    _isinstance(k, str) and k.isidentifier() for k in a))):
+            # An output container that is a dict and a dataclass (transformers' ModelOutput),
+            # or an OrderedDict (torchvision's segmentation models), is rebuilt with its type
+            # and the fields it holds, not flattened to a dict.
             return self.create_node("call_function", type(a), (), {k: self.create_arg(v) for k, v in a.items()})
         # torch reads a NumPy scalar as a Python number and an array as a tensor.
         if _isinstance(a, np.generic):

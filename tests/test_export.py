@@ -235,3 +235,28 @@ def test_annotations_are_dropped_and_a_named_tuple_output_is_defined_in_model_py
     out = lumos_fx.load(folder)(x)
     assert type(out).__name__ == "Pair" and out._fields == ("main", "aux")
     assert torch.allclose(out.main, pruned(x).main) and torch.allclose(out.aux, pruned(x).aux)
+
+
+class Segmenter(nn.Module):
+    """An OrderedDict output, as torchvision's segmentation models return."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        out = collections.OrderedDict()
+        out["out"] = self.b(torch.relu(self.a(x)))
+        return out
+
+
+def test_an_ordered_dict_output_keeps_its_type_in_the_cut_and_the_export(tmp_path):
+    wrapped = lumos_fx.instrument(Segmenter(), (torch.randn(2, 3, 4, 4),))
+    with torch.no_grad():
+        for gate in lumos_fx.gates(wrapped).values():
+            gate.log_alpha[::2] = -10.0
+    pruned = lumos_fx.prune(wrapped)
+    x = torch.randn(3, 3, 5, 5)
+    assert type(pruned(x)) is collections.OrderedDict
+    out = lumos_fx.load(lumos_fx.export(pruned, tmp_path))(x)
+    assert type(out) is collections.OrderedDict and torch.allclose(out["out"], pruned(x)["out"])
