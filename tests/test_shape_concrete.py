@@ -109,6 +109,19 @@ class Spectral(nn.Module):
         return self.b(torch.cat([out, grid], 1))
 
 
+class HalfSequence(nn.Module):
+    """A slice of a dim other than the channels with bounds computed in forward (the first
+    half of the sequence, as RoPE's rotate_half slices the head dim): the channels are cut."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h[:, : h.shape[1] // 2])
+
+
 def _cut(model, x):
     torch.manual_seed(0)
     wrapped = lumos_fx.instrument(model.eval(), (x,))
@@ -126,6 +139,7 @@ CASES = [
     (NumpySizes, (2, 2, 4, 4), [(5, 2, 4, 4)]),
     (Symbolic, (2, 3, 4), [(5, 7, 4)]),
     (Spectral, (2, 3, 5, 6), [(3, 3, 5, 6), (3, 3, 7, 9)]),
+    (HalfSequence, (2, 6, 4), [(3, 6, 4), (3, 9, 4)]),
 ]
 
 
@@ -195,6 +209,11 @@ def test_a_buffer_sliced_to_the_sequence_length_and_an_is_tracing_check_stay_sym
         other = torch.randint(0, 10, shape)
         with torch.no_grad():
             assert max_rel_error(pruned(other), wrapped.eval()(other)) < 1e-5, shape
+
+
+def test_a_computed_slice_of_another_dim_leaves_the_channels_prunable():
+    _, pruned = _cut(HalfSequence(), torch.randn(2, 6, 4))
+    assert pruned.get_submodule("a").out_features == 4
 
 
 def test_a_rank_lookup_keeps_the_lookup_out_of_the_graph():

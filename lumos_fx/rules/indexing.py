@@ -75,16 +75,20 @@ class Expand(Rule):
         return result
 
 
-def index_items(index, ndim: int):
+def computed_bounds(item) -> bool:
+    """Whether `item` is a slice with a bound computed in forward (``x[..., : x.shape[-1] // 2]``)."""
+    return isinstance(item, slice) and any(isinstance(v, fx.Node) for v in (item.start, item.stop, item.step))
+
+
+def index_items(index, ndim: int, computed_slices: bool = False):
     """For ``x[index]``: (item position, input dim, output dim, item) of every input dim.
 
-    ``item`` is an int, a slice, or None for a dim the index leaves whole.
+    ``item`` is an int, a slice, or None for a dim the index leaves whole. A slice with bounds
+    computed in forward is refused unless `computed_slices` (the caller checks where it is).
     """
     items = index if isinstance(index, tuple) else (index,)
     for item in items:
-        if isinstance(item, (fx.Node, torch.Tensor, list)) or (
-            isinstance(item, slice) and any(isinstance(v, fx.Node) for v in (item.start, item.stop, item.step))
-        ):
+        if isinstance(item, (fx.Node, torch.Tensor, list)) or (computed_bounds(item) and not computed_slices):
             raise Unsupported("indexes with values computed in forward")
     consumed = sum(1 for it in items if isinstance(it, (int, slice)))
     out = []
@@ -120,8 +124,10 @@ class GetItem(Rule):
         return HeadRole.MOVE
 
     def _channel_item(self, node: fx.Node, src, ndim: int):
-        for pos, in_dim, out_dim, item in index_items(node.args[1], ndim):
+        for pos, in_dim, out_dim, item in index_items(node.args[1], ndim, computed_slices=True):
             if in_dim == src.dim:
+                if computed_bounds(item):
+                    raise Unsupported("slices the channels with bounds computed in forward")
                 return pos, out_dim, item
         raise AssertionError("channel dim not visited")
 
@@ -147,6 +153,8 @@ class GetItem(Rule):
         if pc.space(x) is None and pc.is_const(x):
             return const(pc.evaluate(node))  # a piece of a split constant
         if pc.is_const(x):
+            if any(computed_bounds(item) for item in (node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],))):
+                return const(pc.evaluate_at_example(node))
             return const(_index_const(node, pc))
         result = super().prune(node, pc)
         src = pc.space(x)
