@@ -35,7 +35,6 @@ import torch
 from torch import fx
 from torch.fx._symbolic_trace import _maybe_revert_all_patches
 from torch.fx.node import map_aggregate
-from torch.utils import _pytree as pytree
 
 from .errors import is_library_file
 from .node_info import Decision, annotate
@@ -108,16 +107,19 @@ def model_frame() -> traceback.FrameSummary | None:
     return traceback.FrameSummary(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
 
 
-def _holds_proxy(values) -> bool:
-    """Whether a proxy is among `values`, in a tuple or list of them, or a slice's bounds."""
+def _proxies(values):
+    """The proxies among `values`, in tuples or lists of them, or in a slice's bounds."""
     for v in values:
         if isinstance(v, slice):
             v = (v.start, v.stop, v.step)
         if isinstance(v, fx.Proxy):
-            return True
-        if isinstance(v, (tuple, list)) and _holds_proxy(v):
-            return True
-    return False
+            yield v
+        elif isinstance(v, (tuple, list)):
+            yield from _proxies(v)
+
+
+def _holds_proxy(values) -> bool:
+    return next(_proxies(values), None) is not None
 
 
 def _traced(function):
@@ -139,10 +141,8 @@ def _indexed(getitem):
     (``self.position_ids[:, :seq_length]``): recorded as fx records indexing."""
     @functools.wraps(getitem)
     def indexed(self, index):
-        if _holds_proxy((index,)):
-            proxy = next(p for p in pytree.tree_leaves(index, is_leaf=lambda v: isinstance(v, slice))
-                         for p in ((p.start, p.stop, p.step) if isinstance(p, slice) else (p,))
-                         if isinstance(p, fx.Proxy))
+        proxy = next(_proxies((index,)), None)
+        if proxy is not None:
             return proxy.tracer.create_proxy("call_function", operator.getitem, (self, index), {})
         return getitem(self, index)
     return indexed

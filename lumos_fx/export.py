@@ -200,7 +200,7 @@ class _Writer:
             new.type = None  # an annotation names the model's types (typing, jaxtyping, strings): model.py needs none
             if node.op == "call_function" and _library_function(node.target):
                 pending.append((node, new))
-            elif node.op == "get_attr" and node.target.rpartition(".")[2] == "training":
+            elif is_flag(node):
                 new.target = "training"  # a module's flag, which follows the exported model's .train()/.eval()
             elif node.op in ("call_module", "get_attr"):
                 if node.target not in flat_of:
@@ -226,7 +226,7 @@ class _Writer:
         if pending:
             self._write_out(gm, example, training, where, pending, taken, flat_of, init, state)
             for new in list(graph.nodes):  # a flag a written-out function took as its mode
-                if new.op == "get_attr" and new.target == "training" and not new.users:
+                if is_flag(new) and not new.users:
                     graph.erase_node(new)
         return graph.python_code("self")
 
@@ -251,7 +251,8 @@ class _Writer:
                                   "reach it, so it cannot be traced")
             args, kwargs = got[node.name]
             if node.op == "call_module":
-                module, name = gm.get_submodule(node.target), type(gm.get_submodule(node.target)).__name__
+                module = gm.get_submodule(node.target)
+                name = type(module).__name__
                 modes = traced(f"{where}{node.target}", module, args, kwargs)
                 flat = flat_of[node.target]
                 values = args

@@ -23,7 +23,7 @@ from .errors import TraceError
 from .fxutil import tensor_meta
 from .inputs import fresh
 from .node_info import info
-from .side_effects import Change, Observation, changed, fingerprint, preserved, rng_devices, tensor_at
+from .side_effects import Change, Observation, buffer_values, changed, fingerprint, preserved, rng_devices, tensor_at
 from .tracer import IsinstanceQuery, is_subclass
 from .verify import in_mode, output_error, within_tolerance
 
@@ -117,7 +117,7 @@ def check_train_mode(model: nn.Module, gm: fx.GraphModule, trained: Observation,
     different programs draw the same numbers in general."""
     if trained.error is not None or not within_tolerance(*output_error(trained.output, trained.second)):
         return
-    before, buffers = fingerprint(gm), {name: b.detach().clone() for name, b in gm.named_buffers()}
+    before, buffers = fingerprint(gm), buffer_values(gm)
     with preserved(gm, stateful_params), in_mode(gm, True), torch.no_grad(), \
             torch.random.fork_rng(rng_devices(model)):
         torch.manual_seed(0)

@@ -73,26 +73,26 @@ def received(gm: fx.GraphModule, example: tuple, nodes: set[str], training: bool
     return seen
 
 
+def _unwritable(name: str, module: nn.Module, why: str) -> ExportError:
+    return ExportError(f"cannot write module '{name}' ({type(module).__name__}) as Python source: {why}. Register a "
+                       "rule that knows its constructor: lumos_fx.register_rule(MyRule(), type(module)) with "
+                       "MyRule(lumos_fx.ModuleRule).source().")
+
+
 def traced(name: str, module: nn.Module, args: tuple, kwargs: dict) -> Modes:
     """`module` (called as `name` with `args`, `kwargs`) traced to graphs that compute what it does."""
     if kwargs:
-        raise ExportError(f"cannot write module '{name}' ({type(module).__name__}) as Python source: it is called "
-                          f"with keyword arguments {sorted(kwargs)}. Register a rule that knows its constructor: "
-                          "lumos_fx.register_rule(MyRule(), type(module)) with MyRule(lumos_fx.ModuleRule).source().")
+        raise _unwritable(name, module, f"it is called with keyword arguments {sorted(kwargs)}")
     try:
         modes = trace_modes(module, args)
     except Exception as e:
-        raise ExportError(f"cannot write module '{name}' ({type(module).__name__}) as Python source: torch.fx cannot "
-                          f"trace it ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Register a "
-                          "rule that knows its constructor: lumos_fx.register_rule(MyRule(), type(module)) with "
-                          "MyRule(lumos_fx.ModuleRule).source().") from e
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise _unwritable(name, module, f"torch.fx cannot trace it ({type(e).__name__}: {first})") from e
     for training in (True, False):
         graph = modes.eval if modes.eval is not None and not training else modes.train
         if not within_tolerance(*output_error(_run(module, args, training), _run(graph, args, training))):
-            raise ExportError(f"cannot write module '{name}' ({type(module).__name__}) as Python source: its traced "
-                              f"code does not compute what it does in {'train' if training else 'eval'} mode. "
-                              "Register a rule that knows its constructor: lumos_fx.register_rule(MyRule(), "
-                              "type(module)) with MyRule(lumos_fx.ModuleRule).source().")
+            raise _unwritable(name, module, f"its traced code does not compute what it does in "
+                                            f"{'train' if training else 'eval'} mode")
     return modes
 
 

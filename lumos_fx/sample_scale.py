@@ -52,16 +52,17 @@ def scales_samples(gm: fx.GraphModule, example: tuple) -> bool:
     except Exception:
         return False
     x, chain, value = placeholders[0], [], output.args[0]
+    from_x = _depends_on(x) | {x}
     while value is not x:
         operands = [a for a in value.args if isinstance(a, fx.Node)] if value.target in _SCALES else []
-        on_chain = [a for a in operands if a is x or a in _depends_on(x)]
+        on_chain = [a for a in operands if a in from_x]
         if value.op not in ("call_function", "call_method") or len(on_chain) != 1 or value.kwargs:
             return False
         if value.target in _NUMERATOR_ONLY and value.args[0] is not on_chain[0]:
             return False
-        for factor in operands:
-            shape = shape_of(factor) if factor is not on_chain[0] else None
-            if factor is not on_chain[0] and (shape is None or any(s != 1 for s in shape[1:])):
+        for factor in (a for a in operands if a is not on_chain[0]):
+            shape = shape_of(factor)
+            if shape is None or any(s != 1 for s in shape[1:]):
                 return False
         chain.append(value)
         value = on_chain[0]

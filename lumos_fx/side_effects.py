@@ -191,13 +191,18 @@ def _restore_python_state(state: list[tuple[dict, str, Any]]) -> None:
             now.update(value)
 
 
+def buffer_values(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every buffer of `module`, by name."""
+    return {name: t.detach().clone() for name, t in module.named_buffers()}
+
+
 @contextmanager
 def preserved(module: nn.Module, extra: list[str] = (), tensors: bool = True):
     """Run code on `module` and put its state back as it was: its buffers, the parameters
     named in `extra`, and the Python attributes of its submodules (a leaf module counting
     its calls); only the Python attributes without `tensors`. lumos_fx's own runs of a
     model never advance its state."""
-    saved = {name: t.detach().clone() for name, t in module.named_buffers()} if tensors else {}
+    saved = buffer_values(module) if tensors else {}
     saved.update({name: module.get_parameter(name).detach().clone() for name in extra})
     python = _python_state(module)
     try:

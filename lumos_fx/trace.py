@@ -32,7 +32,8 @@ from .fxutil import describe, fetch_attr, free_attr_name
 from .inputs import BoundInputs, bind, fresh
 from .node_info import annotate
 from .rules import REGISTRY
-from .side_effects import Change, Observation, changed, fingerprint, observe, preserved, rng_devices, source_line
+from .side_effects import (Change, Observation, buffer_values, changed, fingerprint, observe, preserved, rng_devices,
+    source_line)
 from .tracer import IsinstanceQuery, LumosTracer
 from .verify import eval_mode
 
@@ -160,13 +161,15 @@ class _Traced(NamedTuple):
     start: dict  # fingerprint of `root` before tracing
     flags: dict[int, bool]  # each module of `root`'s training flag before tracing
     auto_leaves: dict[str, str]  # submodules made leaves, with the reason
+    divergent: bool  # the two graphs take different paths (only with `keep_divergent`)
 
 
 def _trace_both(model: nn.Module, twin: nn.Module, config: Config, bound: BoundInputs,
-                stateful: frozenset[str]) -> _Traced:
+                stateful: frozenset[str], keep_divergent: bool = False) -> _Traced:
     """Trace a copy of `model` in train mode and `twin` in eval mode. A submodule fx cannot
     trace into becomes a leaf (``Config.auto_leaves``), and both are traced again from fresh
-    copies of `model`: a failed trace may have left proxies in the modules' attributes."""
+    copies of `model`: a failed trace may have left proxies in the modules' attributes.
+    Graphs that take different paths by mode are an error, or with `keep_divergent` both kept."""
     leaves: dict[str, str] = {}
     while True:
         root = copy.deepcopy(model)
@@ -178,8 +181,13 @@ def _trace_both(model: nn.Module, twin: nn.Module, config: Config, bound: BoundI
             # the same names.
             evaluation = _trace_in_mode(twin, False, config, bound, stateful, stack_traces=False,
                                         leaves=tuple(leaves))
-            _follow_training_flag(root, train.graph, twin, evaluation.graph)
-            return _Traced(root, train, twin, evaluation, start, flags, leaves)
+            try:
+                _follow_training_flag(root, train.graph, twin, evaluation.graph)
+            except (TraceError, _FailedInSubmodule):
+                if not keep_divergent:
+                    raise
+                return _Traced(root, train, twin, evaluation, start, flags, leaves, True)
+            return _Traced(root, train, twin, evaluation, start, flags, leaves, False)
         except _FailedInSubmodule as failed:
             if not config.auto_leaves or failed.qualname in leaves:
                 raise failed.error from failed.__cause__
@@ -271,31 +279,16 @@ def trace_modes(module: nn.Module, args: tuple) -> Modes:
     """Trace `module` (a leaf of a traced model) on the values `args` it is called with, in
     both modes. Its own untraceable submodules are leaves of the result, as in :func:`trace`."""
     bound = bind(module, args)
-    config, leaves = Config(), {}
-    while True:
-        root, twin = copy.deepcopy(module), copy.deepcopy(module)
-        try:
-            train = _trace_in_mode(root, True, config, bound, frozenset(), leaves=tuple(leaves))
-            evaluation = _trace_in_mode(twin, False, config, bound, frozenset(), leaves=tuple(leaves))
-            break
-        except _FailedInSubmodule as failed:
-            if failed.qualname in leaves:
-                raise failed.error from failed.__cause__
-            leaves[failed.qualname] = failed.reason
-    try:
-        _follow_training_flag(root, train.graph, twin, evaluation.graph)
-        divergent = False
-    except (TraceError, _FailedInSubmodule):
-        divergent = True
+    traced = _trace_both(module, copy.deepcopy(module), Config(), bound, frozenset(), keep_divergent=True)
     flags = {name: m.training for name, m in module.named_modules()}
     graphs = []
-    for copy_, tracer in ((root, train), (twin, evaluation))[:2 if divergent else 1]:
+    for copy_, tracer in ((traced.root, traced.tracer), (traced.twin, traced.evaluation))[:1 + traced.divergent]:
         for name, m in copy_.named_modules():
             m.training = flags[name]
         if bound.var_positional or bound.var_keyword:
             _flat_signature(tracer.graph)
         graphs.append(fx.GraphModule(copy_, tracer.graph, class_name=type(module).__name__))
-    return Modes(graphs[0], graphs[1] if divergent else None)
+    return Modes(graphs[0], graphs[1] if traced.divergent else None)
 
 
 def _owner(node: fx.Node) -> str:
@@ -486,7 +479,7 @@ def _check_run(model: nn.Module, gm: fx.GraphModule, bound: BoundInputs, observe
     """ShapeProp, then every check of the run against the model's, in eval and in train
     mode; the graph's state is put back as it was. Returns the forward's FLOPs."""
     before = fingerprint(gm)
-    buffers = {name: b.detach().clone() for name, b in gm.named_buffers()}
+    buffers = buffer_values(gm)
     params = [c.qualname for c in observed.per_call + trained.per_call if c.kind == "parameter"]
     with preserved(gm, params):
         flops, output = _propagate(gm, model, bound, tracer.isinstance_queries)
@@ -537,7 +530,7 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
     observed, trained, twin = observe(model, bound.args)
     # Read as graph values while tracing (harmless for buffers only a leaf reads: BatchNorm's).
     stateful = frozenset(c.qualname for c in observed.per_call + trained.per_call if c.kind != "attribute")
-    root, tracer, twin, evaluation, start, flags, auto_leaves = _trace_both(model, twin, config, bound, stateful)
+    root, tracer, twin, evaluation, start, flags, auto_leaves, _ = _trace_both(model, twin, config, bound, stateful)
     del twin, evaluation
     _refuse_traced_changes(model, bound, start, root, tracer)
     for module in root.modules():  # each module's own flag, as in the model
