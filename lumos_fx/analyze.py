@@ -12,6 +12,8 @@ from .fxutil import fetch_attr
 from .head_dims import add_head_dims
 from .plan import Plan
 
+_METADATA = frozenset({"dtype", "device", "is_cuda", "layout", "requires_grad"})
+
 
 def analyze(gm: fx.GraphModule) -> Plan:
     an = Analysis(gm)
@@ -62,7 +64,7 @@ def _block_unfoldable(an: Analysis, groups: list[Group]) -> None:
         elif node.op == "get_attr":
             tensor = fetch_attr(an.gm, node.target)
             tensors = [tensor] if isinstance(tensor, torch.Tensor) else []
-            names = {u.name for u in node.users}
+            names = {u.name for u in node.users if not _reads_metadata(u)}
         else:
             continue
         for tensor in tensors:
@@ -81,6 +83,12 @@ def _block_unfoldable(an: Analysis, groups: list[Group]) -> None:
                     reason = f"parameter '{param}' is also read by {sorted(others)}; its gate cannot be folded into it"
                     if reason not in group.blocked:
                         group.blocked.append(reason)
+
+
+def _reads_metadata(node: fx.Node) -> bool:
+    """``weight.dtype`` and the like (T5 casts to its weight's dtype): what a cut leaves as it is."""
+    return (node.op == "call_function" and node.target is getattr and len(node.args) == 2
+            and node.args[1] in _METADATA)
 
 
 def _block_lone_bottlenecks(an: Analysis, groups: list[Group]) -> set[int]:

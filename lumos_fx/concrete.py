@@ -54,6 +54,10 @@ def example_of(root: torch.nn.Module, kind: str, target, args: tuple, kwargs: di
     proxies: list[fx.Proxy] = []
 
     def value(a):
+        if isinstance(a, fx.proxy.Attribute) and "example" not in a.__dict__:
+            # fx records ``x.real`` only when it is used: its example is the attribute of x's.
+            root = value(a.root)
+            return UNKNOWN if root is UNKNOWN else getattr(root, a.attr, UNKNOWN)
         if isinstance(a, fx.Proxy):
             proxies.append(a)
             return a.__dict__.get("example", UNKNOWN)
@@ -148,6 +152,17 @@ def _indexed(getitem):
     return indexed
 
 
+def _dtype_info(info):
+    """``torch.finfo(x.dtype)`` of a traced dtype: the example's, guarded (a type of C code
+    that cannot be called on a proxy)."""
+    @functools.wraps(info, updated=())
+    def decided(*args):
+        if args and isinstance(args[0], fx.Proxy):
+            args = (args[0].tracer.decide(args[0], _same, f"torch.{info.__name__}"), *args[1:])
+        return info(*args)
+    return decided
+
+
 _C_CODE = (types.BuiltinFunctionType, types.MethodDescriptorType)
 _NAMESPACES = (torch, torch.nn.functional, torch.fft, torch.linalg, torch.special)
 # Private names, the __torch_function__ protocol itself and queries/settings of torch's state.
@@ -169,6 +184,7 @@ def _size_wrappers() -> tuple[tuple[object, str, object, object], ...]:
             value = getattr(owner, name)
             if not name.startswith(_NOT_OPS) and isinstance(value, _C_CODE):
                 found.append((owner, name, vars(owner).get(name, _ABSENT), _traced(value)))
+    found += [(torch, info.__name__, info, _dtype_info(info)) for info in (torch.finfo, torch.iinfo)]
     found.append((torch.Tensor, "__getitem__", vars(torch.Tensor).get("__getitem__", _ABSENT),
                   _indexed(torch.Tensor.__getitem__)))
     return tuple(found)

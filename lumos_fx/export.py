@@ -252,10 +252,13 @@ class _Writer:
             args, kwargs = got[node.name]
             if node.op == "call_module":
                 module = gm.get_submodule(node.target)
-                name = type(module).__name__
-                modes = traced(f"{where}{node.target}", module, args, kwargs)
+                name, values = type(module).__name__, args
+                if kwargs:  # traced as a function is: the graph values in order, the constants kept
+                    module = FunctionCall(module, node.args, node.kwargs)
+                    values = tuple(pytree.tree_leaves((args, kwargs))[i] for i in module.slots)
+                    new.args, new.kwargs = tuple(graph_values(new)), {}
+                modes = traced(f"{where}{node.target}", module, values)
                 flat = flat_of[node.target]
-                values = args
                 graphs = [modes.train] if modes.eval is None else [modes.train, modes.eval]
             else:
                 # A flag argument (stochastic_depth(x, p, mode, self.training)) gives the
@@ -265,7 +268,7 @@ class _Writer:
                 for training in (True, False) if flags else (False,):
                     module = FunctionCall(node.target, *with_flag(node, training))
                     values = tuple(pytree.tree_leaves((args, kwargs))[i] for i in module.slots)
-                    graphs.append(traced(f"{where}{node.name}", module, values, {}).train)
+                    graphs.append(traced(f"{where}{node.name}", module, values).train)
                 flat = flat_of.setdefault(("call", node.name), _flat(node.name, taken))
                 new.op, new.target = "call_module", flat
                 new.args, new.kwargs = tuple(v for v in graph_values(new) if not is_flag(v)), {}

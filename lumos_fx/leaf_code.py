@@ -21,8 +21,9 @@ from .verify import output_error, within_tolerance
 
 
 class FunctionCall(nn.Module):
-    """A call of `function` as a module, to trace it: the arguments that are graph values
-    come in order (``forward(*values)``), the constants stay as the call gives them."""
+    """A call of `function` (or of a module called with keyword arguments) as a module, to
+    trace it: the arguments that are graph values come in order (``forward(*values)``), the
+    constants stay as the call gives them."""
 
     def __init__(self, function, args: tuple, kwargs: dict) -> None:
         super().__init__()
@@ -35,6 +36,7 @@ class FunctionCall(nn.Module):
         twin = copy.copy(self)  # the pytree spec is immutable: shared, not copied
         twin.__dict__ = {k: dict(v) if isinstance(v, dict) else v for k, v in self.__dict__.items()}
         twin.constants = copy.deepcopy(self.constants, memo)
+        twin._modules = copy.deepcopy(self._modules, memo)  # a module called as a function
         return twin
 
     def forward(self, *values):
@@ -79,15 +81,15 @@ def _unwritable(name: str, module: nn.Module, why: str) -> ExportError:
                        "MyRule(lumos_fx.ModuleRule).source().")
 
 
-def traced(name: str, module: nn.Module, args: tuple, kwargs: dict) -> Modes:
-    """`module` (called as `name` with `args`, `kwargs`) traced to graphs that compute what it does."""
-    if kwargs:
-        raise _unwritable(name, module, f"it is called with keyword arguments {sorted(kwargs)}")
+def traced(name: str, module: nn.Module, args: tuple) -> Modes:
+    """`module` (called as `name` with `args`) traced to graphs that compute what it does."""
     try:
         modes = trace_modes(module, args)
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else ""
         raise _unwritable(name, module, f"torch.fx cannot trace it ({type(e).__name__}: {first})") from e
+    if isinstance(module, FunctionCall) and "function" in modes.leaves:  # the module called is itself untraceable
+        raise _unwritable(name, module.function, f"torch.fx cannot trace it ({modes.leaves['function']})")
     for training in (True, False):
         graph = modes.eval if modes.eval is not None and not training else modes.train
         if not within_tolerance(*output_error(_run(module, args, training), _run(graph, args, training))):

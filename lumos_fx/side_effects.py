@@ -25,7 +25,7 @@ from torch import fx, nn
 from .errors import is_library_file
 from .inputs import fresh
 
-_MODULE_INTERNALS = frozenset(nn.Module().__dict__)
+MODULE_INTERNALS = frozenset(nn.Module().__dict__)
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def fingerprint(model: nn.Module) -> dict[Change, tuple]:
         for name, tensor in module._buffers.items():
             tokens[Change(qualname, name, "buffer")] = _token(tensor)
         for name, value in vars(module).items():
-            if name not in _MODULE_INTERNALS:
+            if name not in MODULE_INTERNALS:
                 tokens[Change(qualname, name, "attribute")] = _token(value)
     return tokens
 
@@ -173,7 +173,7 @@ def _python_state(module: nn.Module) -> list[tuple[dict, str, Any]]:
         if isinstance(sub, fx.GraphModule):
             continue
         for name, value in vars(sub).items():
-            if name not in _MODULE_INTERNALS:
+            if name not in MODULE_INTERNALS:
                 state.append((vars(sub), name, copy.copy(value) if isinstance(value, (list, dict, set)) else value))
     return state
 

@@ -25,7 +25,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import fidelity, pyg_trace
+from . import caches, fidelity, pyg_trace
 from .config import Config, check_module_names
 from .errors import InputError, TraceError, describe_frame, user_frame_of_traceback, user_line_of_stack_trace
 from .fxutil import describe, fetch_attr, free_attr_name
@@ -165,14 +165,17 @@ class _Traced(NamedTuple):
 
 
 def _trace_both(model: nn.Module, twin: nn.Module, config: Config, bound: BoundInputs,
-                stateful: frozenset[str], keep_divergent: bool = False) -> _Traced:
-    """Trace a copy of `model` in train mode and `twin` in eval mode. A submodule fx cannot
+                stateful: frozenset[str], keep_divergent: bool = False, forgotten: list[caches.Cache] = ()) -> _Traced:
+    """Trace a copy of `model` in train mode and `twin` in eval mode, both with the
+    `forgotten` caches emptied (:mod:`lumos_fx.caches`). A submodule fx cannot
     trace into becomes a leaf (``Config.auto_leaves``), and both are traced again from fresh
     copies of `model`: a failed trace may have left proxies in the modules' attributes.
     Graphs that take different paths by mode are an error, or with `keep_divergent` both kept."""
     leaves: dict[str, str] = {}
     while True:
         root = copy.deepcopy(model)
+        for copy_ in (root, twin):
+            caches.forget(copy_, forgotten)
         start, flags = fingerprint(root), {id(m): m.training for m in root.modules()}
         try:
             train = _trace_in_mode(root, True, config, bound, stateful, leaves=tuple(leaves))
@@ -269,10 +272,12 @@ def _follow_training_flag(root: torch.nn.Module, train: fx.Graph, twin: nn.Modul
 class Modes(NamedTuple):
     """A module traced for export: `train` is its graph in train mode, which also follows
     the module's flag where the modes differ in numbers only; `eval` its eval-mode graph
-    where they take different paths (None otherwise)."""
+    where they take different paths (None otherwise); `leaves` the submodules fx could not
+    trace into, with the reason."""
 
     train: fx.GraphModule
     eval: fx.GraphModule | None
+    leaves: dict[str, str]
 
 
 def trace_modes(module: nn.Module, args: tuple) -> Modes:
@@ -288,7 +293,7 @@ def trace_modes(module: nn.Module, args: tuple) -> Modes:
         if bound.var_positional or bound.var_keyword:
             _flat_signature(tracer.graph)
         graphs.append(fx.GraphModule(copy_, tracer.graph, class_name=type(module).__name__))
-    return Modes(graphs[0], graphs[1] if traced.divergent else None)
+    return Modes(graphs[0], graphs[1] if traced.divergent else None, traced.auto_leaves)
 
 
 def _owner(node: fx.Node) -> str:
@@ -530,7 +535,9 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
     observed, trained, twin = observe(model, bound.args)
     # Read as graph values while tracing (harmless for buffers only a leaf reads: BatchNorm's).
     stateful = frozenset(c.qualname for c in observed.per_call + trained.per_call if c.kind != "attribute")
-    root, tracer, twin, evaluation, start, flags, auto_leaves, _ = _trace_both(model, twin, config, bound, stateful)
+    forgotten = caches.find(model, bound.args, observed)
+    root, tracer, twin, evaluation, start, flags, auto_leaves, _ = _trace_both(model, twin, config, bound, stateful,
+                                                                               forgotten=forgotten)
     del twin, evaluation
     _refuse_traced_changes(model, bound, start, root, tracer)
     for module in root.modules():  # each module's own flag, as in the model

@@ -56,6 +56,10 @@ class LumosProxy(ConcreteProxy, fx.Proxy):
     (``np.float32(2) * proxy`` calls ``proxy.__rmul__``), and that records item assignment
     (``h[:, :2] *= 0.5``) as ``operator.setitem``."""
 
+    # Libraries that pick an array backend from the module of the array's class (opt_einsum's
+    # backend="auto", under tensorly's einsum) take a proxy for what it stands for: a torch tensor.
+    __module__ = "torch.fx.proxy"
+
     def __setitem__(self, key, value) -> None:
         self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
 

@@ -260,3 +260,31 @@ def test_an_ordered_dict_output_keeps_its_type_in_the_cut_and_the_export(tmp_pat
     assert type(pruned(x)) is collections.OrderedDict
     out = lumos_fx.load(lumos_fx.export(pruned, tmp_path))(x)
     assert type(out) is collections.OrderedDict and torch.allclose(out["out"], pruned(x)["out"])
+
+
+class Scaled(nn.Module):
+    """A leaf called with a keyword argument (neuraloperator's ``conv(x, output_shape=None)``)."""
+
+    def forward(self, x, scale=None):
+        return x if scale is None else x * scale
+
+
+class CallsWithKeywords(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.s, self.b = nn.Linear(3, 6), Scaled(), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(self.s(self.a(x), scale=2.0))
+
+
+def test_a_leaf_called_with_keyword_arguments_is_written_out(tmp_path):
+    torch.manual_seed(0)
+    model = CallsWithKeywords()
+    wrapped = lumos_fx.instrument(model, (torch.randn(3, 3),), config=lumos_fx.Config(leaf_modules=[Scaled]))
+    close(wrapped, "x", [1])
+    pruned = lumos_fx.prune(wrapped)
+    folder = lumos_fx.export(pruned, tmp_path)
+    assert "class Scaled(nn.Module):" in (folder / "model.py").read_text()
+    x = torch.randn(5, 3)
+    assert torch.allclose(lumos_fx.load(folder)(x), pruned(x))

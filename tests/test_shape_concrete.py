@@ -355,3 +355,54 @@ def test_a_pruned_model_with_guards_exports_and_loads(tmp_path):
     lumos_fx.export(pruned, tmp_path / "m")
     x = torch.randn(3, 3, 10, 6)
     assert max_rel_error(lumos_fx.load(tmp_path / "m")(x), pruned(x)) < 1e-6
+
+
+class GridEmbedding(nn.Module):
+    """Appends a coordinate grid, cached for the resolution it last saw (neuraloperator's)."""
+
+    def __init__(self):
+        super().__init__()
+        self._grid, self._res = None, None
+
+    def forward(self, x):
+        if self._grid is None or self._res != x.shape[2:]:
+            self._grid = torch.linspace(0, 1, x.shape[-1]).expand(1, 1, *x.shape[2:])
+            self._res = x.shape[2:]
+        return torch.cat([x, self._grid.expand(x.shape[0], 1, *x.shape[2:])], dim=1)
+
+
+def test_a_cache_filled_by_an_earlier_call_is_recomputed_so_the_cut_runs_at_other_sizes():
+    torch.manual_seed(0)
+    model = nn.Sequential(GridEmbedding(), nn.Conv1d(3, 8, 1), nn.ReLU(), nn.Conv1d(8, 1, 1))
+    x = torch.randn(2, 2, 8)
+    model(x)  # the user tried the model: the grid for size 8 is cached
+    grid = model[0]._grid
+    wrapped, pruned = _cut(model, x)
+    assert model[0]._grid is grid and model[0]._res == x.shape[2:]  # the model is left as it was
+    assert not [a for a in lumos_fx.summary(pruned).assumptions if "self._res !=" in a]
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    for other in [(2, 2, 8), (3, 2, 13)]:
+        x = torch.randn(*other)
+        with torch.no_grad():
+            assert max_rel_error(pruned(x), wrapped.eval()(x)) < 1e-5, other
+
+
+class TypeDispatch(nn.Module):
+    """Calls a library that picks its array backend from the module of the argument's class
+    (opt_einsum's backend="auto")."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        backend = type(h).__module__.split(".")[0]
+        if backend != "torch":
+            raise TypeError(f"no einsum for {backend} arrays")
+        return self.b(torch.einsum("bi,bi->bi", h, h))
+
+
+def test_a_library_dispatching_on_the_array_class_module_takes_a_proxy_for_a_torch_tensor():
+    wrapped, pruned = _cut(TypeDispatch(), torch.randn(4, 3))
+    assert "einsum" in wrapped.code and sum(p.numel() for p in pruned.parameters()) < 32
