@@ -53,8 +53,9 @@ _SHAPE_METHODS = {"size": torch.Size, "dim": int, "ndimension": int, "numel": in
 
 class LumosProxy(ConcreteProxy, fx.Proxy):
     """fx.Proxy with its example value (:mod:`lumos_fx.concrete`), that NumPy defers to
-    (``np.float32(2) * proxy`` calls ``proxy.__rmul__``), and that records item assignment
-    (``h[:, :2] *= 0.5``) as ``operator.setitem``."""
+    (``np.float32(2) * proxy`` calls ``proxy.__rmul__``), that records item assignment
+    (``h[:, :2] *= 0.5``) as ``operator.setitem``, and that has the attributes of its
+    example tensor only."""
 
     # Libraries that pick an array backend from the module of the array's class (opt_einsum's
     # backend="auto", under tensorly's einsum) take a proxy for what it stands for: a torch tensor.
@@ -71,6 +72,11 @@ class LumosProxy(ConcreteProxy, fx.Proxy):
             if name == "ndim":  # a rank is asked to pick code (einops' recipe per ndim): an int
                 return self.tracer.decide_rank(self)
             return self.tracer.create_proxy("call_function", builtins.getattr, (self, name), {})
+        example = self.tracer.known(self, shape_only=False) if "tracer" in self.__dict__ else None
+        if _isinstance(example, torch.Tensor) and not hasattr(example, name):
+            # Duck typing (``hasattr(x, "redistribute")`` for a distributed tensor) gets the
+            # tensor's answer, not fx's "every attribute exists".
+            raise AttributeError(f"'{type(example).__name__}' object has no attribute '{name}'")
         return super().__getattr__(name)
 
 

@@ -250,6 +250,25 @@ def test_a_weight_read_elsewhere_cannot_take_a_folded_gate():
     assert_equivalent(wrapped, lumos_fx.prune(wrapped), torch.randn(2, 3))
 
 
+def test_reading_a_weights_dtype_leaves_its_gate_foldable():
+    class CastsToWeight(nn.Module):  # T5's feed-forward casts to its output weight's dtype
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            if h.dtype != self.b.weight.dtype:
+                h = h.to(self.b.weight.dtype)
+            return self.b(h)
+
+    wrapped = lumos_fx.instrument(CastsToWeight(), (torch.randn(4, 3),))
+    close(wrapped, "a", [0, 5])
+    pruned = lumos_fx.prune(wrapped)
+    assert pruned.get_submodule("a").out_features == 6
+    assert_equivalent(wrapped, pruned, torch.randn(2, 3))
+
+
 def test_prelu_with_one_slope_per_channel():
     model = nn.Sequential(nn.Linear(3, 6), nn.PReLU(6), nn.Linear(6, 1))
     torch.manual_seed(0)

@@ -406,3 +406,30 @@ class TypeDispatch(nn.Module):
 def test_a_library_dispatching_on_the_array_class_module_takes_a_proxy_for_a_torch_tensor():
     wrapped, pruned = _cut(TypeDispatch(), torch.randn(4, 3))
     assert "einsum" in wrapped.code and sum(p.numel() for p in pruned.parameters()) < 32
+
+
+class DuckTyped(nn.Module):
+    """Duck typing on a traced tensor, a dtype's limits, and an attribute fx records lazily."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        if hasattr(h, "redistribute"):  # a distributed tensor (PhysicsNeMo's ShardTensor)
+            h = h.redistribute()
+        h = h.clamp(min=torch.finfo(h.dtype).min)
+        h = torch.view_as_complex(torch.stack([h, h], -1)).real.reshape(h.shape)
+        return self.b(torch.relu(h))
+
+
+def test_duck_typing_dtype_limits_and_lazy_attributes_get_the_example_tensors_answers():
+    wrapped, pruned = _cut(DuckTyped(), torch.randn(4, 3))
+    assert "redistribute" not in wrapped.code
+    assert any("torch.finfo" in a and "float32" in a for a in lumos_fx.summary(pruned).assumptions)
+    with torch.no_grad():
+        x = torch.randn(7, 3)
+        assert max_rel_error(pruned(x), wrapped.eval()(x)) < 1e-5
+    with pytest.raises(AssertionError, match="torch.finfo"):
+        pruned.double()(x.double())  # the limits were those of float32: loud, never silent
