@@ -40,8 +40,9 @@ class ExportError(LumosError):
     """A module of the pruned model cannot be written as Python source."""
 
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_LUMOS_DIR = os.path.dirname(__file__)
+# With the separator: torch_geometric's files are not torch's.
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_LUMOS_DIR = os.path.dirname(__file__) + os.sep
 
 
 def is_library_file(filename: str) -> bool:

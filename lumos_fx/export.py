@@ -30,6 +30,7 @@ from .fxutil import describe
 from .leaf_code import FunctionCall, graph_values, is_flag, received, traced, with_flag
 from .rules import REGISTRY
 from .rules.api import ModuleRule, generic_module_source
+from .side_effects import MODULE_INTERNALS
 
 _IMPORTABLE = ("torch", "torch_geometric", "math", "operator", "_operator", "builtins")
 
@@ -48,21 +49,25 @@ def _module_source(name: str, module: nn.Module) -> str:
     rule = REGISTRY.module_rule(module)
     if rule is not None and type(rule).source is not ModuleRule.source:
         return rule.source(module)
-    # A torch.nn module without children whose repr rebuilds it (ReLU(), LayerNorm(...)), with
-    # the settings its repr leaves out (AvgPool2d's count_include_pad) given by keyword.
+    # A torch.nn or torch_geometric.nn module without children whose repr rebuilds it (ReLU(),
+    # LayerNorm(...), SumAggregation()), with the settings its repr leaves out (AvgPool2d's
+    # count_include_pad) given by keyword.
     source, same = generic_module_source(module), False
     try:
-        rebuilt = eval(source, {"nn": nn, "torch": torch})
+        names = {"nn": nn, "torch": torch, "torch_geometric": importlib.import_module("torch_geometric")
+                 if source.startswith("torch_geometric.") else None}
+        rebuilt = eval(source, names)
         missing = _settings_differing(rebuilt, module)
         if missing:
             source = f"{source[:-1]}{', ' if source[-2] != '(' else ''}{', '.join(f'{k}={v!r}' for k, v in missing.items())})"
-            rebuilt = eval(source, {"nn": nn, "torch": torch})
+            rebuilt = eval(source, names)
         same = (type(rebuilt) is type(module) and not _settings_differing(rebuilt, module)
+                and (source.startswith("nn.") or _plain_state(rebuilt) == _plain_state(module))
                 and {k: v.shape for k, v in rebuilt.state_dict().items()}
                 == {k: v.shape for k, v in module.state_dict().items()})
     except Exception:
         pass
-    if not same or not type(module).__module__.startswith("torch.nn") or any(True for _ in module.children()):
+    if not same or any(True for _ in module.children()):
         raise ExportError(
             f"cannot write module '{name}' ({type(module).__name__}) as Python source. "
             "Register a rule that knows its constructor: "
@@ -80,6 +85,12 @@ def _settings_differing(rebuilt: nn.Module, module: nn.Module) -> dict:
 
 
 _NONE = object()
+
+
+def _plain_state(module: nn.Module) -> dict:
+    """The attributes of `module` that are plain values (a library layer's settings)."""
+    return {k: v for k, v in vars(module).items()
+            if k not in MODULE_INTERNALS and isinstance(v, (bool, int, float, str, tuple, type(None)))}
 
 
 def _tensor_source(tensor: torch.Tensor) -> str:

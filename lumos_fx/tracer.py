@@ -91,6 +91,12 @@ class IsinstanceQuery:
     taken_for: type  # what the tracer took the value for
 
 
+def _own_calls(root: nn.Module) -> list[type]:
+    """The classes, among those of `root`'s modules and their bases, that define ``__call__``."""
+    owners = {next(c for c in type(m).__mro__ if "__call__" in vars(c)) for m in root.modules()}
+    return [c for c in owners if c is not nn.Module and issubclass(c, nn.Module)]
+
+
 def _user_frame(depth: int) -> traceback.FrameSummary | None:
     """The frame `depth` levels above the caller, if it lies in user code."""
     frame = sys._getframe(depth + 1)
@@ -263,11 +269,11 @@ class LumosTracer(ShapeConcrete, fx.Tracer):
     def trace(self, root, concrete_args=None):
         self._qualnames = {id(m): name for name, m in root.named_modules(remove_duplicate=False)}
         self._stateful_ids = {id(t) for name, t in root.named_buffers() if name in self.stateful}
-        with self._patched(), _flat_forward(root):
+        with self._patched(root), _flat_forward(root):
             return super().trace(root, concrete_args)
 
     @contextmanager
-    def _patched(self):
+    def _patched(self, root: nn.Module):
         tracer = self
         setattr_of_module = nn.Module.__setattr__
         jit_isinstance, is_tensor = torch.jit.isinstance, torch.is_tensor
@@ -298,6 +304,9 @@ class LumosTracer(ShapeConcrete, fx.Tracer):
 
         with ExitStack() as stack:
             stack.enter_context(symbolic_sizes())
+            for owner in _own_calls(root):
+                stack.callback(setattr, owner, "__call__", owner.__call__)
+                owner.__call__ = self._module_call(owner.__call__)
             for owner, name, value in ((nn.Module, "__setattr__", module_setattr),
                                        (builtins, "isinstance", traced_isinstance),
                                        (torch.jit, "isinstance", traced_jit_isinstance),
@@ -306,6 +315,19 @@ class LumosTracer(ShapeConcrete, fx.Tracer):
                 setattr(owner, name, value)
                 stack.callback(setattr, owner, name, original)
             yield
+
+    def _module_call(self, call):
+        """A module class's own ``__call__`` (PyG's aggregations check and complete their
+        arguments there), routed through :meth:`call_module` as fx routes ``nn.Module.__call__``:
+        the module may then be a leaf, or an automatic one when it cannot be traced."""
+        tracer = self
+
+        @functools.wraps(call)
+        def module_call(module, *args, **kwargs):
+            if tracer.computing_example or id(module) not in tracer._qualnames:
+                return call(module, *args, **kwargs)
+            return tracer.call_module(module, functools.partial(call, module), args, kwargs)
+        return module_call
 
     def _answer(self, proxy: fx.Proxy, cls, frame: traceback.FrameSummary) -> bool:
         example = self.known(proxy, shape_only=False)

@@ -125,3 +125,29 @@ def test_a_slice_from_the_end_of_a_leaf_output_holds_at_other_sizes():
         with torch.no_grad():
             assert pruned(x).shape == model(x).shape
             assert max_rel_error(pruned(x), wrapped.eval()(x)) < 1e-5, shape
+
+
+class CountsRows(nn.Module):
+    """A module whose own ``__call__`` completes an argument from tensor values before
+    ``nn.Module.__call__`` (as PyG's aggregations take ``int(index.max()) + 1``)."""
+
+    def __call__(self, x, rows=None):
+        if rows is None:
+            rows = int(x.abs().argmax()) % 3 + 1
+        return super().__call__(x, rows)
+
+    def forward(self, x, rows):
+        return x * rows
+
+
+def test_a_module_with_its_own_call_that_cannot_be_traced_is_one_op():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), CountsRows(), nn.Linear(8, 2))
+    x = torch.randn(3, 4)
+    wrapped = lumos_fx.instrument(model, (x,))
+    assert any(n.op == "call_module" and n.target == "2" for n in wrapped.graph.nodes)
+    assert "2" in lumos_fx.summary(wrapped).one_op
+    pruned = lumos_fx.prune(wrapped)
+    for batch in (x, torch.randn(6, 4)):
+        with torch.no_grad():
+            assert max_rel_error(pruned(batch), model(batch)) < 1e-5

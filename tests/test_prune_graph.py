@@ -384,3 +384,33 @@ def test_gatv2_without_self_loops_keeps_a_zero_width_layer_when_its_inputs_all_c
     with torch.no_grad():
         assert max_rel_error(pruned(*batch), wrapped.eval()(*batch)) <= 1e-5
         assert max_rel_error(lumos_fx.load(tmp_path / "model")(*batch), pruned(*batch)) <= 1e-6
+
+
+class Readout(nn.Module):
+    """A graph-level readout through a PyG aggregation module (SchNet's ``self.readout``):
+    its own ``__call__`` takes ``int(index.max()) + 1`` graphs, a decision on values."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.lin = GCNConv(6, 16), nn.Linear(16, 8)
+        self.readout, self.out = torch_geometric.nn.aggr.SumAggregation(), nn.Linear(8, 2)
+
+    def forward(self, x, edge_index, edge_attr, batch):
+        h = torch.relu(self.lin(torch.relu(self.conv(x, edge_index))))
+        return self.out(self.readout(h, batch, dim=0))
+
+
+def test_an_aggregation_module_is_one_op_and_exports_as_its_constructor(tmp_path):
+    wrapped, pruned = check(Readout(), setting="half")
+    assert any(n.op == "call_module" and n.target == "readout" for n in pruned.graph.nodes)
+    folder = lumos_fx.export(pruned, tmp_path / "model")
+    assert "self.readout = torch_geometric.nn.SumAggregation()" in (folder / "model.py").read_text()
+    batch = graphs(5, 3)
+    with torch.no_grad():
+        assert max_rel_error(lumos_fx.load(folder)(*batch), pruned(*batch)) <= 1e-6
+
+
+def test_torch_geometric_code_is_the_models_not_torchs():
+    from lumos_fx.errors import is_library_file
+    assert not is_library_file(torch_geometric.nn.aggr.basic.__file__)
+    assert is_library_file(torch.nn.functional.__file__)

@@ -32,6 +32,7 @@ The stages implement :class:`Connecting` and :class:`Pruning`; a rule imports th
 from __future__ import annotations
 
 import enum
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Protocol
 
@@ -319,9 +320,21 @@ class ModuleRule(Rule):
         return generic_module_source(module)
 
 
-def generic_module_source(module: nn.Module) -> str:
-    """``nn.<repr>`` for a childless torch.nn module whose repr is its constructor call."""
-    return f"nn.{module!r}"
+def generic_module_source(module: nn.Module) -> str | None:
+    """``nn.<repr>`` for a childless torch.nn module whose repr is its constructor call, and
+    ``torch_geometric.nn.<package>.<repr>`` for a torch_geometric.nn one (``SumAggregation()``);
+    None for a module of another library."""
+    cls = type(module)
+    if cls.__module__.startswith("torch.nn."):
+        return f"nn.{module!r}"
+    parts = cls.__module__.split(".")
+    if parts[:2] != ["torch_geometric", "nn"]:
+        return None
+    for end in range(2, len(parts) + 1):  # the shortest package path that exposes the class
+        package = ".".join(parts[:end])
+        if getattr(importlib.import_module(package), cls.__name__, None) is cls:
+            return f"{package}.{module!r}"
+    return None
 
 
 # ---- helpers every rule uses -------------------------------------------------------------------
