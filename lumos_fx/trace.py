@@ -289,7 +289,7 @@ def trace_modes(module: nn.Module, args: tuple) -> Modes:
     graphs = []
     for copy_, tracer in ((traced.root, traced.tracer), (traced.twin, traced.evaluation))[:1 + traced.divergent]:
         for name, m in copy_.named_modules():
-            m.training = flags[name]
+            m.training = flags.get(name, m.training)  # a module the forward made (PyG dropout_module)
         if bound.var_positional or bound.var_keyword:
             _flat_signature(tracer.graph)
         graphs.append(fx.GraphModule(copy_, tracer.graph, class_name=type(module).__name__))

@@ -414,3 +414,28 @@ def test_torch_geometric_code_is_the_models_not_torchs():
     from lumos_fx.errors import is_library_file
     assert not is_library_file(torch_geometric.nn.aggr.basic.__file__)
     assert is_library_file(torch.nn.functional.__file__)
+
+
+class EdgeConvModel(nn.Module):
+    """DGCNN-style node regressor: two EdgeConv layers with MLPs inside, a residual, a head."""
+
+    def __init__(self, aggr):
+        super().__init__()
+        mlp = lambda i, o: nn.Sequential(nn.Linear(2 * i, 12), nn.ReLU(), nn.Linear(12, o))
+        self.c1 = torch_geometric.nn.EdgeConv(mlp(6, 16), aggr=aggr)
+        self.c2 = torch_geometric.nn.EdgeConv(mlp(16, 16), aggr=aggr)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x, edge_index, edge_attr, batch):
+        h = self.c1(x, edge_index).relu()
+        return self.head(self.c2(h, edge_index) + h)
+
+
+@pytest.mark.parametrize("aggr", ["max", "add", "mean"])
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_edge_conv_is_written_out_and_its_mlp_is_cut(aggr, setting):
+    wrapped, pruned = check(EdgeConvModel(aggr), setting=setting)
+    assert {"c1.nn.0", "c2.nn.0"} <= set(lumos_fx.gates(wrapped))  # the MLPs' hidden widths are gated
+    if setting == "half":
+        assert pruned.get_submodule("c1.nn.0").out_features < 12
+        assert pruned.get_submodule("c1.nn.0").in_features < 12  # both halves of the pair lose the closed inputs
