@@ -328,6 +328,16 @@ class ConcreteProxy:
     def __len__(self) -> int:
         return self.tracer.decide_length(self)
 
+    def __getitem__(self, index):
+        """A slice of a traced shape (``x.size()[:-1]``) is a tuple of its traced sizes, so
+        that the shape built from it (``x.size()[:-1] + (nf,)``) holds its literals where rules
+        see them. Its length is the rank, fixed by the input ranks the pruned model checks."""
+        example = self.tracer.known(self) if "tracer" in self.__dict__ else UNKNOWN
+        if isinstance(example, torch.Size) and isinstance(index, slice) and not _holds_proxy((index,)):
+            item = super().__getitem__
+            return tuple(item(i) for i in range(len(example))[index])
+        return super().__getitem__(index)
+
     def __index__(self) -> int:
         return self.tracer.decide(self, operator.index, "an index")
 

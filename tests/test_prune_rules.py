@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lumos_fx
-from support import GATE_SETTINGS, assert_equivalent, count_params, set_gates
+from support import GATE_SETTINGS, assert_equivalent, count_params, max_rel_error, set_gates
 
 
 def close(wrapped, group, idx):
@@ -267,6 +267,52 @@ def test_reading_a_weights_dtype_leaves_its_gate_foldable():
     pruned = lumos_fx.prune(wrapped)
     assert pruned.get_submodule("a").out_features == 6
     assert_equivalent(wrapped, pruned, torch.randn(2, 3))
+
+
+class Conv1D(nn.Module):
+    """transformers' Conv1D (GPT-2): ``y = b + x W`` with ``W`` (in, out), through addmm on a
+    flattened view whose sizes the forward computes."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.3)
+        self.bias = nn.Parameter(torch.randn(nf))
+
+    def forward(self, x):
+        size_out = x.size()[:-1] + (self.nf,)
+        x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+        return x.view(size_out)
+
+
+class FunctionalMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = Conv1D(12, 5), Conv1D(7, 12), nn.Linear(7, 2)
+        self.w, self.w_bias = nn.Parameter(torch.randn(9, 7)), nn.Parameter(torch.randn(9))
+
+    def forward(self, x):
+        h = torch.relu(self.b(torch.tanh(self.a(x))))
+        return self.c(h) + F.linear(h, self.w, self.w_bias)[..., :2]
+
+
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_linear_maps_on_parameters_read_in_forward_are_cut(setting, tmp_path):
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(FunctionalMLP(), (torch.randn(3, 4, 5),))
+    groups = {g.name: g.before for g in lumos_fx.summary(wrapped).groups}
+    assert sorted(groups.values()) == [7, 12], groups  # both hidden widths, through addmm and F.linear
+    set_gates(wrapped, setting, 0)
+    pruned = lumos_fx.prune(wrapped)
+    for shape in [(3, 4, 5), (2, 9, 5)]:  # another batch and sequence length
+        assert_equivalent(wrapped, pruned, torch.randn(*shape))
+    if setting == "half":
+        assert pruned.a.weight.shape[1] < 12 and pruned.b.weight.shape[0] == pruned.a.weight.shape[1]
+        assert pruned.w.shape[1] == pruned.b.weight.shape[1] < 7
+        assert f"addmm.view(getitem, getitem_1, {pruned.a.weight.shape[1]})" in pruned.code  # the kept width
+    lumos_fx.export(pruned, tmp_path / "m")
+    x = torch.randn(2, 3, 5)
+    assert max_rel_error(lumos_fx.load(tmp_path / "m")(x), pruned(x)) < 1e-6
 
 
 def test_prelu_with_one_slope_per_channel():

@@ -293,6 +293,11 @@ class Rule:
         """`node`'s operands if it is an attention whose head dims may be cut."""
         return None
 
+    def ties_parameter(self, node: fx.Node, value: fx.Node) -> bool:
+        """Whether this rule ties every dim of `value`, a parameter read in forward that `node`
+        takes as an argument (``F.linear(x, self.weight)``), itself: the read is then left to it."""
+        return False
+
 
 class ModuleRule(Rule):
     """A rule for an ``nn.Module`` class."""

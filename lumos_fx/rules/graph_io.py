@@ -56,13 +56,17 @@ class GetAttr(Rule):
     Its channel dim is its last dim of size > 1 (``(C,)``, ``(C, 1, 1)`` and ``(1, C, 1, 1)``
     biases all have their channels there); it is sliced with its group. Its other dims are
     read whole by the ops that use it, so they keep every channel. A one-element attribute
-    (GIN's eps) is a scalar, like a 0-dim one: no channels.
+    (GIN's eps) is a scalar, like a 0-dim one: no channels. A weight whose readers all tie
+    its dims themselves (``F.linear(x, self.weight)``: :meth:`Rule.ties_parameter`) is theirs.
     """
 
     def connect(self, node: fx.Node, an: Connecting) -> None:
         value = an.attribute(node)
         shape = shape_of(node)
         if not isinstance(value, torch.Tensor) or not shape or value.numel() == 1:
+            return
+        if node.users and all((rule := an.rule_of(user)) is not None and rule.ties_parameter(user, node)
+                              for user in node.users):
             return
         dim = max((d for d, s in enumerate(shape) if s > 1), default=len(shape) - 1)
         space = an.new_space(node, dim, producer=True)

@@ -1,11 +1,12 @@
-"""nn.Linear: a consumer of its input channels and a producer of its output channels."""
+"""nn.Linear and its functional forms: a consumer of its input channels and a producer of its output channels."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .api import LIVE, Connecting, FoldedCall, ModuleRule, Outcome, Pruning, const
+from .api import LIVE, Connecting, FoldedCall, ModuleRule, Outcome, Pruning, Rule, Unsupported, arg, const
 from .registry import REGISTRY
 
 
@@ -64,4 +65,68 @@ class LinearRule(ModuleRule):
         return f"nn.Linear({module.in_features}, {module.out_features}, bias={module.bias is not None})"
 
 
+class FunctionalLinear(Rule):
+    r"""A linear map on parameters read in forward:
+
+    .. math::
+        \operatorname{F.linear}(x, W, b) = x W^T + b \quad (W: \text{out} \times \text{in}),
+        \qquad
+        \operatorname{torch.addmm}(b, x, W) = b + x W \quad (W: \text{in} \times \text{out}),
+
+    the latter transformers' ``Conv1D`` (GPT-2). As :class:`LinearRule`: the last dim of ``x``
+    is tied to the weight's in dim, into which its gate folds, and the output channels to the
+    weight's out dim and the bias. A weight or bias computed in forward keeps the channels.
+    """
+
+    channels_at = -1
+
+    def __init__(self, x_at: tuple[int, str], weight_at: tuple[int, str], bias_at: tuple[int, str],
+                 in_dim: int) -> None:
+        self.x_at, self.weight_at, self.bias_at, self.in_dim = x_at, weight_at, bias_at, in_dim
+
+    def _parameters(self, node: fx.Node) -> tuple[fx.Node, fx.Node | None] | None:
+        weight, bias = arg(node, *self.weight_at), arg(node, *self.bias_at)
+        if not _is_attr(weight) or not (bias is None or _is_attr(bias)):
+            return None
+        return weight, bias
+
+    def ties_parameter(self, node: fx.Node, value: fx.Node) -> bool:
+        params = self._parameters(node)
+        return params is not None and value in params and arg(node, *self.x_at) is not value
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        params = self._parameters(node)
+        if params is None:
+            raise Unsupported("its weight or bias is computed in forward")
+        if any(node.kwargs.get(k, 1) != 1 for k in ("alpha", "beta")):
+            raise Unsupported("it scales its terms (alpha, beta)")
+        weight, bias = (an.attribute(p) if p is not None else None for p in params)
+        if weight.dim() != 2:
+            raise Unsupported(f"its weight has {weight.dim()} dims")
+        out = an.new_space(node, -1, producer=True)
+        an.tie(out, an.param_space(weight, 1 - self.in_dim))
+        if bias is not None:
+            if bias.dim() != 1:
+                raise Unsupported("its bias is not one value per output channel")
+            an.tie(out, an.param_space(bias, 0))
+        consume_last_dim(node, arg(node, *self.x_at), [an.param_space(weight, self.in_dim)], an)
+
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
+        x = arg(node, *self.x_at)
+        if pc.is_empty(x):
+            weight, bias = self._parameters(node)
+            n_out = pc.value(weight).shape[1 - self.in_dim]
+            vector = pc.value(bias).detach() if bias is not None else pc.value(weight).new_zeros(n_out)
+            return const(pc.broadcast_form(node, vector))
+        if pc.is_const(x):
+            return const(pc.evaluate(node))
+        return LIVE
+
+
+def _is_attr(value) -> bool:
+    return isinstance(value, fx.Node) and value.op == "get_attr"
+
+
 REGISTRY.register(LinearRule(), nn.Linear)
+REGISTRY.register(FunctionalLinear((0, "input"), (1, "weight"), (2, "bias"), in_dim=1), F.linear)
+REGISTRY.register(FunctionalLinear((1, "mat1"), (2, "mat2"), (0, "input"), in_dim=0), torch.addmm)

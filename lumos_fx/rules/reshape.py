@@ -134,22 +134,35 @@ def indexed_away(node: fx.Node) -> set[int]:
     return found
 
 
+def _target_shape(node: fx.Node) -> list | None:
+    """The target shape of view/reshape as a list, or None for the other ops."""
+    if node.op == "call_method" and node.target in ("view", "reshape"):
+        return varargs(node.args[1:])
+    if node.op == "call_function" and node.target is torch.reshape:
+        return list(arg(node, 1, "shape"))
+    return None
+
+
+def own_count_at(node: fx.Node, read: fx.Node, x: fx.Node, c: int) -> bool:
+    """Whether `node` reshapes `x` and gives `read`, x's channel count (dim `c`), as the size
+    of the output dim the channels land on, whole (``x.view(-1, x.size(-1))``): the cut then
+    reads the kept count, which is right there."""
+    shape = _target_shape(node)
+    if shape is None or node.args[0] is not x or shape_of(node) is None:
+        return False
+    k = _preserved_dim(list(shape_of(node.args[0])), c, list(shape_of(node)))
+    return k is not None and len(shape) == len(shape_of(node)) and [i for i, s in enumerate(shape) if s is read] == [k]
+
+
 class Reshape(Rule):
     """view / reshape / flatten / unflatten / squeeze / unsqueeze (see :func:`channel_map`).
 
     A literal channel count in the target shape is rewritten to the kept count; one computed
-    in forward (``reshape(B, N, C)`` with ``C`` read off another tensor) becomes ``-1``.
+    in forward (``reshape(B, N, C)`` with ``C`` read off another tensor) becomes ``-1``, and
+    one read off the input itself (``x.view(-1, x.size(-1))``) stays.
     Merging the batch dim into the channels, or a reshape that regroups the channel dim with
     others in any other way, is refused.
     """
-
-    def _shape_args(self, node: fx.Node):
-        """The target shape of view/reshape as a list, or None for the other ops."""
-        if node.op == "call_method" and node.target in ("view", "reshape"):
-            return varargs(node.args[1:])
-        if node.op == "call_function" and node.target is torch.reshape:
-            return list(arg(node, 1, "shape"))
-        return None
 
     def head_role(self, node: fx.Node) -> HeadRole | None:
         return HeadRole.SPLIT if target_name(node) in ("view", "reshape", "flatten") else None
@@ -163,10 +176,11 @@ class Reshape(Rule):
         if mapping is None:
             raise Unsupported("regroups the channel dim with other dims")
         k, in_idx, out_idx = mapping
-        shape = self._shape_args(node)
+        shape = _target_shape(node)
         if shape is not None and len(shape) != len(an.shape(node)):
             raise Unsupported("its whole target shape is computed in forward")
-        if shape is not None and isinstance(shape[k], fx.Node) and -1 in shape:
+        if shape is not None and isinstance(shape[k], fx.Node) and -1 in shape and not own_count_at(node, shape[k], x,
+                                                                                                   src.dim):
             raise Unsupported("its channel count is computed in forward, next to a -1")
         out = an.new_space(node, k)
         an.tie(src, out, in_idx, out_idx)
@@ -176,14 +190,17 @@ class Reshape(Rule):
         if pc.is_const(x):
             return const(_reshape_const(node, x, pc))
         result = super().prune(node, pc)
-        shape = self._shape_args(node)
+        shape = _target_shape(node)
         out = pc.space(node)
         if not result.live or shape is None or out is None:
             return result
-        if shape[out.dim] != -1:
+        if isinstance(shape[out.dim], fx.Node):
             # A size computed in forward may vary with the input (merged with a sequence
-            # dim): -1 lets the other sizes decide it.
-            shape[out.dim] = -1 if isinstance(shape[out.dim], fx.Node) else pc.n_kept(out)
+            # dim): -1 lets the other sizes decide it, unless it reads the input's own count.
+            if -1 not in shape:
+                shape[out.dim] = -1
+        elif shape[out.dim] != -1:
+            shape[out.dim] = pc.n_kept(out)
         for extra in pc.extra_spaces(node):
             shape[extra.dim] = pc.n_kept(extra)  # a head's width is fixed, whatever computed it
         node.args = (node.args[0], tuple(shape)) if node.op == "call_function" else (node.args[0], *shape)

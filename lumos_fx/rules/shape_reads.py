@@ -13,13 +13,15 @@ from torch.fx.node import map_arg
 from .api import (EMPTY, LIVE, Connecting, Outcome, PruneError, Pruning, Rule, arg, describe, normalize_dim, run_on,
     set_arg, shape_of, target_name)
 from .dims import PRIMES, Rearrange
+from .reshape import own_count_at
 from .registry import REGISTRY
 
 
 class ShapeRead(Rule):
     """Reads of a tensor's shape: ``x.shape``, ``x.size()``, ``x.size(d)``, ``x.dim()``,
     ``x.dtype`` ... Reading a non-channel size is fine; reading the channel count (whose
-    value pruning changes) keeps the channels."""
+    value pruning changes) keeps the channels, unless only a reshape of the same tensor
+    takes it as its channel size (``x.view(-1, x.size(-1))``)."""
 
     _HARMLESS = frozenset({"dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "dim", "ndimension"})
 
@@ -32,14 +34,17 @@ class ShapeRead(Rule):
         if what in self._HARMLESS:
             an.accept(src)
         elif what == "size" and len(node.args) + len(node.kwargs) > 1:
-            self._read_dims(an, src, node, [arg(node, 1, "dim")], len(an.shape(x)))
+            self._read_dims(an, src, node, [arg(node, 1, "dim")], len(an.shape(x)), x)
         elif what in ("size", "shape"):
             self._read_shape_value(an, src, node)
         else:
             an.block(src, f"its channel count is read by {an.describe(node)}")
 
-    def _read_dims(self, an: Connecting, src, node: fx.Node, dims, ndim: int) -> None:
-        if any(not isinstance(d, int) or normalize_dim(d, ndim) == src.dim for d in dims):
+    def _read_dims(self, an: Connecting, src, node: fx.Node, dims, ndim: int, x: fx.Node) -> None:
+        if any(not isinstance(d, int) for d in dims):
+            an.block(src, f"its channel count is read by {an.describe(node)}")
+        elif src.dim in [normalize_dim(d, ndim) for d in dims] and not (
+                node.users and all(own_count_at(user, node, x, src.dim) for user in node.users)):
             an.block(src, f"its channel count is read by {an.describe(node)}")
         else:
             an.accept(src)
@@ -49,7 +54,7 @@ class ShapeRead(Rule):
         for user in node.users:
             dims = _dims_indexed(user, ndim)
             if dims is not None:
-                self._read_dims(an, src, user, dims, ndim)
+                self._read_dims(an, src, user, dims, ndim, node.args[0])
             else:
                 an.block(src, f"its whole shape is used by {an.describe(user)}")
             an.claim(user)
