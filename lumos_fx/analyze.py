@@ -11,6 +11,7 @@ from .connect import Analysis
 from .fxutil import fetch_attr
 from .head_dims import add_head_dims
 from .plan import Plan
+from .rules.api import parameter_readers
 
 _METADATA = frozenset({"dtype", "device", "is_cuda", "layout", "requires_grad"})
 
@@ -64,7 +65,7 @@ def _block_unfoldable(an: Analysis, groups: list[Group]) -> None:
         elif node.op == "get_attr":
             tensor = fetch_attr(an.gm, node.target)
             tensors = [tensor] if isinstance(tensor, torch.Tensor) else []
-            names = {u.name for u in node.users if not _reads_metadata(u)}
+            names = {u.name for u, _ in parameter_readers(node) if not _reads_metadata(u)}
         else:
             continue
         for tensor in tensors:

@@ -315,6 +315,32 @@ def test_linear_maps_on_parameters_read_in_forward_are_cut(setting, tmp_path):
     assert max_rel_error(lumos_fx.load(tmp_path / "m")(x), pruned(x)) < 1e-6
 
 
+class ScaledWeight(nn.Module):
+    """e3nn's fully connected layer: ``x @ (W / sqrt(fan_in))`` with ``W`` (in, out)."""
+
+    def __init__(self, n_in, n_out, act):
+        super().__init__()
+        self.weight, self.act, self.fan_in = nn.Parameter(torch.randn(n_in, n_out)), act, n_in
+
+    def forward(self, x):
+        x = x @ (self.weight / self.fan_in ** 0.5)
+        return self.act(x) * 1.7 if self.act is not None else x
+
+
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_a_product_with_a_scaled_weight_read_in_forward_is_cut(setting):
+    torch.manual_seed(0)
+    model = nn.Sequential(ScaledWeight(6, 16, torch.tanh), ScaledWeight(16, 12, torch.tanh), ScaledWeight(12, 3, None))
+    wrapped = lumos_fx.instrument(model, (torch.randn(5, 6),))
+    assert {"input", "matmul", "matmul_1"} <= set(lumos_fx.gates(wrapped))
+    set_gates(wrapped, setting, 0)
+    pruned = lumos_fx.prune(wrapped)
+    assert_equivalent(wrapped, pruned, torch.randn(9, 6))
+    if setting == "half":
+        rows, cols = pruned.get_parameter("1.weight").shape
+        assert rows < 16 and cols < 12
+
+
 def test_prelu_with_one_slope_per_channel():
     model = nn.Sequential(nn.Linear(3, 6), nn.PReLU(6), nn.Linear(6, 1))
     torch.manual_seed(0)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Protocol
 
@@ -48,8 +49,8 @@ from ..fxutil import describe, normalize_dim, shape_of, tensor_meta
 __all__ = [
     "Attention", "Connecting", "EMPTY", "FoldedCall", "HeadRole", "LEAF", "LIVE", "ModuleRule", "Outcome",
     "PruneError", "Pruning", "Rule", "Space", "Status", "TraceError", "Tracing", "Unsupported", "arg", "call_op", "const",
-    "describe", "generic_module_source", "kept_in_range", "normalize_dim", "run_on", "run_op", "set_arg", "shape_of",
-    "target_name", "tensor_meta", "trace_through", "varargs",
+    "describe", "generic_module_source", "kept_in_range", "normalize_dim", "parameter_behind", "parameter_readers", "run_on", "run_op",
+    "scales_by_number", "set_arg", "shape_of", "target_name", "tensor_meta", "trace_through", "varargs",
 ]
 
 
@@ -363,6 +364,36 @@ def set_arg(node: fx.Node, index: int, name: str, value: Any) -> None:
 def varargs(rest) -> list:
     """Sizes or dims given as ``f(a, b, c)`` or as ``f((a, b, c))``, as a list."""
     return list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else list(rest)
+
+
+def scales_by_number(node: fx.Node, value: fx.Node) -> bool:
+    """Whether `node` is `value` times or divided by a Python number (``self.weight / c``)."""
+    if node.op != "call_function" or node.target not in (operator.mul, operator.truediv) or len(node.args) != 2:
+        return False
+    a, b = node.args
+    return (a is value and isinstance(b, (int, float))) or (
+        node.target is operator.mul and b is value and isinstance(a, (int, float)))
+
+
+def parameter_behind(value) -> fx.Node | None:
+    """The ``get_attr`` that `value` reads through multiplications and divisions by Python
+    numbers (e3nn's ``x @ (self.weight / sqrt(fan_in))``), or None."""
+    while isinstance(value, fx.Node) and value.op != "get_attr":
+        source = next((a for a in value.args if isinstance(a, fx.Node)), None)
+        if source is None or not scales_by_number(value, source):
+            return None
+        value = source
+    return value if isinstance(value, fx.Node) else None
+
+
+def parameter_readers(node: fx.Node):
+    """``(reader, value it reads)`` for the readers of `node` (a parameter read in forward),
+    through multiplications and divisions by Python numbers (``self.weight / c``)."""
+    for user in node.users:
+        if scales_by_number(user, node):
+            yield from parameter_readers(user)
+        else:
+            yield user, node
 
 
 def target_name(node: fx.Node) -> str:

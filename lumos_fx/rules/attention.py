@@ -9,7 +9,10 @@ import torch.nn.functional as F
 from torch import fx
 
 from .api import Attention, Connecting, Outcome, Pruning, Rule, Unsupported, arg, const, shape_of
+from .linear import ParameterProduct
 from .registry import REGISTRY
+
+_BY_PARAMETER = ParameterProduct()
 
 
 class MatMul(Rule):
@@ -20,10 +23,16 @@ class MatMul(Rule):
     operands and the output share them, and a head closed at the consumer of the output
     removes its slices of both operands. Channels on ``a``'s rows or ``b``'s columns are the
     output's rows or columns. Channels on the contracted dim are summed over: refused (the
-    product would need both operands cut alike, which no rule here proves).
+    product would need both operands cut alike, which no rule here proves), unless ``b`` is a
+    weight read in forward (:class:`lumos_fx.rules.linear.ParameterProduct`).
     """
 
+    def ties_parameter(self, node: fx.Node, value: fx.Node) -> bool:
+        return _BY_PARAMETER.ties_parameter(node, value)
+
     def connect(self, node: fx.Node, an: Connecting) -> None:
+        if _BY_PARAMETER.weight(node) is not None:
+            return _BY_PARAMETER.connect(node, an)
         operands = [a for a in node.args[:2] if an.space(a) is not None]
         out_ndim = len(an.shape(node))
         positions = {}
@@ -46,6 +55,11 @@ class MatMul(Rule):
         for a in operands:
             an.tie(an.space(a), out)
 
+
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
+        if _BY_PARAMETER.weight(node) is not None:
+            return _BY_PARAMETER.prune(node, pc)
+        return super().prune(node, pc)
 
     def attention(self, node: fx.Node) -> Attention | None:
         """A product of two batched operands may be ``q @ k^T`` (k's head dims on its dim -2)."""

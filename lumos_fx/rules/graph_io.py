@@ -7,7 +7,7 @@ from collections import deque
 import torch
 from torch import fx
 
-from .api import LIVE, Connecting, Outcome, Pruning, Rule, normalize_dim, shape_of, tensor_meta
+from .api import LIVE, Connecting, Outcome, Pruning, Rule, normalize_dim, parameter_readers, shape_of, tensor_meta
 from .registry import REGISTRY
 
 
@@ -65,8 +65,9 @@ class GetAttr(Rule):
         shape = shape_of(node)
         if not isinstance(value, torch.Tensor) or not shape or value.numel() == 1:
             return
-        if node.users and all((rule := an.rule_of(user)) is not None and rule.ties_parameter(user, node)
-                              for user in node.users):
+        readers = list(parameter_readers(node))
+        if readers and all((rule := an.rule_of(user)) is not None and rule.ties_parameter(user, read)
+                           for user, read in readers):
             return
         dim = max((d for d, s in enumerate(shape) if s > 1), default=len(shape) - 1)
         space = an.new_space(node, dim, producer=True)

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .api import LIVE, Connecting, FoldedCall, ModuleRule, Outcome, Pruning, Rule, Unsupported, arg, const
+from .api import (LIVE, Connecting, FoldedCall, ModuleRule, Outcome, Pruning, Rule, Unsupported, arg, const,
+    parameter_behind, shape_of)
 from .registry import REGISTRY
 
 
@@ -118,6 +119,38 @@ class FunctionalLinear(Rule):
             n_out = pc.value(weight).shape[1 - self.in_dim]
             vector = pc.value(bias).detach() if bias is not None else pc.value(weight).new_zeros(n_out)
             return const(pc.broadcast_form(node, vector))
+        if pc.is_const(x):
+            return const(pc.evaluate(node))
+        return LIVE
+
+
+class ParameterProduct(Rule):
+    r"""``x @ W`` with ``W`` a 2-D parameter read in forward, maybe times or divided by a
+    number (e3nn's ``x @ (self.weight / \sqrt{fan_{in}})``): :math:`y = x (sW)`, a linear map
+    of :class:`FunctionalLinear`'s form without bias. Asked by the ``@`` rule
+    (:class:`lumos_fx.rules.attention.MatMul`) for such products."""
+
+    def weight(self, node: fx.Node) -> fx.Node | None:
+        """The ``get_attr`` of ``W`` when `node` is such a product."""
+        b = node.args[1] if len(node.args) == 2 else None
+        w = parameter_behind(b)
+        meta = shape_of(b) if isinstance(b, fx.Node) else None
+        return w if w is not None and meta is not None and len(meta) == 2 and node.args[0] is not b else None
+
+    def ties_parameter(self, node: fx.Node, value: fx.Node) -> bool:
+        return value is node.args[1] and self.weight(node) is not None
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        weight = an.attribute(self.weight(node))
+        out = an.new_space(node, -1, producer=True)
+        an.tie(out, an.param_space(weight, 1))
+        if an.space(node.args[0]) is not None:
+            consume_last_dim(node, node.args[0], [an.param_space(weight, 0)], an)
+
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
+        x = node.args[0]
+        if pc.is_empty(x):
+            return const(pc.broadcast_form(node, pc.value(self.weight(node)).new_zeros(shape_of(node)[-1])))
         if pc.is_const(x):
             return const(pc.evaluate(node))
         return LIVE
