@@ -176,6 +176,8 @@ def test_head_dims_stay_when_the_scale_reads_them():
     reasons = lumos_fx.summary(wrapped).kept_whole
     assert any("q·k dims" in name and "q.size(-1)" in why for name, why in reasons.items())
     set_gates(wrapped, "half", 0)
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["q"].log_alpha[0] = 6.0  # a head stays: the attention is not a constant
     check(wrapped, lumos_fx.prune(wrapped))
 
 
@@ -211,3 +213,41 @@ def test_attention_over_closed_inputs_is_a_constant(sdpa):
     x = torch.randn(3, 7 if sdpa else 5, 3)
     with torch.no_grad():
         assert max_rel_error(pruned(x), wrapped.eval()(x)) <= 1e-5
+
+
+def repeat_kv(hidden, n_rep):
+    """transformers' repeat_kv: (B, kv_heads, N, D) -> (B, kv_heads * n_rep, N, D)."""
+    batch, kv_heads, length, head_dim = hidden.shape
+    hidden = hidden[:, :, None, :, :].expand(batch, kv_heads, n_rep, length, head_dim)
+    return hidden.reshape(batch, kv_heads * n_rep, length, head_dim)
+
+
+class RepeatedKV(Block):
+    """Grouped-query attention as Llama writes it: key and value heads repeated to the
+    query heads before attention."""
+
+    def forward(self, x):
+        B, N, C = x.shape
+        h = self.norm1(x)
+        q = self.q(h).view(B, N, -1, self.dh).transpose(1, 2)
+        k = repeat_kv(self.k(h).view(B, N, -1, self.dh).transpose(1, 2), self.h // self.kv)
+        v = repeat_kv(self.v(h).view(B, N, -1, self.dh).transpose(1, 2), self.h // self.kv)
+        a = F.scaled_dot_product_attention(q, k, v) if self.sdpa else (q @ k.transpose(-2, -1) * self.scale).softmax(-1) @ v
+        return x + self.proj(a.transpose(1, 2).reshape(B, N, -1))
+
+
+@pytest.mark.parametrize("sdpa", [False, True])
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_repeated_key_value_heads_are_cut_with_their_query_heads(sdpa, setting):
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(RepeatedKV(heads=4, kv_heads=2, sdpa=sdpa), (torch.randn(2, 5, 16),))
+    assert lumos_fx.gates(wrapped)["q"].n == 2  # a unit: one key/value head and the two query heads it serves
+    set_gates(wrapped, setting, 0)
+    pruned = lumos_fx.prune(wrapped)
+    for n in (5, 9):
+        check(wrapped, pruned, n)
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["q"].log_alpha.copy_(torch.tensor([6.0, -6.0]))
+    pruned = lumos_fx.prune(wrapped)
+    assert pruned.k.out_features == pruned.v.out_features == 4 and pruned.q.out_features == 8
+    check(wrapped, pruned, 9)

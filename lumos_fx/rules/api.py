@@ -48,9 +48,10 @@ from ..fxutil import describe, normalize_dim, shape_of, tensor_meta
 
 __all__ = [
     "Attention", "Connecting", "EMPTY", "FoldedCall", "HeadRole", "LEAF", "LIVE", "ModuleRule", "Outcome",
-    "PruneError", "Pruning", "Rule", "Space", "Status", "TraceError", "Tracing", "Unsupported", "arg", "call_op", "const",
-    "describe", "generic_module_source", "kept_in_range", "normalize_dim", "parameter_behind", "parameter_readers", "run_on", "run_op",
-    "scales_by_number", "set_arg", "shape_of", "target_name", "tensor_meta", "trace_through", "varargs",
+    "PruneError", "Pruning", "Rule", "SizeRead", "Space", "Status", "TraceError", "Tracing", "Unsupported", "arg",
+    "call_op", "channel_count_read", "check_read_counts", "const", "describe", "generic_module_source",
+    "kept_in_range", "normalize_dim", "parameter_behind", "parameter_readers", "reads_count_of", "run_on", "run_op",
+    "scales_by_number", "set_arg", "shape_of", "size_read", "target_name", "tensor_meta", "trace_through", "varargs",
 ]
 
 
@@ -384,6 +385,74 @@ def parameter_behind(value) -> fx.Node | None:
             return None
         value = source
     return value if isinstance(value, fx.Node) else None
+
+
+class SizeRead(NamedTuple):
+    """A size the forward read off a tensor: ``tensor.size(dim)`` times `factor`."""
+
+    tensor: fx.Node
+    dim: int
+    factor: int
+
+
+def size_read(value) -> SizeRead | None:
+    """`value` as ``x.size(d)``, ``x.shape[d]`` or ``x.size()[d]``, maybe times Python ints
+    (``num_heads * n_rep``); None for anything else."""
+    factor = 1
+    while isinstance(value, fx.Node) and value.op == "call_function" and value.target is operator.mul:
+        ints = [a for a in value.args if isinstance(a, int) and not isinstance(a, bool)]
+        nodes = [a for a in value.args if isinstance(a, fx.Node)]
+        if len(ints) != 1 or len(nodes) != 1:
+            return None
+        factor, value = factor * ints[0], nodes[0]
+    if not isinstance(value, fx.Node):
+        return None
+    if value.op == "call_method" and value.target == "size" and len(value.args) == 2 and isinstance(value.args[1], int):
+        x, d = value.args
+    elif (value.op == "call_function" and value.target is operator.getitem and isinstance(value.args[1], int)
+          and isinstance(value.args[0], fx.Node) and _reads_whole_shape(value.args[0])):
+        x, d = value.args[0].args[0], value.args[1]
+    else:
+        return None
+    shape = shape_of(x) if isinstance(x, fx.Node) else None
+    return SizeRead(x, normalize_dim(d, len(shape)), factor) if shape is not None else None
+
+
+def channel_count_read(value, an: Connecting | Pruning) -> SizeRead | None:
+    """`value` as a read of a tensor's channel count (:func:`size_read` on its space's dim)."""
+    read = size_read(value)
+    space = an.space(read.tensor) if read is not None else None
+    return read if space is not None and space.dim == read.dim else None
+
+
+def check_read_counts(node: fx.Node, sizes: list, out: Space | None, an: Connecting, stays: bool = False) -> None:
+    """The channel counts among `sizes`, the target shape of `node` (view, reshape, expand),
+    read off tensors. One given as the whole size of the output's channel dim (`out`), times
+    ints, is rewritten by the cut (to ``-1``: transformers' ``repeat_kv``, ``expand(b, h, n,
+    s, d)`` and ``reshape(b, h * n, s, d)``); where it must stay (`stays`: another size is
+    ``-1``, ``x.view(-1, x.size(-1))``), the channels it counts are tied to `out`'s, ``factor``
+    of them each, so that it reads the kept count. One given as the size of another dim
+    keeps the channels it counts whole."""
+    for position, size in enumerate(sizes):
+        read = channel_count_read(size, an)
+        if read is None:
+            continue
+        if out is None or position != out.dim or not reads_count_of(node, position, read):
+            an.block(an.space(read.tensor), f"its channel count is read by {an.describe(node)} as the size of "
+                                            "another dim")
+        elif stays:
+            idx = np.arange(shape_of(node)[position])
+            an.tie(an.space(read.tensor), out, idx // read.factor, idx)
+
+
+def reads_count_of(node: fx.Node, position: int, read: SizeRead | None) -> bool:
+    """Whether `read`, at `position` of `node`'s target shape, is that output dim's whole size."""
+    return read is not None and shape_of(node)[position] == read.factor * shape_of(read.tensor)[read.dim]
+
+
+def _reads_whole_shape(node: fx.Node) -> bool:
+    return (node.op == "call_method" and node.target == "size" and len(node.args) == 1) or (
+        node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",))
 
 
 def parameter_readers(node: fx.Node):

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import fx
 
-from .api import (LIVE, Connecting, HeadRole, Outcome, Pruning, Rule, Unsupported, arg, const, kept_in_range,
-    normalize_dim, set_arg, shape_of, varargs)
+from .api import (LIVE, Connecting, HeadRole, Outcome, Pruning, Rule, Unsupported, arg, channel_count_read,
+    check_read_counts, const, kept_in_range, normalize_dim, reads_count_of, set_arg, shape_of, varargs)
 from .registry import REGISTRY
 
 
@@ -49,7 +49,7 @@ class Narrow(Rule):
 class Expand(Rule):
     """``x.expand(*sizes)`` (a class token broadcast over the batch): new dims are added on
     the left and dims of size 1 repeated; the channel dim keeps its size. A literal channel
-    count in `sizes` is rewritten to the kept count."""
+    count in `sizes` is rewritten to the kept count, one read off a tensor to ``-1``."""
 
     def _sizes(self, node: fx.Node) -> list:
         return varargs(node.args[1:])
@@ -61,16 +61,18 @@ class Expand(Rule):
         k = src.dim + len(an.shape(node)) - len(an.shape(node.args[0]))
         if len(self._sizes(node)) != len(an.shape(node)):
             raise Unsupported("its whole target shape is computed in forward")
-        if isinstance(self._sizes(node)[k], fx.Node):
+        if isinstance(self._sizes(node)[k], fx.Node) and not reads_count_of(node, k, channel_count_read(
+                self._sizes(node)[k], an)):
             raise Unsupported("its channel count is computed in forward")
-        an.follow(node, src, k)
+        check_read_counts(node, self._sizes(node), an.follow(node, src, k), an)
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         result = super().prune(node, pc)
         out = pc.space(node)
         sizes = self._sizes(node)
         if result.live and out is not None and sizes[out.dim] != -1:
-            sizes[out.dim] = pc.n_kept(out)
+            # A count read in forward becomes -1: the channel dim keeps its (kept) size.
+            sizes[out.dim] = -1 if isinstance(sizes[out.dim], fx.Node) else pc.n_kept(out)
             node.args = (node.args[0], *sizes)
         return result
 

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from .api import (LIVE, Connecting, HeadRole, ModuleRule, Outcome, Pruning, Rule, Unsupported, arg, const,
-    normalize_dim, shape_of, target_name, varargs)
+from .api import (LIVE, Connecting, HeadRole, ModuleRule, Outcome, Pruning, Rule, Unsupported, arg,
+    channel_count_read, check_read_counts, const, normalize_dim, reads_count_of, shape_of, target_name, varargs)
 from .indexing import index_items
 from .registry import REGISTRY
 
 
-def _preserved_dim(in_shape, d: int, out_shape) -> int | None:
+def preserved_dim(in_shape, d: int, out_shape) -> int | None:
     """Where a reshape puts input dim `d` when it keeps it whole, else None."""
     before, size = math.prod(in_shape[:d]), in_shape[d]
     acc = 1
@@ -81,7 +81,7 @@ def channel_map(in_shape, c: int, out_shape, skip=frozenset()):
     model later indexes away, as ``qkv[0]``): ``i // (H W)`` for C x H x W, the head for
     3 x heads x head_dim.
     """
-    k = _preserved_dim(in_shape, c, out_shape)
+    k = preserved_dim(in_shape, c, out_shape)
     if k is not None:
         return k, np.arange(in_shape[c]), np.arange(in_shape[c])
     for ins, outs in _blocks(list(in_shape), list(out_shape)):
@@ -134,7 +134,7 @@ def indexed_away(node: fx.Node) -> set[int]:
     return found
 
 
-def _target_shape(node: fx.Node) -> list | None:
+def target_shape(node: fx.Node) -> list | None:
     """The target shape of view/reshape as a list, or None for the other ops."""
     if node.op == "call_method" and node.target in ("view", "reshape"):
         return varargs(node.args[1:])
@@ -143,23 +143,13 @@ def _target_shape(node: fx.Node) -> list | None:
     return None
 
 
-def own_count_at(node: fx.Node, read: fx.Node, x: fx.Node, c: int) -> bool:
-    """Whether `node` reshapes `x` and gives `read`, x's channel count (dim `c`), as the size
-    of the output dim the channels land on, whole (``x.view(-1, x.size(-1))``): the cut then
-    reads the kept count, which is right there."""
-    shape = _target_shape(node)
-    if shape is None or node.args[0] is not x or shape_of(node) is None:
-        return False
-    k = _preserved_dim(list(shape_of(node.args[0])), c, list(shape_of(node)))
-    return k is not None and len(shape) == len(shape_of(node)) and [i for i, s in enumerate(shape) if s is read] == [k]
-
-
 class Reshape(Rule):
     """view / reshape / flatten / unflatten / squeeze / unsqueeze (see :func:`channel_map`).
 
     A literal channel count in the target shape is rewritten to the kept count; one computed
     in forward (``reshape(B, N, C)`` with ``C`` read off another tensor) becomes ``-1``, and
-    one read off the input itself (``x.view(-1, x.size(-1))``) stays.
+    a channel count read off a tensor next to a ``-1`` (``x.view(-1, x.size(-1))``) stays,
+    reading the kept count (:func:`~lumos_fx.rules.api.check_read_counts`).
     Merging the batch dim into the channels, or a reshape that regroups the channel dim with
     others in any other way, is refused.
     """
@@ -176,27 +166,30 @@ class Reshape(Rule):
         if mapping is None:
             raise Unsupported("regroups the channel dim with other dims")
         k, in_idx, out_idx = mapping
-        shape = _target_shape(node)
+        shape = target_shape(node)
         if shape is not None and len(shape) != len(an.shape(node)):
             raise Unsupported("its whole target shape is computed in forward")
-        if shape is not None and isinstance(shape[k], fx.Node) and -1 in shape and not own_count_at(node, shape[k], x,
-                                                                                                   src.dim):
+        if (shape is not None and isinstance(shape[k], fx.Node) and -1 in shape
+                and not reads_count_of(node, k, channel_count_read(shape[k], an))):
             raise Unsupported("its channel count is computed in forward, next to a -1")
         out = an.new_space(node, k)
         an.tie(src, out, in_idx, out_idx)
+        if shape is not None:
+            check_read_counts(node, shape, out, an, stays=-1 in shape)
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         x = node.args[0]
         if pc.is_const(x):
             return const(_reshape_const(node, x, pc))
         result = super().prune(node, pc)
-        shape = _target_shape(node)
+        shape = target_shape(node)
         out = pc.space(node)
         if not result.live or shape is None or out is None:
             return result
         if isinstance(shape[out.dim], fx.Node):
-            # A size computed in forward may vary with the input (merged with a sequence
-            # dim): -1 lets the other sizes decide it, unless it reads the input's own count.
+            # A size computed in forward may vary with the input (merged with a sequence dim):
+            # -1 lets the other sizes decide it. Next to a -1 it is a count read off channels
+            # tied to these (connect): it reads the kept count.
             if -1 not in shape:
                 shape[out.dim] = -1
         elif shape[out.dim] != -1:

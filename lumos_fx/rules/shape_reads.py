@@ -11,17 +11,18 @@ from torch.fx._symbolic_trace import _assert_is_none
 from torch.fx.node import map_arg
 
 from .api import (EMPTY, LIVE, Connecting, Outcome, PruneError, Pruning, Rule, arg, describe, normalize_dim, run_on,
-    set_arg, shape_of, target_name)
+    set_arg, shape_of, size_read, target_name)
 from .dims import PRIMES, Rearrange
-from .reshape import own_count_at
+from .reshape import preserved_dim, target_shape
 from .registry import REGISTRY
 
 
 class ShapeRead(Rule):
     """Reads of a tensor's shape: ``x.shape``, ``x.size()``, ``x.size(d)``, ``x.dim()``,
     ``x.dtype`` ... Reading a non-channel size is fine; reading the channel count (whose
-    value pruning changes) keeps the channels, unless only a reshape of the same tensor
-    takes it as its channel size (``x.view(-1, x.size(-1))``)."""
+    value pruning changes) keeps the channels, unless it is only ever the target size of a
+    view, reshape or expand (``x.view(-1, x.size(-1))``), whose rule ties it to the channels it
+    sizes or refuses it."""
 
     _HARMLESS = frozenset({"dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "dim", "ndimension"})
 
@@ -34,17 +35,16 @@ class ShapeRead(Rule):
         if what in self._HARMLESS:
             an.accept(src)
         elif what == "size" and len(node.args) + len(node.kwargs) > 1:
-            self._read_dims(an, src, node, [arg(node, 1, "dim")], len(an.shape(x)), x)
+            self._read_dims(an, src, node, [arg(node, 1, "dim")], len(an.shape(x)))
         elif what in ("size", "shape"):
             self._read_shape_value(an, src, node)
         else:
             an.block(src, f"its channel count is read by {an.describe(node)}")
 
-    def _read_dims(self, an: Connecting, src, node: fx.Node, dims, ndim: int, x: fx.Node) -> None:
+    def _read_dims(self, an: Connecting, src, node: fx.Node, dims, ndim: int) -> None:
         if any(not isinstance(d, int) for d in dims):
             an.block(src, f"its channel count is read by {an.describe(node)}")
-        elif src.dim in [normalize_dim(d, ndim) for d in dims] and not (
-                node.users and all(own_count_at(user, node, x, src.dim) for user in node.users)):
+        elif src.dim in [normalize_dim(d, ndim) for d in dims] and not _only_sizes(node):
             an.block(src, f"its channel count is read by {an.describe(node)}")
         else:
             an.accept(src)
@@ -54,7 +54,7 @@ class ShapeRead(Rule):
         for user in node.users:
             dims = _dims_indexed(user, ndim)
             if dims is not None:
-                self._read_dims(an, src, user, dims, ndim, node.args[0])
+                self._read_dims(an, src, user, dims, ndim)
             else:
                 an.block(src, f"its whole shape is used by {an.describe(user)}")
             an.claim(user)
@@ -62,7 +62,8 @@ class ShapeRead(Rule):
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         """A cut tensor's sizes are read off a live one with the same sizes on the dims read,
-        found through the permutes and transposes that made the cut tensor if need be."""
+        found through the permutes, transposes and reshapes that made the cut tensor if need
+        be, or dim by dim off several."""
         x = node.args[0]
         if not (pc.is_empty(x) or pc.is_const(x)):
             return LIVE
@@ -70,25 +71,78 @@ class ShapeRead(Rule):
         dims = self._dims_read(node, src)
         if src is not None and src.dim in dims:
             # A channel count that is read is kept whole (see connect): it is a literal.
-            self._read_channels_as_literal(node, src.dim, shape_of(x)[src.dim], pc)
+            self._read_dim_as(node, src.dim, shape_of(x)[src.dim], pc)
             if not node.users:
                 return EMPTY
             dims = self._dims_read(node, src)
-        source, where = x, list(range(len(shape_of(x))))  # where[d]: dim d of x, as a dim of source
-        while True:
-            try:
-                ref = pc.reference(source, [where[d] for d in dims])
-                break
-            except PruneError:
-                if not self._is_permute(source) or not (pc.is_empty(source) or pc.is_const(source)):
-                    return self._read_example_sizes(node, dims, pc)
-                probe = run_on(source, torch.empty(PRIMES[: len(shape_of(source.args[0]))], device="meta"))
-                where = [PRIMES.index(probe.shape[w]) for w in where]
-                source = source.args[0]
+        found = self._live_source(x, dims, pc)
+        if found is None:
+            return self._read_dim_by_dim(node, dims, pc)
+        ref, where = found
         pc.replace_input(node, x, ref)
         if where != sorted(where):
             self._read_dims_of(node, where)
         return LIVE
+
+    def _live_source(self, x: fx.Node, dims: list[int], pc: Pruning) -> tuple[fx.Node, list[int]] | None:
+        """A live tensor with `x`'s sizes on `dims`, and where x's dims are in it (``where[d]``),
+        found through the permutes, transposes and reshapes keeping those dims that made x."""
+        source, where = x, list(range(len(shape_of(x))))  # where[d]: dim d of x, as a dim of source
+        while True:
+            try:
+                return pc.reference(source, [where[d] for d in dims]), where
+            except PruneError:
+                if not (pc.is_empty(source) or pc.is_const(source)):
+                    return None
+                where = self._dims_before(source, where)
+                if where is None or any(where[d] is None for d in dims):
+                    return None
+                source = source.args[0]
+
+    def _dims_before(self, node: fx.Node, where: list) -> list | None:
+        """The dims `where` of `node`'s output as dims of its input, through a permute or a
+        reshape (None for a dim a reshape does not keep); None for other ops."""
+        if self._is_permute(node):
+            probe = run_on(node, torch.empty(PRIMES[: len(shape_of(node.args[0]))], device="meta"))
+            return [PRIMES.index(probe.shape[w]) if w is not None else None for w in where]
+        if target_name(node) in ("view", "reshape"):
+            before, after = list(shape_of(node.args[0])), list(shape_of(node))
+            kept = {preserved_dim(before, i, after): i for i in range(len(before))}
+            return [kept.get(w) for w in where]
+        return None
+
+    def _set_by_code(self, x: fx.Node, d: int) -> bool:
+        """Whether dim `d` of `x` got its size from a literal of a reshape upstream
+        (``view(B, N, -1, 64)``): the same at any input size."""
+        source, where = x, [d]
+        while where is not None and where[0] is not None:
+            shape = target_shape(source)
+            if shape is not None and len(shape) == len(shape_of(source)):
+                size = shape[where[0]]
+                if isinstance(size, int) and size != -1:
+                    return True
+            where = self._dims_before(source, where)
+            source = source.args[0]
+        return False
+
+    def _read_dim_by_dim(self, node: fx.Node, dims: list[int], pc: Pruning) -> Outcome:
+        """Each size read off its own live tensor where no one tensor has them all (transformers'
+        repeat_kv reads the batch, heads, length and head dim of a key whose heads all closed)."""
+        x = node.args[0]
+        missing = []
+        for d in dims:
+            if self._set_by_code(x, d):
+                self._read_dim_as(node, d, shape_of(x)[d], pc)
+                continue
+            found = self._live_source(x, [d], pc)
+            if found is None:
+                missing.append(d)
+                continue
+            ref, where = found
+            self._read_dim_as(node, d, pc.insert(node, "call_method", "size", (ref, where[d])), pc)
+        if not missing:
+            return EMPTY if not node.users else LIVE
+        return self._read_example_sizes(node, missing, pc)
 
     def _read_example_sizes(self, node: fx.Node, dims: list[int], pc: Pruning) -> Outcome:
         """No live tensor has the sizes read (everything upstream became constant: a UNet's
@@ -99,7 +153,7 @@ class ShapeRead(Rule):
             raise PruneError(f"{describe(node, node.graph.owning_module)} reads the batch size of a constant "
                              "no live tensor has; please report this model")
         for d in dims:
-            self._read_channels_as_literal(node, d, shape_of(x)[d], pc)
+            self._read_dim_as(node, d, shape_of(x)[d], pc)
         if node.users:
             raise PruneError(f"{describe(node, node.graph.owning_module)} reads the whole shape of a constant "
                              "no live tensor has; please report this model")
@@ -107,20 +161,20 @@ class ShapeRead(Rule):
         return EMPTY
 
     @staticmethod
-    def _read_channels_as_literal(node: fx.Node, dim: int, size: int, pc: Pruning) -> None:
-        """Reads of `dim` through `node` become the literal `size`."""
-        def use_literal(reader: fx.Node) -> None:
+    def _read_dim_as(node: fx.Node, dim: int, size, pc: Pruning) -> None:
+        """Reads of `dim` through `node` become `size`: a literal, or a node reading it elsewhere."""
+        def use(reader: fx.Node) -> None:
             for user in list(reader.users):
                 user.args = map_arg(user.args, lambda n: size if n is reader else n)
                 user.kwargs = map_arg(user.kwargs, lambda n: size if n is reader else n)
 
         ndim = len(shape_of(node.args[0]))
         if _reads_one_size(node):
-            use_literal(node)
+            use(node)
             return
         for user in list(node.users):
             if [normalize_dim(d, ndim) for d in _dims_indexed(user, ndim) or ()] == [dim]:
-                use_literal(user)
+                use(user)
                 pc.erase(user)
 
     @staticmethod
@@ -153,6 +207,18 @@ class ShapeRead(Rule):
             else:
                 dims.update(normalize_dim(d, ndim) for d in indexed)
         return sorted(dims) or [0]
+
+
+def _only_sizes(node: fx.Node) -> bool:
+    """Whether a size read (times ints) is only ever the target size of a view, reshape or
+    expand, whose rules check where (:func:`~lumos_fx.rules.api.tie_read_counts`)."""
+    for user in node.users:
+        if user.op == "call_function" and user.target is operator.mul and size_read(user) is not None:
+            if not _only_sizes(user):
+                return False
+        elif target_name(user) not in ("view", "reshape", "expand") or user.args[0] is node:
+            return False
+    return bool(node.users)
 
 
 def _reads_one_size(node: fx.Node) -> bool:
