@@ -1,6 +1,6 @@
 """Hugging Face transformers through lumos_fx (issue 18, item 4): tiny configs, random weights.
 
-For BertModel, ViTForImageClassification and a Llama with grouped-query attention:
+For BertModel, ViTForImageClassification, GPT-2 and a Llama with grouped-query attention:
 instrument, one Adam step on ``output^2 + 1e-3 * complexity_loss``, every third unit of
 every gate closed, prune, pruned vs gated on the example and on another batch and sequence
 length (image batch), export + load. Needs transformers (the coverage venv):
@@ -27,11 +27,14 @@ def _models() -> dict:
     llama = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                      use_cache=False)
+    gpt2 = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64, use_cache=False,
+                                   bos_token_id=0, eos_token_id=0)
     tokens = (torch.randint(0, 100, (2, 8)), torch.randint(0, 100, (3, 12)))
     return {
         "BertModel": (transformers.BertModel(transformers.BertConfig(**_BERT)), *tokens),
         "ViTForImageClassification": (transformers.ViTForImageClassification(vit), torch.randn(2, 3, 32, 32),
                                       torch.randn(3, 3, 32, 32)),
+        "GPT2Model": (transformers.GPT2Model(gpt2), *tokens),
         "LlamaModel (GQA)": (transformers.LlamaModel(llama), *tokens),
     }
 

@@ -41,7 +41,7 @@ from .channels import Consumer, HeadDimsKey, NodeDimsKey, RefinedKey, Space
 from .connect import Analysis
 from .fxutil import describe, normalize_dim, shape_of
 from .rules import REGISTRY
-from .rules.api import HeadRole, run_on
+from .rules.api import HeadRole, axes_read, run_on, varargs
 
 
 class Refused(Exception):
@@ -204,13 +204,14 @@ def _back(an, t, d_dim: int, loud: bool) -> Chain:
         if not isinstance(node, fx.Node):
             raise Refused(f"{describe(nodes[-1], an.gm)} does not read a projection", loud)
     nodes.reverse()
-    if not nodes or [n for n in nodes if _role(an, n) is HeadRole.SPLIT] != nodes[:1]:
+    split = _one_split(an, nodes, first=True) if nodes else None
+    if split is None:
         raise Refused(f"the heads of {describe(node, an.gm)} are not split by one reshape", loud)
     width = shape_of(node)[-1]
     value = _run(an, nodes, torch.arange(width, dtype=torch.float64).expand(shape_of(node)))[-1]
     rows = _per_head(value, head.dim, normalize_dim(d_dim, value.dim()))
-    size = shape_of(nodes[0])[-1]
-    dims = _where_dims(an, nodes[1:], nodes[0], size)
+    size = shape_of(nodes[split])[-1]
+    dims = _where_dims(an, nodes[split + 1:], nodes[split], size)
     if rows is None or dims is None or rows.shape[1] != size or not np.array_equal(rows % size, np.broadcast_to(np.arange(size), rows.shape)):
         raise Refused(f"the path from {describe(node, an.gm)} to {describe(t, an.gm)} moves the head dims "
                       "in a way lumos_fx does not follow", loud)
@@ -224,9 +225,13 @@ def _forward(an, node: fx.Node) -> Chain:
         raise Refused("its output carries no heads lumos_fx follows")
     nodes, current = [], node
     while True:
-        if len(current.users) != 1:
+        # The sizes of other dims may be read (transformers' attn_output.shape[:-1]).
+        space = an.space(current)
+        heads_at = {space.dim, len(shape_of(current)) - 1} if space is not None else None
+        users = [u for u in current.users if not _reads_sizes_only(u, current, heads_at)]
+        if len(users) != 1:
             raise Refused(f"{describe(current, an.gm)} is read by more than the output projection")
-        (user,) = current.users
+        (user,) = users
         if user.op == "call_module" and isinstance(an.module(user), nn.Linear):
             break
         _check_step(an, user, True)
@@ -235,7 +240,8 @@ def _forward(an, node: fx.Node) -> Chain:
         nodes.append(user)
         current = user
     merged = an.space(current)
-    if not nodes or [n for n in nodes if _role(an, n) is HeadRole.SPLIT] != nodes[-1:] or merged is None \
+    merge = _one_split(an, nodes, first=False) if nodes else None
+    if merge is None or merged is None \
             or merged.dim != len(shape_of(current)) - 1:
         raise Refused("the heads are not merged by one reshape in front of the output projection")
     h, e = shape[head.dim], shape[-1]
@@ -243,7 +249,7 @@ def _forward(an, node: fx.Node) -> Chain:
     view = [1] * len(shape)
     view[head.dim], view[-1] = h, e
     value = _run(an, nodes, ids.reshape(view).expand(shape))[-1]
-    dims = _where_dims(an, nodes[:-1], node, e)
+    dims = _where_dims(an, nodes[:merge], node, e)
     if dims is None:
         raise Refused("the heads are moved in front of the output projection in a way lumos_fx does not follow")
     flat = value.reshape(-1, value.shape[-1])
@@ -320,6 +326,55 @@ def _per_head(value: torch.Tensor, h_dim: int, d_dim: int) -> np.ndarray | None:
     return rows if len(np.unique(rows)) == rows.size else None
 
 
+def _one_split(an, nodes: list[fx.Node], first: bool) -> int | None:
+    """The position of the one reshape among `nodes` that splits (or merges) the heads, if it
+    comes first (or last) but for ops that keep the shape (``.contiguous()``); a reshape to
+    the same shape (transformers' ``attn_output.reshape(b, -1, n, d)``) splits nothing."""
+    def same_shape(n):
+        return shape_of(n) is not None and shape_of(n) == shape_of(_source(an, n))
+
+    splits = [i for i, n in enumerate(nodes) if _role(an, n) is HeadRole.SPLIT and not same_shape(n)]
+    if len(splits) != 1:
+        return None
+    around = nodes[:splits[0]] if first else nodes[splits[0] + 1:]
+    return splits[0] if all(same_shape(n) for n in around) else None
+
+
+def _reads_sizes_only(user: fx.Node, node: fx.Node, channel_axes: set[int] | None,
+                      dims_of: dict[fx.Node, int] | None = None, d_axis: int | None = None) -> bool:
+    """Whether `user` only reads sizes of `node` on dims other than `channel_axes` (the heads'
+    and the head dims'), which no cut changes (``q_length = query.shape[2]``), or the head
+    dims' size only to give it as the head dims' size of a reshape on the path (`dims_of`:
+    where each holds them; transformers' ``reshape(b, -1, n, value.shape[-1])``)."""
+    read = axes_read(user, node) if channel_axes is not None else None
+    if read is None:
+        return False
+    if not read & channel_axes:
+        return True
+    if dims_of is None or read & channel_axes != {d_axis}:
+        return False
+    readers = [user] if user.op == "call_method" and user.target == "size" else list(user.users)
+    for reader in readers:
+        for reshape in reader.users:
+            if reshape not in dims_of or reshape.op != "call_method" or reshape.target not in ("view", "reshape"):
+                return False
+            sizes = varargs(reshape.args[1:])
+            if [i for i, size in enumerate(sizes) if size is reader] != [dims_of[reshape]]:
+                return False
+    return True
+
+
+def _channel_axes(an, chain: Chain, node: fx.Node) -> set[int] | None:
+    """The dims of `node` that hold the heads or the head dims (a projection's output: its
+    last); None where unknown."""
+    if node is chain.linear:
+        return {len(shape_of(node)) - 1}
+    space = an.space(node)
+    if space is None or node not in chain.dims:
+        return None
+    return {space.dim, chain.dims[node]}
+
+
 def _exclusive(an, sites: list[Site]) -> list[Site]:
     """Drop sites whose ops are also read outside the attention (a cut dim would reach that
     reader), repeating until none is dropped: sites that share a split go or stay together."""
@@ -328,10 +383,13 @@ def _exclusive(an, sites: list[Site]) -> list[Site]:
         allowed = set().union(*(s.nodes() for s in sites)) | {s.node for s in sites}
         dropped = False
         for site in list(sites):
+            dims_of = {n: d for chain in site.chains for n, d in chain.dims.items()}
             for chain in site.chains:
                 readers = chain.nodes if chain is site.fold and site.kind == "v" else [chain.linear] + chain.nodes
                 outside = next(((n, u) for n in readers for u in n.users if u not in allowed
-                                and not (n is chain.nodes[-1] and u is site.gate_node)), None)
+                                and not (n is chain.nodes[-1] and u is site.gate_node)
+                                and not _reads_sizes_only(u, n, _channel_axes(an, chain, n), dims_of,
+                                                          chain.dims.get(n))), None)
                 if outside is not None:
                     sites.remove(site)
                     _refuse(an, site.node, site.kind,

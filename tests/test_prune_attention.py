@@ -251,3 +251,29 @@ def test_repeated_key_value_heads_are_cut_with_their_query_heads(sdpa, setting):
     pruned = lumos_fx.prune(wrapped)
     assert pruned.k.out_features == pruned.v.out_features == 4 and pruned.q.out_features == 8
     check(wrapped, pruned, 9)
+
+
+class TransformersStyle(Block):
+    """The attention as transformers writes it: sizes read off q and v, the output reshaped
+    to its own shape with ``value.shape[-1]``, ``.contiguous()`` after the head merge."""
+
+    def forward(self, x):
+        hidden_shape = (*x.shape[:-1], -1, self.dh)
+        h = self.norm1(x)
+        q, k, v = (p(h).view(hidden_shape).transpose(1, 2) for p in (self.q, self.k, self.v))
+        q_length = q.shape[2]
+        a = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        a = a.reshape(a.shape[0], -1, q_length, v.shape[-1]).transpose(1, 2).contiguous()
+        a = a.reshape(*x.shape[:-1], -1).contiguous()
+        return x + self.proj(a)
+
+
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_head_dims_are_cut_through_transformers_size_reads(setting):
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(TransformersStyle(), (torch.randn(2, 5, 16),))
+    assert {"q", "q+k q·k dims", "v v dims"} <= set(lumos_fx.gates(wrapped))
+    set_gates(wrapped, setting, 0)
+    pruned = lumos_fx.prune(wrapped)
+    for n in (5, 9):
+        check(wrapped, pruned, n)

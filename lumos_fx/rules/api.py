@@ -31,6 +31,7 @@ The stages implement :class:`Connecting` and :class:`Pruning`; a rule imports th
 
 from __future__ import annotations
 
+import builtins
 import enum
 import importlib
 import operator
@@ -47,11 +48,12 @@ from ..errors import PruneError, TraceError
 from ..fxutil import describe, normalize_dim, shape_of, tensor_meta
 
 __all__ = [
-    "Attention", "Connecting", "EMPTY", "FoldedCall", "HeadRole", "LEAF", "LIVE", "ModuleRule", "Outcome",
+    "Attention", "Connecting", "METADATA_READS", "EMPTY", "FoldedCall", "HeadRole", "LEAF", "LIVE", "ModuleRule", "Outcome",
     "PruneError", "Pruning", "Rule", "SizeRead", "Space", "Status", "TraceError", "Tracing", "Unsupported", "arg",
-    "call_op", "channel_count_read", "check_read_counts", "const", "describe", "generic_module_source",
-    "kept_in_range", "normalize_dim", "parameter_behind", "parameter_readers", "reads_count_of", "run_on", "run_op",
-    "scales_by_number", "set_arg", "shape_of", "size_read", "target_name", "tensor_meta", "trace_through", "varargs",
+    "axes_read", "call_op", "channel_count_read", "check_read_counts", "const", "describe", "dims_indexed",
+    "generic_module_source", "kept_in_range", "normalize_dim", "parameter_behind", "parameter_readers",
+    "reads_count_of", "run_on", "run_op", "scales_by_number", "set_arg", "shape_of", "size_read", "target_name",
+    "tensor_meta", "trace_through", "varargs",
 ]
 
 
@@ -453,6 +455,45 @@ def reads_count_of(node: fx.Node, position: int, read: SizeRead | None) -> bool:
 def _reads_whole_shape(node: fx.Node) -> bool:
     return (node.op == "call_method" and node.target == "size" and len(node.args) == 1) or (
         node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",))
+
+
+def dims_indexed(user: fx.Node, ndim: int) -> list[int] | None:
+    """The dims of a shape that ``shape[i]`` or ``shape[a:b]`` reads (``len(shape)``, the rank,
+    reads none); None for other uses."""
+    if user.op == "call_function" and user.target is builtins.len:
+        return []
+    index = user.args[1] if user.op == "call_function" and user.target is operator.getitem else None
+    if isinstance(index, int):
+        return [index]
+    if isinstance(index, slice):
+        return list(range(ndim))[index]
+    return None
+
+
+METADATA_READS = frozenset({"dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "dim", "ndimension"})
+
+
+def axes_read(node: fx.Node, x: fx.Node) -> set[int] | None:
+    """The dims of `x` whose sizes `node` reads, if `node` only reads `x`'s shape
+    (``x.shape[2]``, ``x.size(0)``, ``x.dtype``); None if it does anything else."""
+    ndim = len(shape_of(x) or ())
+    what = node.target if node.op == "call_method" else (
+        node.args[1] if node.op == "call_function" and node.target is getattr else None)
+    if not node.args or node.args[0] is not x or what is None:
+        return None
+    if what in METADATA_READS:
+        return set()
+    if what == "size" and len(node.args) > 1 and isinstance(node.args[1], int):
+        return {normalize_dim(node.args[1], ndim)}
+    if what in ("size", "shape") and len(node.args) == (1 if what == "size" else 2):
+        read = set()
+        for user in node.users:
+            dims = dims_indexed(user, ndim)
+            if dims is None:
+                return None
+            read.update(normalize_dim(d, ndim) for d in dims)
+        return read
+    return None
 
 
 def parameter_readers(node: fx.Node):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import operator
 
 import torch
@@ -11,7 +10,7 @@ from torch.fx._symbolic_trace import _assert_is_none
 from torch.fx.node import map_arg
 
 from .api import (EMPTY, LIVE, Connecting, Outcome, PruneError, Pruning, Rule, arg, describe, normalize_dim, run_on,
-    set_arg, shape_of, size_read, target_name)
+    METADATA_READS, dims_indexed, set_arg, shape_of, size_read, target_name)
 from .dims import PRIMES, Rearrange
 from .reshape import preserved_dim, target_shape
 from .registry import REGISTRY
@@ -24,7 +23,6 @@ class ShapeRead(Rule):
     view, reshape or expand (``x.view(-1, x.size(-1))``), whose rule ties it to the channels it
     sizes or refuses it."""
 
-    _HARMLESS = frozenset({"dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "dim", "ndimension"})
 
     def connect(self, node: fx.Node, an: Connecting) -> None:
         x = node.args[0]
@@ -32,7 +30,7 @@ class ShapeRead(Rule):
         if src is None:
             return
         what = node.target if node.op == "call_method" else node.args[1]
-        if what in self._HARMLESS:
+        if what in METADATA_READS:
             an.accept(src)
         elif what == "size" and len(node.args) + len(node.kwargs) > 1:
             self._read_dims(an, src, node, [arg(node, 1, "dim")], len(an.shape(x)))
@@ -52,7 +50,7 @@ class ShapeRead(Rule):
     def _read_shape_value(self, an: Connecting, src, node: fx.Node) -> None:
         ndim = len(an.shape(node.args[0]))
         for user in node.users:
-            dims = _dims_indexed(user, ndim)
+            dims = dims_indexed(user, ndim)
             if dims is not None:
                 self._read_dims(an, src, user, dims, ndim)
             else:
@@ -76,13 +74,20 @@ class ShapeRead(Rule):
                 return EMPTY
             dims = self._dims_read(node, src)
         found = self._live_source(x, dims, pc)
-        if found is None:
+        if found is None or (len(shape_of(found[0])) != len(shape_of(x)) and not self._reads_by_index(node)):
             return self._read_dim_by_dim(node, dims, pc)
         ref, where = found
         pc.replace_input(node, x, ref)
-        if where != sorted(where):
+        if any(where[d] != d for d in dims):
             self._read_dims_of(node, where)
         return LIVE
+
+    @staticmethod
+    def _reads_by_index(node: fx.Node) -> bool:
+        """Whether `node` reads sizes one by one (``x.size(d)``, ``x.shape[d]``): they can be
+        read off a tensor of another rank."""
+        return _reads_one_size(node) or all(
+            u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int) for u in node.users)
 
     def _live_source(self, x: fx.Node, dims: list[int], pc: Pruning) -> tuple[fx.Node, list[int]] | None:
         """A live tensor with `x`'s sizes on `dims`, and where x's dims are in it (``where[d]``),
@@ -173,7 +178,7 @@ class ShapeRead(Rule):
             use(node)
             return
         for user in list(node.users):
-            if [normalize_dim(d, ndim) for d in _dims_indexed(user, ndim) or ()] == [dim]:
+            if [normalize_dim(d, ndim) for d in dims_indexed(user, ndim) or ()] == [dim]:
                 use(user)
                 pc.erase(user)
 
@@ -186,7 +191,7 @@ class ShapeRead(Rule):
         if _reads_one_size(node):
             set_arg(node, 1, "dim", where[normalize_dim(arg(node, 1, "dim"), len(where))])
             return
-        for user in node.users:
+        for user in list(node.users):
             index = user.args[1] if user.op == "call_function" and user.target is operator.getitem else None
             if not isinstance(index, int):
                 raise PruneError(f"{describe(node, node.graph.owning_module)} reads the whole shape of a cut tensor "
@@ -201,7 +206,7 @@ class ShapeRead(Rule):
             return [normalize_dim(arg(node, 1, "dim"), ndim)]
         dims: set[int] = set()
         for user in node.users:
-            indexed = _dims_indexed(user, ndim)
+            indexed = dims_indexed(user, ndim)
             if indexed is None:
                 dims.update(d for d in range(ndim) if d != src.dim)
             else:
@@ -224,19 +229,6 @@ def _only_sizes(node: fx.Node) -> bool:
 def _reads_one_size(node: fx.Node) -> bool:
     """``x.size(d)``, as opposed to ``x.size()``."""
     return node.op == "call_method" and node.target == "size" and len(node.args) + len(node.kwargs) > 1
-
-
-def _dims_indexed(user: fx.Node, ndim: int) -> list[int] | None:
-    """The dims of a shape that ``shape[i]`` or ``shape[a:b]`` reads (``len(shape)``, the rank,
-    reads none); None for other uses."""
-    if user.op == "call_function" and user.target is builtins.len:
-        return []
-    index = user.args[1] if user.op == "call_function" and user.target is operator.getitem else None
-    if isinstance(index, int):
-        return [index]
-    if isinstance(index, slice):
-        return list(range(ndim))[index]
-    return None
 
 
 class Assertion(Rule):
