@@ -4,7 +4,8 @@ Beyond :class:`torch.fx.Tracer`, while it traces a model it
 
 - calls the user's ``Config.leaf_modules`` as one op each, and every other module as its
   rule says (:meth:`~lumos_fx.rules.api.ModuleRule.tracing`: one op, or traced through a
-  function), torch.nn layers without one as one op;
+  function), torch.nn layers without one as one op; a module class's own ``__call__`` goes
+  through the same hook;
 - turns NumPy scalars into Python numbers and NumPy arrays into tensor constants, as torch
   itself reads them (``x * np.float32(2)``, ``np.sqrt(2 / np.pi) * x``: NumPy defers to the
   proxy, since :class:`LumosProxy` says it takes no part in NumPy's ufuncs);
@@ -17,7 +18,8 @@ Beyond :class:`torch.fx.Tracer`, while it traces a model it
   on a traced value from user code as the value's type (a tensor, or the ``torch.Size`` or
   ``int`` of a shape read) and records the answer, to be checked against the type the value
   has when the graph runs (:class:`IsinstanceQuery`);
-- gives ``*args`` one placeholder per value the example passes and ``**kwargs`` none.
+- gives ``*args`` one placeholder per value the example passes and ``**kwargs`` none;
+- gives a traced tensor its example's attributes only (``hasattr(x, "redistribute")``).
 """
 
 from __future__ import annotations
