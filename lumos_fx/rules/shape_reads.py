@@ -216,7 +216,7 @@ class ShapeRead(Rule):
 
 def _only_sizes(node: fx.Node) -> bool:
     """Whether a size read (times ints) is only ever the target size of a view, reshape or
-    expand, whose rules check where (:func:`~lumos_fx.rules.api.tie_read_counts`)."""
+    expand, whose rules check where (:func:`~lumos_fx.rules.api.check_read_counts`)."""
     for user in node.users:
         if user.op == "call_function" and user.target is operator.mul and size_read(user) is not None:
             if not _only_sizes(user):
