@@ -57,6 +57,7 @@ class Expand(Rule):
     def connect(self, node: fx.Node, an: Connecting) -> None:
         src = an.space(node.args[0])
         if src is None:
+            check_read_counts(node, self._sizes(node), None, an)  # a count read here sizes no channels
             return
         k = src.dim + len(an.shape(node)) - len(an.shape(node.args[0]))
         if len(self._sizes(node)) != len(an.shape(node)):

@@ -161,6 +161,7 @@ class Reshape(Rule):
         x = node.args[0]
         src = an.space(x)
         if src is None:
+            check_read_counts(node, target_shape(node) or [], None, an)  # a count read here sizes no channels
             return
         mapping = channel_map(an.shape(x), src.dim, an.shape(node), indexed_away(node))
         if mapping is None:
