@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import math
 import operator
 import sys
 import traceback
@@ -302,6 +303,14 @@ _NUMPY_OPERATORS = {np.add: operator.add, np.subtract: operator.sub, np.multiply
                     np.less_equal: operator.le, np.greater: operator.gt, np.greater_equal: operator.ge}
 
 
+class TracedSizes(tuple):
+    """A slice of a traced shape: its traced sizes, with torch.Size's ``numel()``
+    (transformers' ``pixel_values.shape[1:].numel()``)."""
+
+    def numel(self):
+        return math.prod(self)
+
+
 class ConcreteProxy:
     """Proxy mixin: Python's conversions ask the tracer for the example's answer."""
 
@@ -335,7 +344,7 @@ class ConcreteProxy:
         example = self.tracer.known(self) if "tracer" in self.__dict__ else UNKNOWN
         if isinstance(example, torch.Size) and isinstance(index, slice) and not _holds_proxy((index,)):
             item = super().__getitem__
-            return tuple(item(i) for i in range(len(example))[index])
+            return TracedSizes(item(i) for i in range(len(example))[index])
         return super().__getitem__(index)
 
     def __index__(self) -> int:

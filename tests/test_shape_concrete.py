@@ -433,3 +433,19 @@ def test_duck_typing_dtype_limits_and_lazy_attributes_get_the_example_tensors_an
         assert max_rel_error(pruned(x), wrapped.eval()(x)) < 1e-5
     with pytest.raises(AssertionError, match="torch.finfo"):
         pruned.double()(x.double())  # the limits were those of float32: loud, never silent
+
+
+def test_a_slice_of_a_traced_shape_counts_its_elements_symbolically():
+    class PerImage(nn.Module):  # transformers' nb_values_per_image = pixel_values.shape[1:].numel()
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(12, 6)
+
+        def forward(self, x):
+            return self.a(x.reshape(x.shape[0], x.shape[1:].numel()))
+
+    wrapped, pruned = _cut(PerImage(), torch.randn(2, 3, 4))
+    assert not [a for a in lumos_fx.summary(pruned).assumptions if "numel" in a]
+    with torch.no_grad():
+        x = torch.randn(5, 3, 4)
+        assert max_rel_error(pruned(x), wrapped.eval()(x)) < 1e-5
