@@ -316,28 +316,34 @@ def test_linear_maps_on_parameters_read_in_forward_are_cut(setting, tmp_path):
 
 
 class ScaledWeight(nn.Module):
-    """e3nn's fully connected layer: ``x @ (W / sqrt(fan_in))`` with ``W`` (in, out)."""
+    """e3nn's fully connected layer: ``x @ (W / sqrt(fan_in))`` with ``W`` (in, out); or, as
+    PyG's PMLP writes it, ``x @ W.t() + b`` with ``W`` (out, in)."""
 
-    def __init__(self, n_in, n_out, act):
+    def __init__(self, n_in, n_out, act, transposed=False):
         super().__init__()
-        self.weight, self.act, self.fan_in = nn.Parameter(torch.randn(n_in, n_out)), act, n_in
+        self.transposed, self.act, self.fan_in = transposed, act, n_in
+        self.weight = nn.Parameter(torch.randn(n_out, n_in) if transposed else torch.randn(n_in, n_out))
+        self.bias = nn.Parameter(torch.randn(n_out)) if transposed else None
 
     def forward(self, x):
-        x = x @ (self.weight / self.fan_in ** 0.5)
+        x = x @ self.weight.t() + self.bias if self.transposed else x @ (self.weight / self.fan_in ** 0.5)
         return self.act(x) * 1.7 if self.act is not None else x
 
 
+@pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("setting", GATE_SETTINGS)
-def test_a_product_with_a_scaled_weight_read_in_forward_is_cut(setting):
+def test_a_product_with_a_scaled_weight_read_in_forward_is_cut(setting, transposed):
     torch.manual_seed(0)
-    model = nn.Sequential(ScaledWeight(6, 16, torch.tanh), ScaledWeight(16, 12, torch.tanh), ScaledWeight(12, 3, None))
+    model = nn.Sequential(ScaledWeight(6, 16, torch.tanh, transposed), ScaledWeight(16, 12, torch.tanh, transposed),
+                          ScaledWeight(12, 3, None, transposed))
     wrapped = lumos_fx.instrument(model, (torch.randn(5, 6),))
     assert {"input", "matmul", "matmul_1"} <= set(lumos_fx.gates(wrapped))
     set_gates(wrapped, setting, 0)
     pruned = lumos_fx.prune(wrapped)
     assert_equivalent(wrapped, pruned, torch.randn(9, 6))
     if setting == "half":
-        rows, cols = pruned.get_parameter("1.weight").shape
+        rows, cols = pruned.get_parameter("1.weight").shape[::-1] if transposed else pruned.get_parameter(
+            "1.weight").shape
         assert rows < 16 and cols < 12
 
 

@@ -378,15 +378,30 @@ def scales_by_number(node: fx.Node, value: fx.Node) -> bool:
         node.target is operator.mul and b is value and isinstance(a, (int, float)))
 
 
-def parameter_behind(value) -> fx.Node | None:
+def transposes(node: fx.Node, value: fx.Node) -> bool:
+    """Whether `node` is the transpose of `value`, a matrix (``w.t()``, ``w.T``, ``w.transpose(0, 1)``)."""
+    if len(shape_of(value) or ()) != 2 or not node.args or node.args[0] is not value:
+        return False
+    if node.op == "call_method" and node.target == "t" or node.op == "call_function" and node.target is torch.t:
+        return len(node.args) == 1
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] in ("T", "mT")
+    return (node.op == "call_method" and node.target == "transpose" and len(node.args) == 3
+            and {normalize_dim(d, 2) for d in node.args[1:]} == {0, 1})
+
+
+def parameter_behind(value) -> tuple[fx.Node, bool] | None:
     """The ``get_attr`` that `value` reads through multiplications and divisions by Python
-    numbers (e3nn's ``x @ (self.weight / sqrt(fan_in))``), or None."""
+    numbers and transposes (e3nn's ``x @ (self.weight / sqrt(fan_in))``, PyG PMLP's
+    ``x @ self.lin.weight.t()``), and whether it is read transposed; None if it is not such a read."""
+    flipped = False
     while isinstance(value, fx.Node) and value.op != "get_attr":
         source = next((a for a in value.args if isinstance(a, fx.Node)), None)
-        if source is None or not scales_by_number(value, source):
+        if source is None or not (scales_by_number(value, source) or transposes(value, source)):
             return None
+        flipped ^= transposes(value, source)
         value = source
-    return value if isinstance(value, fx.Node) else None
+    return (value, flipped) if isinstance(value, fx.Node) else None
 
 
 class SizeRead(NamedTuple):
@@ -498,9 +513,10 @@ def axes_read(node: fx.Node, x: fx.Node) -> set[int] | None:
 
 def parameter_readers(node: fx.Node):
     """``(reader, value it reads)`` for the readers of `node` (a parameter read in forward),
-    through multiplications and divisions by Python numbers (``self.weight / c``)."""
+    through multiplications and divisions by Python numbers and transposes (``self.weight / c``,
+    ``self.weight.t()``)."""
     for user in node.users:
-        if scales_by_number(user, node):
+        if scales_by_number(user, node) or transposes(user, node):
             yield from parameter_readers(user)
         else:
             yield user, node

@@ -126,31 +126,37 @@ class FunctionalLinear(Rule):
 
 class ParameterProduct(Rule):
     r"""``x @ W`` with ``W`` a 2-D parameter read in forward, maybe times or divided by a
-    number (e3nn's ``x @ (self.weight / \sqrt{fan_{in}})``): :math:`y = x (sW)`, a linear map
-    of :class:`FunctionalLinear`'s form without bias. Asked by the ``@`` rule
+    number or transposed (e3nn's ``x @ (self.weight / \sqrt{fan_{in}})``, PyG PMLP's
+    ``x @ self.lin.weight.t()``): :math:`y = x (sW)`, a linear map of
+    :class:`FunctionalLinear`'s form without bias. Asked by the ``@`` rule
     (:class:`lumos_fx.rules.attention.MatMul`) for such products."""
 
-    def weight(self, node: fx.Node) -> fx.Node | None:
-        """The ``get_attr`` of ``W`` when `node` is such a product."""
+    def weight(self, node: fx.Node) -> tuple[fx.Node, int] | None:
+        """The ``get_attr`` of ``W`` when `node` is such a product, and its dim that ``x``'s
+        channels multiply."""
         b = node.args[1] if len(node.args) == 2 else None
-        w = parameter_behind(b)
+        found = parameter_behind(b)
         meta = shape_of(b) if isinstance(b, fx.Node) else None
-        return w if w is not None and meta is not None and len(meta) == 2 and node.args[0] is not b else None
+        if found is None or meta is None or len(meta) != 2 or node.args[0] is b:
+            return None
+        w, transposed = found
+        return w, 1 if transposed else 0
 
     def ties_parameter(self, node: fx.Node, value: fx.Node) -> bool:
         return value is node.args[1] and self.weight(node) is not None
 
     def connect(self, node: fx.Node, an: Connecting) -> None:
-        weight = an.attribute(self.weight(node))
+        w, in_dim = self.weight(node)
+        weight = an.attribute(w)
         out = an.new_space(node, -1, producer=True)
-        an.tie(out, an.param_space(weight, 1))
+        an.tie(out, an.param_space(weight, 1 - in_dim))
         if an.space(node.args[0]) is not None:
-            consume_last_dim(node, node.args[0], [an.param_space(weight, 0)], an)
+            consume_last_dim(node, node.args[0], [an.param_space(weight, in_dim)], an)
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         x = node.args[0]
         if pc.is_empty(x):
-            return const(pc.broadcast_form(node, pc.value(self.weight(node)).new_zeros(shape_of(node)[-1])))
+            return const(pc.broadcast_form(node, pc.value(self.weight(node)[0]).new_zeros(shape_of(node)[-1])))
         if pc.is_const(x):
             return const(pc.evaluate(node))
         return LIVE
