@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import fx, nn
+from torch.fx import _symbolic_trace
 from torch.fx._symbolic_trace import PH
 from torch.utils import _pytree as pytree
 
@@ -176,7 +177,8 @@ class LumosTracer(ShapeConcrete, fx.Tracer):
     The functions the rules record as one op (torch_geometric's pooling and scatter) are
     auto-wrapped: fx patches them in the globals of every traced forward and, through ``_autowrap_search`` (the list
     fx fills from ``autowrap_modules``), in PyG's namespaces, without wrapping the other
-    callables of those namespaces as ``autowrap_modules`` would.
+    callables of those namespaces as ``autowrap_modules`` would; and in the modules of every
+    called module's class and bases.
 
     Args:
         leaf_modules: ``Config.leaf_modules``.
@@ -210,6 +212,7 @@ class LumosTracer(ShapeConcrete, fx.Tracer):
         tracing = REGISTRY.tracing(m)
         if tracing is not None and tracing.function is not None:
             forward = functools.partial(tracing.function, m)
+        self._autowrap_in_classes(m)
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:
@@ -217,6 +220,18 @@ class LumosTracer(ShapeConcrete, fx.Tracer):
             if self.failed_in is None:
                 self.failed_in = (self.path_of_module(m), type(m).__name__)
             raise
+
+    def _autowrap_in_classes(self, m: nn.Module) -> None:
+        """The functions recorded as one op, patched in the modules of `m`'s class and its
+        bases too: fx patches a module's forward's globals only, and a base class's helper
+        (PyG's ``Aggregation.reduce`` calling ``scatter``) lives elsewhere."""
+        patcher = _symbolic_trace.CURRENT_PATCHER
+        if patcher is None:
+            return
+        for cls in type(m).__mro__:
+            module = sys.modules.get(cls.__module__)
+            if module is not None and not is_library_file(getattr(module, "__file__", None) or ""):
+                _symbolic_trace._autowrap_check(patcher, vars(module), self._autowrap_function_ids)
 
     # ---- values --------------------------------------------------------------------------
     def proxy(self, node: fx.Node) -> fx.Proxy:

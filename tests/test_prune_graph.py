@@ -439,3 +439,32 @@ def test_edge_conv_is_written_out_and_its_mlp_is_cut(aggr, setting):
     if setting == "half":
         assert pruned.get_submodule("c1.nn.0").out_features < 12
         assert pruned.get_submodule("c1.nn.0").in_features < 12  # both halves of the pair lose the closed inputs
+
+
+class PNAModel(nn.Module):
+    """Two PNA layers (four aggregators, three degree scalers), with or without edge features."""
+
+    def __init__(self, edge_dim):
+        super().__init__()
+        deg = torch.tensor([0, 3, 6, 5, 3, 2, 1])
+        kw = dict(aggregators=["mean", "min", "max", "std"], scalers=["identity", "amplification", "attenuation"],
+                  deg=deg, edge_dim=edge_dim)
+        self.c1 = torch_geometric.nn.PNAConv(6, 16, **kw)
+        self.c2 = torch_geometric.nn.PNAConv(16, 16, post_layers=2, **kw)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x, edge_index, edge_attr, batch):
+        e = edge_attr if self.c1.edge_dim else None
+        h = self.c1(x, edge_index, e).relu()
+        return self.head(self.c2(h, edge_index, e).relu() + h)
+
+
+@pytest.mark.parametrize("edge_dim", [None, 3])
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_pna_is_written_out_and_its_towers_are_cut(edge_dim, setting):
+    wrapped, pruned = check(PNAModel(edge_dim), setting=setting)
+    gates = set(lumos_fx.gates(wrapped))
+    assert {"c1.post_nns.0.0", "c1.lin", "c2.post_nns.0.0", "c2.post_nns.0.2"} <= gates, gates
+    if setting == "half":
+        assert pruned.get_submodule("c1.post_nns.0.0").weight.shape[0] < 16
+        assert count_params(pruned) < count_params(wrapped)

@@ -77,7 +77,8 @@ class PReLURule(ElementwiseModule):
 
 
 class Broadcast(Rule):
-    """Binary element-wise ops with broadcasting (``+ - * /``, maximum, minimum).
+    """Binary element-wise ops with broadcasting (``+ - * /``, maximum, minimum, comparisons,
+    ``masked_fill``).
 
     Operands are right-aligned. Each operand whose channels line up with the output's is
     tied to it (a residual add joins two groups). An operand of size 1 on the output's
@@ -170,4 +171,8 @@ REGISTRY.register(
     operator.add, operator.sub, operator.mul, operator.truediv,
     torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
     "add", "sub", "mul", "div", "maximum", "minimum", "add_", "sub_", "mul_", "div_",
+    # Comparisons, and a fill where a mask of the same channels says (PyG's std aggregation:
+    # out.masked_fill(out <= eps, 0.0)).
+    operator.lt, operator.le, operator.gt, operator.ge, operator.eq, operator.ne,
+    torch.lt, torch.le, torch.gt, torch.ge, torch.eq, torch.ne, "lt", "le", "gt", "ge", "eq", "ne", "masked_fill",
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import operator
 
 import torch
@@ -10,7 +11,7 @@ from torch.fx._symbolic_trace import _assert_is_none
 from torch.fx.node import map_arg
 
 from .api import (EMPTY, LIVE, Connecting, Outcome, PruneError, Pruning, Rule, arg, describe, normalize_dim, run_on,
-    METADATA_READS, dims_indexed, set_arg, shape_of, size_read, target_name)
+    METADATA_READS, dims_indexed, set_arg, shape_of, size_read, target_name, tensor_meta)
 from .dims import PRIMES, Rearrange
 from .reshape import preserved_dim, target_shape
 from .registry import REGISTRY
@@ -64,6 +65,26 @@ class ShapeRead(Rule):
         be, or dim by dim off several."""
         x = node.args[0]
         if not (pc.is_empty(x) or pc.is_const(x)):
+            return LIVE
+        what = node.target if node.op == "call_method" else node.args[1]
+        rank = len(shape_of(x))  # fixed by the input ranks the cut model checks
+        if what in ("dim", "ndimension", "ndim"):
+            _use_value(node, rank)
+            return EMPTY
+        for user in list(node.users):
+            if user.op == "call_function" and user.target is builtins.len:  # len(x.size())
+                _use_value(user, rank)
+                pc.erase(user)
+        if not node.users:
+            return EMPTY
+        if what in METADATA_READS and pc.is_const(x):
+            pc.replace_input(node, x, pc.const_attr(x, node))  # the constant's own dtype and device
+            return LIVE
+        if what == "dtype":  # of a tensor whose channels all closed: the one it had
+            _use_value(node, tensor_meta(x).dtype)
+            return EMPTY
+        if what in METADATA_READS:  # the device and the like: any live tensor with the batch
+            pc.replace_input(node, x, pc.reference(x, [0]))
             return LIVE
         src = pc.space(x)
         dims = self._dims_read(node, src)
@@ -212,6 +233,13 @@ class ShapeRead(Rule):
             else:
                 dims.update(normalize_dim(d, ndim) for d in indexed)
         return sorted(dims) or [0]
+
+
+def _use_value(node: fx.Node, value) -> None:
+    """Every read of `node` becomes the constant `value`."""
+    for user in list(node.users):
+        user.args = map_arg(user.args, lambda n: value if n is node else n)
+        user.kwargs = map_arg(user.kwargs, lambda n: value if n is node else n)
 
 
 def _only_sizes(node: fx.Node) -> bool:
