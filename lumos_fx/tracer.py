@@ -70,12 +70,11 @@ class LumosProxy(ConcreteProxy, fx.Proxy):
     def __getattr__(self, name: str):
         if name.startswith("__array"):  # NumPy's probes before __array__: not tensor attributes
             raise AttributeError(name)
-        if name in SHAPE_ATTRIBUTES and "tracer" in self.__dict__ \
-                and _isinstance(self.tracer.known(self, shape_only=False), torch.Tensor):
+        example = self.tracer.known(self, shape_only=False) if "tracer" in self.__dict__ else None
+        if name in SHAPE_ATTRIBUTES and _isinstance(example, torch.Tensor):
             if name == "ndim":  # a rank is asked to pick code (einops' recipe per ndim): an int
                 return self.tracer.decide_rank(self)
             return self.tracer.create_proxy("call_function", builtins.getattr, (self, name), {})
-        example = self.tracer.known(self, shape_only=False) if "tracer" in self.__dict__ else None
         if _isinstance(example, torch.Tensor) and not hasattr(example, name):
             # Duck typing (``hasattr(x, "redistribute")`` for a distributed tensor) gets the
             # tensor's answer, not fx's "every attribute exists".

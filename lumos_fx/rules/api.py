@@ -48,12 +48,12 @@ from ..errors import PruneError, TraceError
 from ..fxutil import describe, normalize_dim, shape_of, tensor_meta
 
 __all__ = [
-    "Attention", "Connecting", "METADATA_READS", "EMPTY", "FoldedCall", "HeadRole", "LEAF", "LIVE", "ModuleRule", "Outcome",
-    "PruneError", "Pruning", "Rule", "SizeRead", "Space", "Status", "TraceError", "Tracing", "Unsupported", "arg",
-    "axes_read", "call_op", "channel_count_read", "check_read_counts", "const", "describe", "dims_indexed",
+    "Attention", "Connecting", "EMPTY", "FoldedCall", "HeadRole", "LEAF", "LIVE", "METADATA_READS", "ModuleRule",
+    "Outcome", "PruneError", "Pruning", "Rule", "SizeRead", "Space", "Status", "TraceError", "Tracing", "Unsupported",
+    "arg", "axes_read", "call_op", "channel_count_read", "check_read_counts", "const", "describe", "dims_indexed",
     "generic_module_source", "kept_in_range", "normalize_dim", "parameter_behind", "parameter_readers",
-    "reads_count_of", "run_on", "run_op", "scales_by_number", "set_arg", "shape_of", "size_read", "target_name",
-    "tensor_meta", "trace_through", "varargs",
+    "reads_count_of", "run_on", "run_op", "scales_by_number", "set_arg", "shape_of", "shape_query", "size_read",
+    "target_name", "tensor_meta", "trace_through", "varargs",
 ]
 
 
@@ -488,12 +488,21 @@ def dims_indexed(user: fx.Node, ndim: int) -> list[int] | None:
 METADATA_READS = frozenset({"dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "dim", "ndimension"})
 
 
+def shape_query(node: fx.Node) -> str | None:
+    """What `node` asks of its input: the method (``x.size(...)``, ``x.dim()``) or attribute
+    (``x.shape``, ``x.dtype``) name; None for a node that is neither."""
+    if node.op == "call_method":
+        return node.target
+    if node.op == "call_function" and node.target is getattr and len(node.args) == 2:
+        return node.args[1]
+    return None
+
+
 def axes_read(node: fx.Node, x: fx.Node) -> set[int] | None:
     """The dims of `x` whose sizes `node` reads, if `node` only reads `x`'s shape
     (``x.shape[2]``, ``x.size(0)``, ``x.dtype``); None if it does anything else."""
     ndim = len(shape_of(x) or ())
-    what = node.target if node.op == "call_method" else (
-        node.args[1] if node.op == "call_function" and node.target is getattr else None)
+    what = shape_query(node)
     if not node.args or node.args[0] is not x or what is None:
         return None
     if what in METADATA_READS:

@@ -113,15 +113,8 @@ class FunctionalLinear(Rule):
         consume_last_dim(node, arg(node, *self.x_at), [an.param_space(weight, self.in_dim)], an)
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
-        x = arg(node, *self.x_at)
-        if pc.is_empty(x):
-            weight, bias = self._parameters(node)
-            n_out = pc.value(weight).shape[1 - self.in_dim]
-            vector = pc.value(bias).detach() if bias is not None else pc.value(weight).new_zeros(n_out)
-            return const(pc.broadcast_form(node, vector))
-        if pc.is_const(x):
-            return const(pc.evaluate(node))
-        return LIVE
+        weight, bias = self._parameters(node)
+        return _affine_prune(node, arg(node, *self.x_at), weight, bias, 1 - self.in_dim, pc)
 
 
 class ParameterProduct(Rule):
@@ -154,12 +147,21 @@ class ParameterProduct(Rule):
             consume_last_dim(node, node.args[0], [an.param_space(weight, in_dim)], an)
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
-        x = node.args[0]
-        if pc.is_empty(x):
-            return const(pc.broadcast_form(node, pc.value(self.weight(node)[0]).new_zeros(shape_of(node)[-1])))
-        if pc.is_const(x):
-            return const(pc.evaluate(node))
-        return LIVE
+        w, in_dim = self.weight(node)
+        return _affine_prune(node, node.args[0], w, None, 1 - in_dim, pc)
+
+
+def _affine_prune(node: fx.Node, x: fx.Node, weight: fx.Node, bias: fx.Node | None, out_dim: int,
+                  pc: Pruning) -> Outcome:
+    """A linear map of parameters read in forward on a closed input is its bias (or zero),
+    on a constant one the constant it computes."""
+    if pc.is_empty(x):
+        w = pc.value(weight)
+        vector = pc.value(bias).detach() if bias is not None else w.new_zeros(w.shape[out_dim])
+        return const(pc.broadcast_form(node, vector))
+    if pc.is_const(x):
+        return const(pc.evaluate(node))
+    return LIVE
 
 
 def _is_attr(value) -> bool:

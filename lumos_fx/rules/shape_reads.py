@@ -11,7 +11,7 @@ from torch.fx._symbolic_trace import _assert_is_none
 from torch.fx.node import map_arg
 
 from .api import (EMPTY, LIVE, Connecting, Outcome, PruneError, Pruning, Rule, arg, describe, normalize_dim, run_on,
-    METADATA_READS, dims_indexed, set_arg, shape_of, size_read, target_name, tensor_meta)
+    METADATA_READS, dims_indexed, set_arg, shape_of, shape_query, size_read, target_name, tensor_meta)
 from .dims import PRIMES, Rearrange
 from .reshape import preserved_dim, target_shape
 from .registry import REGISTRY
@@ -30,7 +30,7 @@ class ShapeRead(Rule):
         src = an.space(x)
         if src is None:
             return
-        what = node.target if node.op == "call_method" else node.args[1]
+        what = shape_query(node)
         if what in METADATA_READS:
             an.accept(src)
         elif what == "size" and len(node.args) + len(node.kwargs) > 1:
@@ -66,7 +66,7 @@ class ShapeRead(Rule):
         x = node.args[0]
         if not (pc.is_empty(x) or pc.is_const(x)):
             return LIVE
-        what = node.target if node.op == "call_method" else node.args[1]
+        what = shape_query(node)
         rank = len(shape_of(x))  # fixed by the input ranks the cut model checks
         if what in ("dim", "ndimension", "ndim"):
             _use_value(node, rank)
@@ -189,18 +189,13 @@ class ShapeRead(Rule):
     @staticmethod
     def _read_dim_as(node: fx.Node, dim: int, size, pc: Pruning) -> None:
         """Reads of `dim` through `node` become `size`: a literal, or a node reading it elsewhere."""
-        def use(reader: fx.Node) -> None:
-            for user in list(reader.users):
-                user.args = map_arg(user.args, lambda n: size if n is reader else n)
-                user.kwargs = map_arg(user.kwargs, lambda n: size if n is reader else n)
-
         ndim = len(shape_of(node.args[0]))
         if _reads_one_size(node):
-            use(node)
+            _use_value(node, size)
             return
         for user in list(node.users):
             if [normalize_dim(d, ndim) for d in dims_indexed(user, ndim) or ()] == [dim]:
-                use(user)
+                _use_value(user, size)
                 pc.erase(user)
 
     @staticmethod
@@ -236,7 +231,7 @@ class ShapeRead(Rule):
 
 
 def _use_value(node: fx.Node, value) -> None:
-    """Every read of `node` becomes the constant `value`."""
+    """Every read of `node` becomes `value` (a constant, or another node)."""
     for user in list(node.users):
         user.args = map_arg(user.args, lambda n: value if n is node else n)
         user.kwargs = map_arg(user.kwargs, lambda n: value if n is node else n)
