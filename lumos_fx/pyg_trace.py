@@ -6,7 +6,8 @@ Plain ``torch.fx`` cannot trace a ``MessagePassing`` layer (``propagate()`` insp
 registered (:func:`register_rules`): they make ``MessagePassing`` layers, PyG's ``Linear``
 and its per-graph norms one op each (:mod:`lumos_fx.rules.graph_conv`,
 :mod:`lumos_fx.rules.graph_norm`), write GIN, GINE (:mod:`lumos_fx.rules.graph_gin`),
-EdgeConv (:mod:`lumos_fx.rules.graph_edge_conv`) and PNAConv (:mod:`lumos_fx.rules.graph_pna`)
+EdgeConv (:mod:`lumos_fx.rules.graph_edge_conv`), PNAConv (:mod:`lumos_fx.rules.graph_pna`), SimpleConv
+(:mod:`lumos_fx.rules.graph_simple_conv`)
 out, and record PyG's functional ops as one op each (:mod:`lumos_fx.rules.graph_ops`), in whatever
 form the model calls them (``from torch_geometric.nn import global_mean_pool`` or
 ``torch_geometric.nn.global_mean_pool``: :func:`namespaces`).
@@ -57,6 +58,6 @@ def reject_data(value, name: str, model: nn.Module) -> None:
 def register_rules() -> None:
     """Register the rules for PyG layers and ops (imports torch_geometric's classes)."""
     from .rules import graph_attention, graph_conv, graph_edge_conv, graph_gin, graph_norm  # noqa: F401
-    from .rules import graph_ops, graph_pna  # noqa: F401
+    from .rules import graph_ops, graph_pna, graph_simple_conv  # noqa: F401
 
 

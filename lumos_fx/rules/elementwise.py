@@ -153,6 +153,8 @@ _ELEMENTWISE_FUNCTIONS = (
     torch.relu, torch.tanh, torch.sigmoid, torch.exp, torch.log, torch.log1p, torch.expm1, torch.sin,
     torch.cos, torch.abs, torch.sqrt, torch.rsqrt, torch.square, torch.neg, torch.clamp, torch.clip,
     torch.erf, torch.sign, torch.reciprocal, torch.nan_to_num, operator.neg, operator.pos,
+    # New tensors shaped as their input (noise injection: x + 0.1 * torch.randn_like(x)).
+    torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like, torch.randn_like,
 )
 _ELEMENTWISE_METHODS = (
     "relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "exp", "log", "log1p", "expm1", "sin", "cos",

@@ -11,7 +11,7 @@ from torch.fx._symbolic_trace import _assert_is_none
 from torch.fx.node import map_arg
 
 from .api import (EMPTY, LIVE, Connecting, Outcome, PruneError, Pruning, Rule, arg, describe, normalize_dim, run_on,
-    METADATA_READS, dims_indexed, set_arg, shape_of, shape_query, size_read, target_name, tensor_meta)
+    METADATA_READS, check_read_counts, dims_indexed, set_arg, shape_of, shape_query, size_read, target_name, tensor_meta)
 from .dims import PRIMES, Rearrange
 from .reshape import preserved_dim, target_shape
 from .registry import REGISTRY
@@ -265,5 +265,21 @@ class Assertion(Rule):
                 an.accept(an.space(value))
 
 
+class NewTensor(Rule):
+    """``x.new_empty(size)``, ``x.new_zeros``, ``x.new_ones``, ``x.new_full(size, value)``: a
+    tensor of `size` with ``x``'s dtype and device, which reads none of ``x``'s channels (drop
+    path's per-sample mask: ``x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(p)``). A channel
+    count among the sizes keeps the channels it counts."""
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        src = an.space(node.args[0])
+        if src is not None:
+            an.accept(src)
+        size = node.kwargs.get("size", node.args[1] if len(node.args) > 1 else ())
+        sizes = list(size) if isinstance(size, (tuple, list)) else list(node.args[1:])
+        check_read_counts(node, sizes, None, an)
+
+
 REGISTRY.register(ShapeRead(), getattr, "size", "dim", "ndimension", "numel")
+REGISTRY.register(NewTensor(), "new_empty", "new_zeros", "new_ones", "new_full")
 REGISTRY.register(Assertion(), torch._assert, _assert_is_none)
