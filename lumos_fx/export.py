@@ -28,6 +28,7 @@ from torch.utils import _pytree as pytree
 from .errors import ExportError
 from .fxutil import describe
 from .leaf_code import FunctionCall, graph_values, is_flag, received, traced, with_flag
+from .modes import mode_graphs
 from .rules import REGISTRY
 from .rules.api import ModuleRule, generic_module_source
 from .side_effects import MODULE_INTERNALS
@@ -309,7 +310,7 @@ def export(pruned: fx.GraphModule, path, *, overwrite: bool = False) -> Path:
 
     writer = _Writer()
     class_name = re.sub(r"\W", "_", pruned.meta.get("lumos_class_name", "PrunedModel"))
-    class_name, state = writer.write(class_name, [pruned], pruned.meta.get("lumos_example_inputs"), "")
+    class_name, state = writer.write(class_name, mode_graphs(pruned), pruned.meta.get("lumos_example_inputs"), "")
     kept = pprint.pformat(getattr(pruned, "kept_features", {}), width=100, compact=True)
     kept_idx = pprint.pformat(getattr(pruned, "kept_feature_indices", {}), width=100, compact=True)
     imports = writer.imports

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 from torch.fx.graph_module import _USER_PRESERVED_ATTRIBUTES_KEY
+from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from .budget import budget_of, snap_to_budget
@@ -38,7 +39,8 @@ from .plan import GATES, Plan, gate_modules, plan_of
 from .report import Summary, build_summary
 from .rules import REGISTRY
 from .rules.api import LIVE, Outcome, Status, run_op
-from .verify import on_device_of, output_error, run_quietly, within_tolerance
+from .modes import where_paths_part
+from .verify import on_device_of, output_error, run_in_train_mode, run_quietly, within_tolerance
 
 
 class PruneContext:
@@ -493,6 +495,28 @@ def _error(wrapped: fx.GraphModule, pruned: fx.GraphModule, pruned_inputs: tuple
     return *output_error(reference, candidate), int(flops.get_total_flops())
 
 
+def _train_mode_error(wrapped: fx.GraphModule, pruned: fx.GraphModule, pruned_inputs: tuple) -> tuple[float, float] | None:
+    """For a model whose train mode takes its own path (:mod:`lumos_fx.modes`): the largest
+    train-mode output difference and scale, the gates held at their eval values and both
+    runs under one seed. None where the gated model's train mode draws random numbers (two
+    seeds give two outputs), which no seed makes programs of other widths draw alike: then
+    only the output's structure and shapes are compared."""
+    plan = plan_of(wrapped)
+    inputs = on_device_of(wrapped, plan.example_inputs)
+    still = [wrapped.get_submodule(GATES)] if hasattr(wrapped, GATES) else []
+    reference = run_in_train_mode(wrapped, inputs, 0, plan.stateful, still)
+    try:
+        candidate = run_in_train_mode(pruned, pruned_inputs, 0, plan.stateful)
+    except Exception as e:
+        raise PruneError(f"the pruned model fails on example_inputs in train mode: {type(e).__name__}: {e}") from e
+    if within_tolerance(*output_error(reference, run_in_train_mode(wrapped, inputs, 1, plan.stateful, still))):
+        return output_error(reference, candidate)
+    if output_error(*(tree_map(lambda t: torch.zeros_like(t) if isinstance(t, torch.Tensor) else t, out)
+                      for out in (reference, candidate)))[0] != 0:
+        return float("inf"), 0.0
+    return None
+
+
 def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphModule:
     """The compact model: every closed channel physically removed, verified on example_inputs.
 
@@ -528,6 +552,19 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
                                          plan.stateful)
     inputs = _verify_inputs(plan, pruned, shrink_inputs)
     err, scale, flops = _error(wrapped, pruned, inputs)
+    parts = where_paths_part(pruned)
+    if parts is not None:
+        train = _train_mode_error(wrapped, pruned, inputs)
+        checked = ("checked with the gates at their eval values" if train is not None else
+                   "its outputs' shapes checked (it draws random numbers)")
+        assumptions.append(f"train mode takes its own path (the code parts at {parts}): both paths are kept and cut "
+                           f"alike; train mode {checked}")
+        train_err, train_scale = train or (0.0, 0.0)
+        if not within_tolerance(train_err, train_scale):
+            raise PruneError(
+                f"the pruned model differs from the gated model in train mode by {train_err:.3g} (output scale "
+                f"{train_scale:.3g}), the gates at their eval values. This is a bug in lumos_fx; please report it "
+                "with the model.")
     if not within_tolerance(err, scale):
         offenders = []
         for gid in keep:

@@ -12,6 +12,7 @@ run is checked against the model's (:mod:`lumos_fx.fidelity`): outputs, buffers,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import operator
 import weakref
 from typing import Any, NamedTuple
@@ -25,10 +26,10 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import caches, fidelity, pyg_trace
+from . import caches, fidelity, modes, pyg_trace
 from .config import Config, check_module_names
 from .errors import InputError, TraceError, describe_frame, user_frame_of_traceback, user_line_of_stack_trace
-from .fxutil import describe, fetch_attr, free_attr_name
+from .fxutil import describe, free_attr_name
 from .inputs import BoundInputs, bind, fresh
 from .node_info import annotate
 from .rules import REGISTRY
@@ -67,6 +68,7 @@ class _RecordingShapeProp(ShapeProp, _Caught):
     """
 
     current: fx.Node | None = None
+    skip: set[fx.Node] = frozenset()  # nodes not run (None stands for their values)
 
     def __init__(self, gm: fx.GraphModule, counter: FlopCounterMode) -> None:
         super().__init__(gm)
@@ -74,6 +76,8 @@ class _RecordingShapeProp(ShapeProp, _Caught):
         self.bases: dict[fx.Node, weakref.ref] = {}  # weak: a freed tensor aliases nothing
 
     def run_node(self, n: fx.Node) -> Any:
+        if n in self.skip:
+            return None
         self.current = n
         before = self.counter.get_total_flops()
         inputs = [self.env[a] for a in n.all_input_nodes if isinstance(self.env.get(a), torch.Tensor)]
@@ -161,16 +165,25 @@ class _Traced(NamedTuple):
     start: dict  # fingerprint of `root` before tracing
     flags: dict[int, bool]  # each module of `root`'s training flag before tracing
     auto_leaves: dict[str, str]  # submodules made leaves, with the reason
-    divergent: bool  # the two graphs take different paths (only with `keep_divergent`)
+    parting: fx.Node | None  # the first train-mode node of another path than eval mode's, if any
+
+
+class _Divergent(Exception):
+    """The two traces take different paths from train-mode node `node` on."""
+
+    def __init__(self, node: fx.Node) -> None:
+        super().__init__(node.name)
+        self.node = node
 
 
 def _trace_both(model: nn.Module, twin: nn.Module, config: Config, bound: BoundInputs,
-                stateful: frozenset[str], keep_divergent: bool = False, forgotten: list[caches.Cache] = ()) -> _Traced:
+                stateful: frozenset[str], forgotten: list[caches.Cache] = ()) -> _Traced:
     """Trace a copy of `model` in train mode and `twin` in eval mode, both with the
     `forgotten` caches emptied (:mod:`lumos_fx.caches`). A submodule fx cannot
     trace into becomes a leaf (``Config.auto_leaves``), and both are traced again from fresh
     copies of `model`: a failed trace may have left proxies in the modules' attributes.
-    Graphs that take different paths by mode are an error, or with `keep_divergent` both kept."""
+    Where the modes differ in numbers only, the train-mode graph follows the flag; where
+    they take different paths, both graphs are returned as they are."""
     leaves: dict[str, str] = {}
     while True:
         root = copy.deepcopy(model)
@@ -179,18 +192,15 @@ def _trace_both(model: nn.Module, twin: nn.Module, config: Config, bound: BoundI
         start, flags = fingerprint(root), {id(m): m.training for m in root.modules()}
         try:
             train = _trace_in_mode(root, True, config, bound, stateful, leaves=tuple(leaves))
-            # The eval-mode graph is only compared with the train-mode one: no source lines
-            # needed. It traces another copy, so that the constants fx stores on the root get
-            # the same names.
+            # It traces another copy, so that the constants fx stores on the root get the
+            # same names in both graphs.
             evaluation = _trace_in_mode(twin, False, config, bound, stateful, stack_traces=False,
                                         leaves=tuple(leaves))
             try:
                 _follow_training_flag(root, train.graph, twin, evaluation.graph)
-            except (TraceError, _FailedInSubmodule):
-                if not keep_divergent:
-                    raise
-                return _Traced(root, train, twin, evaluation, start, flags, leaves, True)
-            return _Traced(root, train, twin, evaluation, start, flags, leaves, False)
+            except _Divergent as divergent:
+                return _Traced(root, train, twin, evaluation, start, flags, leaves, divergent.node)
+            return _Traced(root, train, twin, evaluation, start, flags, leaves, None)
         except _FailedInSubmodule as failed:
             if not config.auto_leaves or failed.qualname in leaves:
                 raise failed.error from failed.__cause__
@@ -210,22 +220,14 @@ def _train_only_count(node: fx.Node) -> dict[int, tuple] | None:
     return {1: (step, 0)} if isinstance(step, (int, float)) and not isinstance(step, bool) else None
 
 
-def _same_constant(a: fx.Node, b: fx.Node, root: nn.Module, twin: nn.Module) -> bool:
-    """Two reads of a tensor fx stored while tracing (``torch.from_numpy(...)`` in forward),
-    one per trace: the same op when the tensors are equal."""
-    if not (a.op == b.op == "get_attr" and a.target == b.target and a.target.startswith("_tensor_constant")):
-        return False
-    x, y = fetch_attr(root, a.target), fetch_attr(twin, b.target)
-    return x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y)
-
-
 def _follow_training_flag(root: torch.nn.Module, train: fx.Graph, twin: nn.Module, evaluation: fx.Graph) -> None:
     """Make `train` follow the module's training flag where fx froze ``self.training``.
 
     ``F.dropout(x, p, training=self.training)`` is traced as a constant; it becomes an
     ``nn.Dropout(p)`` submodule, which follows ``.train()``/``.eval()``. Any other
     difference between the train-mode trace (of `root`) and the eval-mode trace (of a copy,
-    `twin`) is Python control flow on ``self.training`` that one GraphModule cannot hold.
+    `twin`) is Python control flow on ``self.training``: :class:`_Divergent`, raised before
+    `train` is changed.
     """
     a_nodes, b_nodes = list(train.nodes), list(evaluation.nodes)
     frozen, switched = [], []
@@ -233,8 +235,7 @@ def _follow_training_flag(root: torch.nn.Module, train: fx.Graph, twin: nn.Modul
     while i < len(a_nodes):
         a, b = a_nodes[i], b_nodes[j] if j < len(b_nodes) else None
         i += 1
-        if b is not None and _same_op(a, b) and (a.op != "get_attr" or not a.target.startswith("_tensor_constant")
-                                                 or _same_constant(a, b, root, twin)):
+        if b is not None and _same_op(a, b) and modes.same_attribute(a, root, b, twin):
             j += 1
             continue
         if b is not None and a.op == b.op == "call_function" and a.target is b.target and a.target in _FUNCTIONAL_DROPOUT:
@@ -252,9 +253,9 @@ def _follow_training_flag(root: torch.nn.Module, train: fx.Graph, twin: nn.Modul
             continue
         if a.op == "get_attr" and a.users and all(_train_only_count(u) is not None for u in a.users):
             continue  # the buffer such an update reads
-        _raise_mode_dependent(a)
+        raise _Divergent(a)
     if j != len(b_nodes):
-        _raise_mode_dependent(a_nodes[-1])
+        raise _Divergent(a_nodes[-1])
     for a, differing in switched:
         _follow_flag_in_args(train, a, differing)
     for a in frozen:
@@ -284,16 +285,16 @@ def trace_modes(module: nn.Module, args: tuple) -> Modes:
     """Trace `module` (a leaf of a traced model) on the values `args` it is called with, in
     both modes. Its own untraceable submodules are leaves of the result, as in :func:`trace`."""
     bound = bind(module, args)
-    traced = _trace_both(module, copy.deepcopy(module), Config(), bound, frozenset(), keep_divergent=True)
+    traced = _trace_both(module, copy.deepcopy(module), Config(), bound, frozenset())
     flags = {name: m.training for name, m in module.named_modules()}
     graphs = []
-    for copy_, tracer in ((traced.root, traced.tracer), (traced.twin, traced.evaluation))[:1 + traced.divergent]:
+    for copy_, tracer in ((traced.root, traced.tracer), (traced.twin, traced.evaluation))[:1 + (traced.parting is not None)]:
         for name, m in copy_.named_modules():
             m.training = flags.get(name, m.training)  # a module the forward made (PyG dropout_module)
         if bound.var_positional or bound.var_keyword:
             _flat_signature(tracer.graph)
         graphs.append(fx.GraphModule(copy_, tracer.graph, class_name=type(module).__name__))
-    return Modes(graphs[0], graphs[1] if traced.divergent else None, traced.auto_leaves)
+    return Modes(graphs[0], graphs[1] if traced.parting is not None else None, traced.auto_leaves)
 
 
 def _owner(node: fx.Node) -> str:
@@ -348,22 +349,6 @@ def _follow_flag_in_args(graph: fx.Graph, node: fx.Node, differing: dict[int, tu
     node.args, node.kwargs = pytree.tree_unflatten(leaves, spec)
 
 
-def _raise_mode_dependent(node: fx.Node):
-    """A TraceError; raised as a failure of the innermost submodule that took the other path
-    (``Config.auto_leaves`` then calls it as one op: it follows .train()/.eval() itself)."""
-    where = user_line_of_stack_trace(node.stack_trace)
-    error = TraceError(
-        "the model's forward takes different paths in train and eval mode (Python control flow on "
-        f"self.training){f' near {where}' if where else ''}; one traced graph cannot hold both.\n"
-        "fix: move that code into a submodule that fx calls as one op: "
-        "lumos_fx.Config(leaf_modules=[...])."
-    )
-    owner = _owner(node)
-    if owner:
-        raise _FailedInSubmodule(owner, error, f"takes different paths in train and eval mode (near {where})")
-    raise error
-
-
 def _flat_signature(graph: fx.Graph) -> None:
     """Give a forward with ``*args`` / ``**kwargs`` a flat signature, one argument per
     placeholder (``forward(self, x, args_1, args_2)``: called as the model is).
@@ -385,9 +370,20 @@ def _propagate(gm: fx.GraphModule, model: torch.nn.Module, bound: BoundInputs,
     (an isinstance answer, a buffer assignment) explains it."""
     flops = FlopCounterMode(display=False)
     prop = _RecordingShapeProp(gm, flops)
+    prop.skip = modes.train_only(gm.graph)
+    prop.garbage_collect_values = not prop.skip
     try:
         with torch.no_grad(), eval_mode(gm), flops:
             output = prop.propagate(*fresh(bound.args))
+            total = flops.get_total_flops()
+            if prop.skip:
+                # The train-mode path's own nodes, after the eval-mode ones (whose values they
+                # read) and with the state put back: their in-place updates must reach neither
+                # the eval-mode values nor the state the run is checked against.
+                env = {n: v for n, v in prop.env.items() if n not in prop.skip and n.op != "output"}
+                prop.skip = set()
+                with preserved(gm):
+                    prop.run(*fresh(bound.args), initial_env=env)
     except Exception as e:
         fidelity.check_isinstance(gm, queries)
         fidelity.check_assignments(gm)
@@ -409,7 +405,7 @@ def _propagate(gm: fx.GraphModule, model: torch.nn.Module, bound: BoundInputs,
             f"  example_inputs: ({given})\n"
             "fix: pass inputs the model accepts, so that model(*example_inputs) runs."
         ) from None
-    return int(flops.get_total_flops()), output
+    return int(total), output
 
 
 def _runs(model: nn.Module, bound: BoundInputs) -> bool:
@@ -504,6 +500,25 @@ def _check_run(model: nn.Module, gm: fx.GraphModule, bound: BoundInputs, observe
     return flops
 
 
+def _join_modes(model: nn.Module, traced: _Traced, config: Config, bound: BoundInputs, stateful: frozenset[str],
+                forgotten: list[caches.Cache]) -> None:
+    """Join the eval-mode trace into the train-mode one (:func:`lumos_fx.modes.join`): the
+    eval-mode trace again, from a fresh copy, with source lines for its own nodes; its
+    isinstance answers and assignments join the train-mode tracer's."""
+    twin = copy.deepcopy(model)
+    caches.forget(twin, forgotten)
+    evaluation = _trace_in_mode(twin, False, config, bound, stateful, leaves=tuple(traced.auto_leaves))
+    tracer = traced.tracer
+    if bound.var_positional or bound.var_keyword:
+        for graph in (tracer.graph, evaluation.graph):
+            _flat_signature(graph)
+    where = user_line_of_stack_trace(traced.parting.stack_trace) or f"{type(model).__name__}.forward"
+    env = modes.join(traced.root, tracer.graph, twin, evaluation.graph, where)
+    tracer.isinstance_queries += [dataclasses.replace(q, node=env[q.node]) for q in evaluation.isinstance_queries
+                                  if q.node in env]
+    tracer.assignments.update(evaluation.assignments)
+
+
 def _write_out(gm: fx.GraphModule) -> bool:
     """Let every module call's rule write it out; True if any did."""
     changed = False
@@ -536,14 +551,15 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
     # Read as graph values while tracing (harmless for buffers only a leaf reads: BatchNorm's).
     stateful = frozenset(c.qualname for c in observed.per_call + trained.per_call if c.kind != "attribute")
     forgotten = caches.find(model, bound.args, observed)
-    root, tracer, twin, evaluation, start, flags, auto_leaves, _ = _trace_both(model, twin, config, bound, stateful,
-                                                                               forgotten=forgotten)
-    del twin, evaluation
+    traced = _trace_both(model, twin, config, bound, stateful, forgotten=forgotten)
+    root, tracer, start, flags, auto_leaves = traced.root, traced.tracer, traced.start, traced.flags, traced.auto_leaves
+    if traced.parting is not None:
+        _join_modes(model, traced, config, bound, stateful, forgotten)
+    elif bound.var_positional or bound.var_keyword:
+        _flat_signature(tracer.graph)
     _refuse_traced_changes(model, bound, start, root, tracer)
     for module in root.modules():  # each module's own flag, as in the model
         module.training = flags.get(id(module), model.training)
-    if bound.var_positional or bound.var_keyword:
-        _flat_signature(tracer.graph)
     gm = fx.GraphModule(root, tracer.graph, class_name=type(model).__name__)
     _refuse_python_state(model, bound, gm, observed.per_call + trained.per_call, tracer)
     for node, leaf in zip((n for n in gm.graph.nodes if n.op == "placeholder"), bound.leaves):

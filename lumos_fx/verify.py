@@ -10,7 +10,7 @@ from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.utils._pytree import tree_flatten, tree_map
 
 from .inputs import fresh
-from .side_effects import preserved
+from .side_effects import preserved, rng_devices
 
 RTOL = 1e-4
 
@@ -36,6 +36,18 @@ def run_quietly(module: torch.nn.Module, inputs: tuple, stateful=()):
     module's buffers (and the `stateful` parameters it has) put back afterwards."""
     params = {name for name, _ in module.named_parameters()}
     with torch.no_grad(), eval_mode(module), preserved(module, [p for p in stateful if p in params]):
+        return module(*fresh(inputs))
+
+
+def run_in_train_mode(module: torch.nn.Module, inputs: tuple, seed: int, stateful=(), still=()):
+    """``module(*inputs)`` in train mode without gradients under `seed`, on copies of
+    `inputs`, with the submodules `still` in eval mode; state put back as by :func:`run_quietly`."""
+    params = {name for name, _ in module.named_parameters()}
+    with torch.no_grad(), in_mode(module, True), preserved(module, [p for p in stateful if p in params]), \
+            torch.random.fork_rng(rng_devices(module)):
+        for submodule in still:
+            submodule.eval()
+        torch.manual_seed(seed)
         return module(*fresh(inputs))
 
 

@@ -30,9 +30,13 @@ class ProgramMLP(nn.Module):
     tensor no step reads (then no channel is left unused by the program itself).
     """
 
-    def __init__(self, n_in: int, steps: list[tuple], n_out: int, sink_all: bool = False) -> None:
+    def __init__(self, n_in: int, steps: list[tuple], n_out: int, sink_all: bool = False,
+                 modes: list[str] | None = None) -> None:
         super().__init__()
         self.steps = steps
+        # Per step "both", or "train" / "eval": the mode it runs in (in the other it passes its
+        # input through), so that the two modes take different paths.
+        self.modes = modes or ["both"] * len(steps)
         widths = [n_in]
         self.layers = nn.ModuleList()
         self.biases = nn.ParameterList()
@@ -72,9 +76,12 @@ class ProgramMLP(nn.Module):
     def forward(self, x):
         t = [x]
         layers, biases, acts = iter(self.layers), iter(self.biases), iter(self.acts)
-        for step in self.steps:
+        for step, mode in zip(self.steps, self.modes):
             op = step[0]
-            if op == "linear":
+            if mode != "both" and (mode == "train") != self.training:
+                next({"act": acts, "bias": biases}.get(op, iter([None])))
+                t.append(t[step[1]])
+            elif op == "linear":
                 t.append(next(layers)(t[step[1]]))
             elif op == "act":
                 act, kind = next(acts), step[2]

@@ -23,7 +23,7 @@ if ROOT not in sys.path:
 from benchmarks import coverage  # noqa: E402
 from benchmarks.coverage_models import by_key  # noqa: E402
 
-MODELS = ["pyg/GCN", "pyg/GraphSAGE", "pyg/GIN", "pyg/GAT", "pyg/MLP"]
+MODELS = ["pyg/GCN", "pyg/GraphSAGE", "pyg/GIN", "pyg/GAT", "pyg/MLP", "pyg/PMLP"]
 
 
 @functools.lru_cache(maxsize=None)

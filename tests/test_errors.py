@@ -67,21 +67,6 @@ def test_untraceable_root_forward_gives_the_line_and_what_to_do():
         lumos_fx.instrument(Root(), (torch.randn(2, 3),))
 
 
-def test_train_eval_dependent_control_flow_is_refused():
-    class ModeDependent(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(3, 3)
-
-        def forward(self, x):
-            if self.training:
-                x = x + 0.1 * torch.randn_like(x)
-            return self.fc(x)
-
-    with pytest.raises(lumos_fx.TraceError, match="different paths in train and eval mode"):
-        lumos_fx.instrument(ModeDependent(), (torch.randn(2, 3),))
-
-
 def test_example_inputs_that_do_not_fit_name_the_layer_and_the_line():
     class Net(nn.Module):
         def __init__(self):

@@ -82,14 +82,24 @@ class GetAttr(Rule):
         return LIVE
 
 
+@fx.node.has_side_effect
+def train_output(value):
+    """Marks the train-mode output of a graph that joins a model's train- and eval-mode
+    traces (:mod:`lumos_fx.modes`); the graph's output is the eval-mode one."""
+    return value
+
+
 class Output(Rule):
     """Channels that reach a model output are the model's answer: never pruned."""
+
+    def __init__(self, what: str = "the model output") -> None:
+        self.what = what
 
     def connect(self, node: fx.Node, an: Connecting) -> None:
         for arg in node.all_input_nodes:
             space = an.space(arg)
             if space is not None:
-                an.block(space, "reaches the model output")
+                an.block(space, f"reaches {self.what}")
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         return pc.materialize_dead_inputs(node)
@@ -98,3 +108,4 @@ class Output(Rule):
 REGISTRY.register_op("placeholder", Placeholder())
 REGISTRY.register_op("get_attr", GetAttr())
 REGISTRY.register_op("output", Output())
+REGISTRY.register(Output("the model's train-mode output"), train_output)
