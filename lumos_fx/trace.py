@@ -183,7 +183,8 @@ def _trace_both(model: nn.Module, twin: nn.Module, config: Config, bound: BoundI
     trace into becomes a leaf (``Config.auto_leaves``), and both are traced again from fresh
     copies of `model`: a failed trace may have left proxies in the modules' attributes.
     Where the modes differ in numbers only, the train-mode graph follows the flag; where
-    they take different paths, both graphs are returned as they are."""
+    they take different paths in a submodule without parameters or buffers, it becomes a
+    leaf; elsewhere both graphs are returned as they are."""
     leaves: dict[str, str] = {}
     while True:
         root = copy.deepcopy(model)
@@ -199,13 +200,27 @@ def _trace_both(model: nn.Module, twin: nn.Module, config: Config, bound: BoundI
             try:
                 _follow_training_flag(root, train.graph, twin, evaluation.graph)
             except _Divergent as divergent:
-                return _Traced(root, train, twin, evaluation, start, flags, leaves, divergent.node)
+                owner = _owner(divergent.node)
+                if not (config.auto_leaves and owner and owner not in leaves and _holds_nothing(model, owner)):
+                    return _Traced(root, train, twin, evaluation, start, flags, leaves, divergent.node)
+                # Drop path, noise: nothing to cut inside, and as one op (which scales whole
+                # samples or keeps its channels) it leaves one copy of all that follows.
+                where = user_line_of_stack_trace(divergent.node.stack_trace)
+                leaves[owner] = f"takes different paths in train and eval mode (near {where})"
+                twin = copy.deepcopy(model)
+                continue
             return _Traced(root, train, twin, evaluation, start, flags, leaves, None)
         except _FailedInSubmodule as failed:
             if not config.auto_leaves or failed.qualname in leaves:
                 raise failed.error from failed.__cause__
             leaves[failed.qualname] = failed.reason
             twin = copy.deepcopy(model)
+
+
+def _holds_nothing(model: nn.Module, qualname: str) -> bool:
+    """Whether submodule `qualname` has no parameters and no buffers."""
+    module = model.get_submodule(qualname)
+    return next(module.parameters(), None) is None and next(module.buffers(), None) is None
 
 
 def _train_only_count(node: fx.Node) -> dict[int, tuple] | None:

@@ -118,7 +118,7 @@ class Noisy(nn.Module):
         return self.lin(x)
 
 
-def test_a_submodule_whose_paths_differ_by_mode_is_traced_into_and_cut(tmp_path):
+def test_a_submodule_with_weights_whose_paths_differ_by_mode_is_traced_into_and_cut(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), Noisy(), nn.ReLU(), nn.Linear(8, 16), nn.ReLU(),
                           nn.Linear(16, 2)).eval()
