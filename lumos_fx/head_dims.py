@@ -24,24 +24,28 @@ q, k and v one shared dims gate (one literal ``D`` sizes all three).
 
 The attentions are the nodes whose rule names their operands
 (:meth:`~lumos_fx.rules.api.Rule.attention`). The pass recognises a site by walking from
-the attention's q, k, v back to the Linear that made each one, and from its output forward
-to the Linear that reads it, through the ops whose rules give them a
-:class:`~lumos_fx.rules.api.HeadRole`: one reshape, moves of dims, scalar products. The walk
-is checked by running it on tensors of channel indices, which gives the map from
-(head, dim) to projection row or column without trusting any reading of the code.
+the attention's q, k, v back to the projection that made each one, and from its output
+forward to the projection that reads it (a node whose rule gives its weights:
+:meth:`~lumos_fx.rules.api.Rule.projection`; ``nn.Linear``, ``F.linear``, transformers'
+``Conv1D`` as ``torch.addmm``), through the ops whose rules give them a
+:class:`~lumos_fx.rules.api.HeadRole`: one reshape that splits (or merges) the last dim,
+moves and picks of dims (GPT-2's ``split`` of one projection into q, k and v), scalar
+products. The walk is checked by running it on tensors of channel indices, which gives the
+map from (head, dim) to projection row or column without trusting any reading of the code;
+every tensor on the projection's side of the split has its (head, dim) channels refined too.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import fx, nn
+from torch import fx
 
 from .channels import Consumer, HeadDimsKey, NodeDimsKey, RefinedKey, Space
 from .connect import Analysis
 from .fxutil import describe, normalize_dim, shape_of
 from .rules import REGISTRY
-from .rules.api import HeadRole, axes_read, run_on, varargs
+from .rules.api import HeadRole, Projection, axes_read, run_on, varargs
 
 
 class Refused(Exception):
@@ -54,15 +58,20 @@ class Refused(Exception):
 
 
 class Chain:
-    """The ops between a Linear and one attention operand (or between the attention output
-    and a Linear), and ``rows[h, d]``: the Linear's output (or input) channel that dim ``d``
-    of head ``h`` comes from (or goes to)."""
+    """The ops between a projection and one attention operand (or between the attention
+    output and a projection), and ``rows[h, d]``: the projection's output (or input) channel
+    that dim ``d`` of head ``h`` comes from (or goes to)."""
 
-    def __init__(self, linear: fx.Node, nodes: list[fx.Node], rows: np.ndarray, dims: dict[fx.Node, int]) -> None:
+    def __init__(self, linear: fx.Node, projection: Projection, nodes: list[fx.Node], rows: np.ndarray,
+                 dims: dict[fx.Node, int], flat: dict[fx.Node, np.ndarray]) -> None:
         self.linear = linear
+        self.projection = projection
         self.nodes = nodes
         self.rows = rows
         self.dims = dims  # where each tensor between the split and the merge has the head dims
+        # Each tensor outside the split (the projection's side) that holds (head, dim) channels
+        # on its last dim: their positions there, in the order of ``rows.reshape(-1)``.
+        self.flat = flat
 
 
 class Site:
@@ -89,33 +98,38 @@ class Site:
 
     def add(self, an) -> None:
         operands = self.chains if self.kind == "qk" else self.chains[:1]
-        lins = list(dict.fromkeys(c.linear.target for c in operands))
-        # One projection for q and k splits v alike: the group is all of a head's dims.
-        kind = "head dims" if len(lins) == 1 and self.kind == "qk" else _KINDS[self.kind]
+        lins = list(dict.fromkeys(c.linear.target if c.linear.op == "call_module" else c.linear.name
+                                  for c in operands))
+        # q and k split by one reshape of one projection split v alike: the group is all of a
+        # head's dims.
+        one_reshape = self.kind == "qk" and set(self.chains[0].dims) & set(self.chains[1].dims)
+        kind = "head dims" if len(lins) == 1 and one_reshape else _KINDS[self.kind]
         base = an.cg.add(Space(HeadDimsKey(self.tag), self.size, 0, producer=True, title=f"{'+'.join(lins)} {kind}"))
         folds, gate_space = [], None
         for i, chain in enumerate(self.chains):
-            module = an.module(chain.linear)
+            p = chain.projection
             reads = self.kind == "v" and chain is self.fold  # the output projection: its columns
             if reads:
-                mains = [an.param_space(module.weight, 1), an.space(self.gate_input)]
+                params = [an.param_space(p.weight, 1 - p.out_dim)]
             else:
-                mains = [an.param_space(p, 0) for p in (module.weight, module.bias) if p is not None]
-                mains.append(an.space(chain.linear))
+                params = [an.param_space(t, 0 if t is p.bias else p.out_dim) for t in (p.weight, p.bias)
+                          if t is not None]
             # Every tensor on the way has its head-dims space, so that a constant there is cut
             # to the kept dims too; q, k and v split by one reshape share it (one literal D).
             for node, dim in chain.dims.items():
                 an.tie(base, _space(an, node, dim, self.size))
             rows = chain.rows.reshape(-1)
             units = np.broadcast_to(np.arange(self.size), chain.rows.shape).reshape(-1)
-            for main in mains:
-                aux = an.cg.add(Space(RefinedKey(main.key, f"{self.tag}.{i}"), len(rows), main.dim, node=main.node,
+            mains = [(main, rows, None) for main in params]
+            mains += [(an.space(node), covers, node) for node, covers in chain.flat.items()]
+            for main, covers, node in mains:
+                aux = an.cg.add(Space(RefinedKey(main.key, f"{self.tag}.{i}"), len(covers), main.dim, node=main.node,
                                       param=main.param, producer=main.producer, title=main.title,
-                                      refines=main.key, covers=rows))
+                                      refines=main.key, covers=covers))
                 an.tie(base, aux, units, None)
                 if chain is self.fold and aux.param is not None:
                     folds.append(aux.key)
-                if reads and aux.param is None:
+                if reads and node is self.gate_input:
                     gate_space = aux
         if gate_space is None:
             gate_space = an.cg.spaces[NodeDimsKey(self.gate_input.name)]
@@ -150,6 +164,11 @@ def add_head_dims(an: Analysis) -> None:
 def _role(an: Analysis, node: fx.Node) -> HeadRole | None:
     rule = REGISTRY.lookup(node, an.gm)
     return rule.head_role(node) if rule is not None else None
+
+
+def _projection(an: Analysis, node: fx.Node) -> Projection | None:
+    rule = REGISTRY.lookup(node, an.gm) if node.name not in an.unruled else None
+    return rule.projection(node, an) if rule is not None else None
 
 
 def _sites(an, node: fx.Node, qk: tuple, v, loud: bool) -> list[Site]:
@@ -191,35 +210,36 @@ def _v_site(an, node: fx.Node, v, loud: bool) -> Site:
 
 
 def _back(an, t, d_dim: int, loud: bool) -> Chain:
-    """Walk from attention operand `t` (head dims on `d_dim`) back to the Linear that made it."""
+    """Walk from attention operand `t` (head dims on `d_dim`) back to the projection that made it."""
     head = an.space(t)
     shape = shape_of(t) if isinstance(t, fx.Node) else None
     if head is None or shape is None or head.dim == normalize_dim(d_dim, len(shape)):
         raise Refused(f"{_name(an, t)} carries no heads lumos_fx follows", loud)
     nodes, node = [], t
-    while not (node.op == "call_module" and isinstance(an.module(node), nn.Linear)):
+    while (projection := _projection(an, node)) is None:
         _check_step(an, node, loud)
         nodes.append(node)
         node = _source(an, node)
         if not isinstance(node, fx.Node):
             raise Refused(f"{describe(nodes[-1], an.gm)} does not read a projection", loud)
     nodes.reverse()
-    split = _one_split(an, nodes, first=True) if nodes else None
+    split = _one_split(an, nodes)
     if split is None:
         raise Refused(f"the heads of {describe(node, an.gm)} are not split by one reshape", loud)
-    width = shape_of(node)[-1]
-    value = _run(an, nodes, torch.arange(width, dtype=torch.float64).expand(shape_of(node)))[-1]
-    rows = _per_head(value, head.dim, normalize_dim(d_dim, value.dim()))
+    ids = torch.arange(shape_of(node)[-1], dtype=torch.float64).expand(shape_of(node))
+    values = _run(an, nodes, ids)
+    rows = _per_head(values[-1], head.dim, normalize_dim(d_dim, values[-1].dim()))
     size = shape_of(nodes[split])[-1]
     dims = _where_dims(an, nodes[split + 1:], nodes[split], size)
     if rows is None or dims is None or rows.shape[1] != size or not np.array_equal(rows % size, np.broadcast_to(np.arange(size), rows.shape)):
         raise Refused(f"the path from {describe(node, an.gm)} to {describe(t, an.gm)} moves the head dims "
                       "in a way lumos_fx does not follow", loud)
-    return Chain(node, nodes, rows, dims)
+    flat = _flat_positions(an, [node] + nodes[:split], [ids] + values[:split], rows.reshape(-1), loud)
+    return Chain(node, projection, nodes, rows, dims, flat)
 
 
 def _forward(an, node: fx.Node) -> Chain:
-    """Walk from the attention output to the Linear that reads the merged heads."""
+    """Walk from the attention output to the projection that reads the merged heads."""
     head, shape = an.space(node), shape_of(node)
     if head is None or shape is None or head.dim == len(shape) - 1:
         raise Refused("its output carries no heads lumos_fx follows")
@@ -228,11 +248,12 @@ def _forward(an, node: fx.Node) -> Chain:
         # The sizes of other dims may be read (transformers' attn_output.shape[:-1]).
         space = an.space(current)
         heads_at = {space.dim, len(shape_of(current)) - 1} if space is not None else None
-        users = [u for u in current.users if not _reads_sizes_only(u, current, heads_at)]
+        users = [u for u in current.users if not _reads_sizes_only(u, current, heads_at)
+                 and not _count_given_back(u, current)]
         if len(users) != 1:
             raise Refused(f"{describe(current, an.gm)} is read by more than the output projection")
         (user,) = users
-        if user.op == "call_module" and isinstance(an.module(user), nn.Linear):
+        if (projection := _projection(an, user)) is not None:
             break
         _check_step(an, user, True)
         if _source(an, user) is not current:
@@ -240,7 +261,7 @@ def _forward(an, node: fx.Node) -> Chain:
         nodes.append(user)
         current = user
     merged = an.space(current)
-    merge = _one_split(an, nodes, first=False) if nodes else None
+    merge = _one_split(an, nodes)
     if merge is None or merged is None \
             or merged.dim != len(shape_of(current)) - 1:
         raise Refused("the heads are not merged by one reshape in front of the output projection")
@@ -248,7 +269,8 @@ def _forward(an, node: fx.Node) -> Chain:
     ids = torch.arange(h * e, dtype=torch.float64).reshape(h, e)
     view = [1] * len(shape)
     view[head.dim], view[-1] = h, e
-    value = _run(an, nodes, ids.reshape(view).expand(shape))[-1]
+    values = _run(an, nodes, ids.reshape(view).expand(shape))
+    value = values[-1]
     dims = _where_dims(an, nodes[:merge], node, e)
     if dims is None:
         raise Refused("the heads are moved in front of the output projection in a way lumos_fx does not follow")
@@ -258,7 +280,26 @@ def _forward(an, node: fx.Node) -> Chain:
         raise Refused("the merge of heads in front of the output projection mixes them")
     rows = np.empty(h * e, dtype=np.int64)
     rows[column] = np.arange(h * e)
-    return Chain(user, nodes, rows.reshape(h, e), dims)
+    flat = _flat_positions(an, nodes[merge:], values[merge:], np.arange(h * e), True)
+    return Chain(user, projection, nodes, rows.reshape(h, e), dims, flat)
+
+
+def _flat_positions(an, nodes: list[fx.Node], values: list, ids: np.ndarray, loud: bool) -> dict[fx.Node, np.ndarray]:
+    """For each of `nodes` on the projection's side of the split, with `values` the channel
+    ids pushed through to it: the position on its last dim of each of `ids`. Refused unless
+    each position holds one id whatever the other dims and the node's channels lie there (a
+    ``view(-1, n)`` around transformers' ``Conv1D``, GPT-2's ``split`` of q, k and v)."""
+    out = {}
+    for node, value in zip(nodes, values):
+        if not isinstance(value, torch.Tensor):
+            continue  # a split, whose pieces follow
+        space, flat = an.space(node), value.reshape(-1, value.shape[-1])
+        position = {int(c): p for p, c in enumerate(flat[0].tolist())}
+        if space is None or space.dim != value.dim() - 1 or not torch.equal(flat, flat[:1].expand_as(flat)) \
+                or len(position) != flat.shape[1] or not all(int(i) in position for i in ids):
+            raise Refused(f"{describe(node, an.gm)} holds the heads' channels other than on its last dim", loud)
+        out[node] = np.array([position[int(i)] for i in ids], dtype=np.int64)
+    return out
 
 
 def _name(an, t) -> str:
@@ -326,18 +367,19 @@ def _per_head(value: torch.Tensor, h_dim: int, d_dim: int) -> np.ndarray | None:
     return rows if len(np.unique(rows)) == rows.size else None
 
 
-def _one_split(an, nodes: list[fx.Node], first: bool) -> int | None:
-    """The position of the one reshape among `nodes` that splits (or merges) the heads, if it
-    comes first (or last) but for ops that keep the shape (``.contiguous()``); a reshape to
-    the same shape (transformers' ``attn_output.reshape(b, -1, n, d)``) splits nothing."""
-    def same_shape(n):
-        return shape_of(n) is not None and shape_of(n) == shape_of(_source(an, n))
+def _one_split(an, nodes: list[fx.Node]) -> int | None:
+    """The position of the one reshape among `nodes` that splits (or merges) the heads: the
+    one that changes the last dim. A reshape to the same shape (transformers'
+    ``attn_output.reshape(b, -1, n, d)``) or of the other dims (``view(-1, n)`` around a
+    ``Conv1D``) splits nothing; the ops on the projection's side are checked to keep the
+    channels on the last dim (:func:`_flat_positions`)."""
+    def splits(n):
+        source = _source(an, n)
+        return _role(an, n) is HeadRole.SPLIT and shape_of(n) is not None and isinstance(source, fx.Node) \
+            and shape_of(source) is not None and shape_of(n)[-1] != shape_of(source)[-1]
 
-    splits = [i for i, n in enumerate(nodes) if _role(an, n) is HeadRole.SPLIT and not same_shape(n)]
-    if len(splits) != 1:
-        return None
-    around = nodes[:splits[0]] if first else nodes[splits[0] + 1:]
-    return splits[0] if all(same_shape(n) for n in around) else None
+    found = [i for i, n in enumerate(nodes) if splits(n)]
+    return found[0] if len(found) == 1 else None
 
 
 def _reads_sizes_only(user: fx.Node, node: fx.Node, channel_axes: set[int] | None,
@@ -364,10 +406,23 @@ def _reads_sizes_only(user: fx.Node, node: fx.Node, channel_axes: set[int] | Non
     return True
 
 
+def _count_given_back(user: fx.Node, node: fx.Node) -> bool:
+    """Whether `user` reads `node`'s last-dim size only to give it back as the last size of a
+    reshape of `node` (``x.view(-1, x.size(-1))`` around transformers' ``Conv1D``), which the
+    reshape rule rewrites to the kept count."""
+    shape = shape_of(node)
+    if shape is None or axes_read(user, node) != {len(shape) - 1}:
+        return False
+    readers = [user] if user.op == "call_method" and user.target == "size" else list(user.users)
+    return all(reshape.op == "call_method" and reshape.target in ("view", "reshape") and reshape.args[0] is node
+               and varargs(reshape.args[1:])[-1:] == [reader]
+               for reader in readers for reshape in reader.users)
+
+
 def _channel_axes(an, chain: Chain, node: fx.Node) -> set[int] | None:
-    """The dims of `node` that hold the heads or the head dims (a projection's output: its
-    last); None where unknown."""
-    if node is chain.linear:
+    """The dims of `node` that hold the heads or the head dims (a projection's output and the
+    tensors on its side of the split: their last); None where unknown."""
+    if node is chain.linear or node in chain.flat:
         return {len(shape_of(node)) - 1}
     space = an.space(node)
     if space is None or node not in chain.dims:
@@ -389,7 +444,8 @@ def _exclusive(an, sites: list[Site]) -> list[Site]:
                 outside = next(((n, u) for n in readers for u in n.users if u not in allowed
                                 and not (n is chain.nodes[-1] and u is site.gate_node)
                                 and not _reads_sizes_only(u, n, _channel_axes(an, chain, n), dims_of,
-                                                          chain.dims.get(n))), None)
+                                                          chain.dims.get(n))
+                                and not (n in chain.flat and _count_given_back(u, n))), None)
                 if outside is not None:
                     sites.remove(site)
                     _refuse(an, site.node, site.kind,

@@ -277,3 +277,60 @@ def test_head_dims_are_cut_through_transformers_size_reads(setting):
     pruned = lumos_fx.prune(wrapped)
     for n in (5, 9):
         check(wrapped, pruned, n)
+
+
+class Conv1D(nn.Module):
+    """transformers' ``Conv1D``: ``x W + b`` with ``W`` of shape (in, out), by ``torch.addmm``."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight, self.bias = nn.Parameter(torch.randn(nx, nf) * 0.2), nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x):
+        size_out = x.size()[:-1] + (self.nf,)
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(size_out)
+
+
+class GPT2Style(nn.Module):
+    """GPT-2's attention: one ``Conv1D`` for q, k and v split along the channels, causal SDPA,
+    the heads merged and ``.contiguous()`` before the output ``Conv1D``."""
+
+    def __init__(self, d=16, heads=4):
+        super().__init__()
+        self.dh, self.split_size = d // heads, d
+        self.c_attn, self.c_proj = Conv1D(3 * d, d), Conv1D(d, d)
+
+    def forward(self, x):
+        q, k, v = self.c_attn(x).split(self.split_size, dim=2)
+        shape = (*q.shape[:-1], -1, self.dh)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.dh ** -0.5)
+        a = a.transpose(1, 2)
+        return x + self.c_proj(a.reshape(*a.shape[:-2], -1).contiguous())
+
+
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_head_dims_are_cut_through_a_fused_conv1d_split_into_q_k_v(setting, tmp_path):
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(GPT2Style(), (torch.randn(2, 5, 16),))
+    gates = {name: g.n for name, g in lumos_fx.gates(wrapped).items()}
+    heads, qk, v = (next(name for name in gates if name.endswith(suffix)) for suffix in ("", " q·k dims", " v dims"))
+    assert gates[heads] == 4 and gates[qk] == 4 and gates[v] == 4, gates
+    set_gates(wrapped, setting, 0)
+    if setting == "random":
+        with torch.no_grad():  # some dims closed, every head open
+            lumos_fx.gates(wrapped)[heads].log_alpha.fill_(6.0)
+            lumos_fx.gates(wrapped)[qk].log_alpha[:2] = -6.0
+            lumos_fx.gates(wrapped)[v].log_alpha[1] = -6.0
+    pruned = lumos_fx.prune(wrapped)
+    for n in (5, 9):
+        check(wrapped, pruned, n)
+    if setting == "random":
+        # q and k lose 2 dims of every head, v one: 4 * (2 + 2 + 3) rows of c_attn are left.
+        assert pruned.get_parameter("c_attn.weight").shape == (16, 28)
+        assert pruned.get_parameter("c_proj.weight").shape == (12, 16)
+    lumos_fx.export(pruned, tmp_path / "m")
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        assert max_rel_error(lumos_fx.load(tmp_path / "m")(x), pruned(x)) < 1e-6

@@ -49,7 +49,7 @@ from ..fxutil import describe, normalize_dim, shape_of, tensor_meta
 
 __all__ = [
     "Attention", "Connecting", "EMPTY", "FoldedCall", "HeadRole", "LEAF", "LIVE", "METADATA_READS", "ModuleRule",
-    "Outcome", "PruneError", "Pruning", "Rule", "SizeRead", "Space", "Status", "TraceError", "Tracing", "Unsupported",
+    "Outcome", "Projection", "PruneError", "Pruning", "Rule", "SizeRead", "Space", "Status", "TraceError", "Tracing", "Unsupported",
     "arg", "axes_read", "call_op", "channel_count_read", "check_read_counts", "const", "describe", "dims_indexed",
     "generic_module_source", "kept_in_range", "normalize_dim", "parameter_behind", "parameter_readers",
     "reads_count_of", "run_on", "run_op", "scales_by_number", "set_arg", "shape_of", "shape_query", "size_read",
@@ -114,6 +114,16 @@ class Attention(NamedTuple):
     key_dim: int
     value: Any
     loud: bool
+
+
+class Projection(NamedTuple):
+    """A linear map ``y = x W + b`` on the last dim that a head-dims walk starts or ends at:
+    the weight and bias tensors, and the weight's dim of output channels (its other dim
+    takes the input's)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    out_dim: int
 
 
 # ---- what a module rule says to the tracer and to gate insertion ----------------------------
@@ -295,6 +305,11 @@ class Rule:
 
     def attention(self, node: fx.Node) -> Attention | None:
         """`node`'s operands if it is an attention whose head dims may be cut."""
+        return None
+
+    def projection(self, node: fx.Node, an: Connecting) -> Projection | None:
+        """`node`'s weights if it is a linear map of its input's last dim whose rows (output
+        channels) and columns (input channels) the head-dims pass may cut."""
         return None
 
     def ties_parameter(self, node: fx.Node, value: fx.Node) -> bool:

@@ -75,6 +75,9 @@ class Split(Rule):
     kept pieces need not be equal).
     """
 
+    def head_role(self, node: fx.Node) -> HeadRole:
+        return HeadRole.MOVE  # picks channels: a fused projection's q, k and v (GPT-2's c_attn)
+
     def connect(self, node: fx.Node, an: Connecting) -> None:
         x = node.args[0]
         src = an.space(x)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .api import (LIVE, Connecting, FoldedCall, ModuleRule, Outcome, Pruning, Rule, Unsupported, arg, const,
-    parameter_behind, shape_of)
+from .api import (LIVE, Connecting, FoldedCall, ModuleRule, Outcome, Projection, Pruning, Rule, Unsupported, arg,
+    const, parameter_behind, shape_of)
 from .registry import REGISTRY
 
 
@@ -45,6 +45,10 @@ class LinearRule(ModuleRule):
         if module.bias is not None:
             an.tie(out, an.param_space(module.bias, 0))
         consume_last_dim(node, node.args[0], [an.param_space(module.weight, 1)], an)
+
+    def projection(self, node: fx.Node, an: Connecting) -> Projection:
+        module = an.module(node)
+        return Projection(module.weight, module.bias, 0)
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         module = pc.module(node)
@@ -111,6 +115,13 @@ class FunctionalLinear(Rule):
                 raise Unsupported("its bias is not one value per output channel")
             an.tie(out, an.param_space(bias, 0))
         consume_last_dim(node, arg(node, *self.x_at), [an.param_space(weight, self.in_dim)], an)
+
+    def projection(self, node: fx.Node, an: Connecting) -> Projection | None:
+        params = self._parameters(node)
+        if params is None or any(node.kwargs.get(k, 1) != 1 for k in ("alpha", "beta")):
+            return None
+        weight, bias = (an.attribute(p) if p is not None else None for p in params)
+        return Projection(weight, bias, 1 - self.in_dim) if weight.dim() == 2 else None
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         weight, bias = self._parameters(node)
