@@ -134,13 +134,13 @@ def _layer_imports(init: list[str]) -> list[str]:
     return ["import torch_geometric.nn"] if any("torch_geometric.nn." in line for line in init) else []
 
 
-def _spec_source(pruned: fx.GraphModule) -> list[str]:
+def _spec_source(pruned: fx.GraphModule, suffix: str = "") -> list[str]:
     """``self._in_spec = ...`` lines for a forward that takes containers (fx's pytree code):
-    its generated code flattens the arguments with them."""
+    its generated code flattens the arguments with them (one pair per mode, with `suffix`)."""
     info = getattr(pruned.graph._codegen, "pytree_info", None)
     if info is None:
         return []
-    return [f"self.{name} = pytree.treespec_loads({pytree.treespec_dumps(spec)!r})"
+    return [f"self.{name}{suffix} = pytree.treespec_loads({pytree.treespec_dumps(spec)!r})"
             for name, spec in (("_in_spec", info.in_spec), ("_out_spec", info.out_spec)) if spec is not None]
 
 
@@ -175,6 +175,7 @@ class _Writer:
             src = "\n".join(line for line in code.src.splitlines() if not line.startswith("torch.fx._symbolic_trace.wrap("))
             if mode:
                 src = src.replace("def forward(", f"def _forward_{mode}(", 1)
+                src = src.replace("self._in_spec", f"self._in_spec_{mode}").replace("self._out_spec", f"self._out_spec_{mode}")
             methods.append(textwrap.indent(src.strip("\n").rstrip(), " " * 4))
             self.imports += [line for line in _imports(code) if line not in self.imports]
         if len(graphs) == 2:
@@ -182,7 +183,8 @@ class _Writer:
                               "        if self.training:\n            return self._forward_train(*args, **kwargs)\n"
                               "        return self._forward_eval(*args, **kwargs)")
         self.imports += [line for line in _layer_imports(init) if line not in self.imports]
-        specs = _spec_source(graphs[0])
+        specs = [line for gm, mode in zip(graphs, ("_train", "_eval") if len(graphs) == 2 else ("",))
+                 for line in _spec_source(gm, mode)]
         if specs and "import torch.utils._pytree as pytree" not in self.imports:
             self.imports.append("import torch.utils._pytree as pytree")
         body = textwrap.indent("\n".join(["super().__init__()"] + specs + init), " " * 8)

@@ -24,7 +24,6 @@ nodes a stage adds later run in both).
 
 from __future__ import annotations
 
-import copy
 import textwrap
 from typing import Any
 
@@ -57,13 +56,20 @@ class ModalCodeGen(CodeGen):
         return self.evaluation.process_outputs(outputs)
 
     def _gen_python_code(self, nodes, root_module: str, namespace, **kwargs) -> PythonCode:
-        graph = nodes.graph
-        train, evaluation = (split(graph, mode).python_code(root_module, **kwargs) for mode in (TRAIN, EVAL))
-        globals_ = dict(train.globals)
-        for name, value in evaluation.globals.items():
-            if globals_.setdefault(name, value) is not value:
-                raise RuntimeError(f"internal: the train- and eval-mode code both name a global '{name}'")
-        (top, header, train_body), (top_eval, _, eval_body) = _parts(train.src), _parts(evaluation.src)
+        graph, globals_, srcs = nodes.graph, {}, []
+        for mode, codegen in ((TRAIN, self.train), (EVAL, self.evaluation)):
+            code = split(graph, mode).python_code(root_module, **kwargs)
+            src, specs = code.src, getattr(codegen, "pytree_info", None)
+            # fx's code for a forward taking containers reads their structure off the module
+            # (self._in_spec, self._out_spec), which holds one of each: each mode reads its own.
+            for attr in ("_in_spec", "_out_spec") if specs is not None else ():
+                name = f"_lumos_{mode}{attr}"
+                src, code.globals[name] = src.replace(f"self.{attr}", name), getattr(specs, attr[1:])
+            for name, value in code.globals.items():
+                if globals_.setdefault(name, value) is not value:
+                    raise RuntimeError(f"internal: the train- and eval-mode code both name a global '{name}'")
+            srcs.append(src)
+        (top, header, train_body), (top_eval, _, eval_body) = (_parts(src) for src in srcs)
         top += [line for line in top_eval if line not in top]
         src = "\n".join(top + [header, "    if self.training:", textwrap.indent(train_body.rstrip(), "    "), "",
                                eval_body.rstrip()]) + "\n"
@@ -123,7 +129,7 @@ def split(graph: fx.Graph, mode: str) -> fx.Graph:
         if node in members and node is not out:
             env[node] = result.node_copy(node, env.__getitem__)
     result.output(map_arg(out.args[0], env.__getitem__))
-    result._codegen = copy.deepcopy(codegen.train if mode == TRAIN else codegen.evaluation)
+    result._codegen = codegen.train if mode == TRAIN else codegen.evaluation  # read only
     return result
 
 

@@ -220,3 +220,35 @@ def test_random_programs_with_steps_of_one_mode_are_cut_exactly_in_both(program,
     assert got.shape == expected.shape
     if not any(step[0] == "dropout" and mode != "eval" for step, mode in zip(steps, modes)):
         assert max_rel_error(got, expected) < 1e-4
+
+
+class DictModel(nn.Module):
+    """Takes a dict; train mode returns one more entry (each mode its own output structure)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.aux = nn.Linear(4, 8), nn.Linear(8, 2), nn.Linear(8, 3)
+
+    def forward(self, batch):
+        h = torch.relu(self.a(batch["x"]))
+        if self.training:
+            return {"y": self.b(h), "aux": self.aux(h)}
+        return {"y": self.b(h)}
+
+
+def test_a_forward_taking_containers_keeps_each_mode_s_output_structure(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(5, 4)
+    wrapped = lumos_fx.instrument(DictModel(), ({"x": x},))
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["a"].log_alpha[::2] = -9.0
+    pruned = lumos_fx.prune(wrapped)
+    lumos_fx.export(pruned, tmp_path / "m")
+    loaded = lumos_fx.load(tmp_path / "m")
+    y = {"x": torch.randn(3, 4)}
+    with torch.no_grad():
+        for module in (pruned, loaded):
+            assert set(module.eval()(y)) == {"y"} and set(module.train()(y)) == {"y", "aux"}
+            assert max_rel_error(module.eval()(y)["y"], wrapped.eval()(y)["y"]) < 1e-5
+            trained, reference = _train_outputs(module, y), _train_outputs(wrapped, y, gates_still=True)
+            assert all(max_rel_error(trained[k], reference[k]) < 1e-5 for k in ("y", "aux"))
