@@ -1,0 +1,122 @@
+"""Recurrent layers (nn.LSTM, nn.GRU, nn.RNN and their cells): the input features are gated,
+selected and cut from every direction's first-layer input weights; the hidden units are kept
+with the reason. Exact under every gate setting, at other batch sizes and sequence lengths."""
+
+import pytest
+import torch
+from torch import nn
+
+import lumos_fx
+from support import GATE_SETTINGS, max_rel_error, set_gates
+
+
+class Regressor(nn.Module):
+    """Features -> Linear -> recurrent layer -> the last step's hidden state -> Linear."""
+
+    def __init__(self, kind, layers, bidirectional, batch_first, state=False):
+        super().__init__()
+        self.pre = nn.Linear(6, 10)
+        self.rnn = kind(10, 8, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
+                        dropout=0.2 if layers > 1 else 0.0)
+        self.head = nn.Linear(8 * (1 + bidirectional), 3)
+        self.batch_first, self.state, self.kind = batch_first, state, kind
+        self.h0 = nn.Parameter(torch.randn(layers * (1 + bidirectional), 1, 8) * 0.1) if state else None
+
+    def forward(self, x):
+        h = torch.relu(self.pre(x))
+        if self.state:
+            batch = x.shape[0 if self.batch_first else 1]
+            h0 = self.h0.expand(-1, batch, -1).contiguous()
+            out, _ = self.rnn(h, (h0, torch.zeros_like(h0)) if self.kind is nn.LSTM else h0)
+        else:
+            out, _ = self.rnn(h)
+        return self.head(out[:, -1] if self.batch_first else out[-1])
+
+
+def _sequence(batch, steps, batch_first):
+    return torch.randn(batch, steps, 6) if batch_first else torch.randn(steps, batch, 6)
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
+@pytest.mark.parametrize("layers,bidirectional,batch_first,state", [
+    (1, False, True, False), (2, True, True, False), (3, True, False, False), (2, False, False, True),
+    (1, True, True, True)])
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_recurrent_input_features_are_cut_exactly(kind, layers, bidirectional, batch_first, state, setting, tmp_path):
+    torch.manual_seed(0)
+    model = Regressor(kind, layers, bidirectional, batch_first, state)
+    x = _sequence(4, 7, batch_first)
+    wrapped = lumos_fx.instrument(model, (x,))
+    assert {"x", "pre"} <= set(lumos_fx.gates(wrapped))  # the features and the layer feeding it
+    with torch.no_grad():
+        assert max_rel_error(wrapped.eval()(x), model.eval()(x)) < 1e-6
+    set_gates(wrapped, setting, 0)
+    pruned = lumos_fx.prune(wrapped)
+    kept = next(r.after for r in lumos_fx.summary(pruned).groups if r.name == "pre")  # what the layer reads
+    assert pruned.rnn.input_size == kept == pruned.rnn.weight_ih_l0.shape[1]
+    if kept:
+        assert pruned.get_submodule("pre").out_features == kept
+    if bidirectional:
+        assert pruned.rnn.weight_ih_l0_reverse.shape[1] == kept
+    assert pruned.rnn.hidden_size == 8
+    for y in (x, _sequence(5, 11, batch_first)):  # another batch size and sequence length
+        with torch.no_grad():
+            assert max_rel_error(pruned(y), wrapped.eval()(y)) < 1e-5
+    if setting == "random":
+        lumos_fx.export(pruned, tmp_path / "m")
+        with torch.no_grad():
+            assert max_rel_error(lumos_fx.load(tmp_path / "m")(y), pruned(y)) < 1e-6
+
+
+def test_a_recurrent_layer_reading_the_model_input_selects_features():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.head = nn.LSTM(5, 6, batch_first=True), nn.Linear(6, 1)
+
+        def forward(self, x):
+            out, (h, c) = self.lstm(x)
+            return self.head(h[-1]) + out.mean()
+
+    torch.manual_seed(0)
+    model, x = Net(), torch.randn(3, 9, 5)
+    wrapped = lumos_fx.instrument(model, (x,), feature_names=list("abcde"))
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["x"].log_alpha[[1, 3]] = -10.0
+    pruned = lumos_fx.prune(wrapped, shrink_inputs=True)
+    assert pruned.kept_features == {"x": ["a", "c", "e"]} and pruned.lstm.input_size == 3
+    y = torch.randn(2, 4, 5)
+    with torch.no_grad():
+        assert max_rel_error(pruned(y[..., [0, 2, 4]]), wrapped.eval()(y)) < 1e-5
+    reasons = lumos_fx.summary(wrapped).kept_whole
+    assert any("hidden units of LSTM 'lstm'" in why for why in reasons.values())
+
+
+@pytest.mark.parametrize("cell", [nn.LSTMCell, nn.GRUCell, nn.RNNCell])
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_a_cell_in_a_loop_over_time_has_its_input_features_cut(cell, setting):
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pre, self.cell, self.head = nn.Linear(4, 7), cell(7, 5), nn.Linear(5, 2)
+
+        def forward(self, x):
+            h = torch.zeros(x.shape[0], 5)
+            state = (h, torch.zeros_like(h)) if isinstance(self.cell, nn.LSTMCell) else h
+            for t in range(x.shape[1]):
+                state = self.cell(torch.tanh(self.pre(x[:, t])), state)
+                h = state[0] if isinstance(self.cell, nn.LSTMCell) else state
+            return self.head(h)
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 4)
+    wrapped = lumos_fx.instrument(Loop(), (x,))
+    set_gates(wrapped, setting, 1)
+    pruned = lumos_fx.prune(wrapped)
+    kept = next(r.after for r in lumos_fx.summary(pruned).groups if r.name == "pre")
+    assert pruned.cell.input_size == kept == pruned.cell.weight_ih.shape[1]
+    with torch.no_grad():
+        y = torch.randn(6, 5, 4)
+        assert max_rel_error(pruned(y), wrapped.eval()(y)) < 1e-5
+    with pytest.raises(AssertionError, match="decided with 5"):  # the loop ran 5 steps: a guard
+        pruned(torch.randn(6, 8, 4))
