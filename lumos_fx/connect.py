@@ -60,12 +60,12 @@ class Analysis:
         return self._canonical[id(tensor)]
 
     # ---- building ------------------------------------------------------------------
-    def new_space(self, node: fx.Node, dim: int, *, producer: bool = False) -> Space:
+    def new_space(self, node: fx.Node, dim: int, *, producer: bool = False, title: str | None = None) -> Space:
         """Open a space for `node`'s output along `dim` (channels unrelated to its inputs)."""
         shape = shape_of(node)
         dim = normalize_dim(dim, len(shape))
-        title = (input_name(node) if node.op == "placeholder"
-                 else node.target if node.op in ("call_module", "get_attr") else node.name)
+        title = title or (input_name(node) if node.op == "placeholder"
+                          else node.target if node.op in ("call_module", "get_attr") else node.name)
         space = Space(NodeKey(node.name), shape[dim], dim, node=node.name, producer=producer, title=title)
         self._touched.add(space.key)
         return self.cg.add(space)
@@ -153,5 +153,5 @@ class Analysis:
                 self.cg.block(space, f"read by {self.describe(node)} in a way lumos_fx has no rule for")
         shape = shape_of(node)
         # A one-element output (GIN's eps) has no channels to keep or cut.
-        if shape and math.prod(shape) > 1 and self.space(node) is None:
+        if shape and math.prod(shape) > 1 and self.space(node) is None and node not in self.handled:
             self.cg.block(self.new_space(node, -1), f"output of {self.describe(node)} not described by its rule")

@@ -1,6 +1,9 @@
 """Recurrent layers (nn.LSTM, nn.GRU, nn.RNN and their cells): the input features are gated,
-selected and cut from every direction's first-layer input weights; the hidden units are kept
-with the reason. Exact under every gate setting, at other batch sizes and sequence lengths."""
+selected and cut from every direction's first-layer input weights; the hidden units of a
+whole layer are one group, cut from every layer and direction (rows of every gate block,
+columns of the recurrent and the next layer's input weights), also out of the returned
+states; a cell's are kept with the reason. Exact under every gate setting, at other batch
+sizes and sequence lengths."""
 
 import pytest
 import torch
@@ -47,18 +50,28 @@ def test_recurrent_input_features_are_cut_exactly(kind, layers, bidirectional, b
     model = Regressor(kind, layers, bidirectional, batch_first, state)
     x = _sequence(4, 7, batch_first)
     wrapped = lumos_fx.instrument(model, (x,))
-    assert {"x", "pre"} <= set(lumos_fx.gates(wrapped))  # the features and the layer feeding it
+    units = "h0" if state else "rnn"  # a group is named after its first producer: the initial state's parameter
+    assert {"x", "pre", units} <= set(lumos_fx.gates(wrapped))  # features, the layer feeding it, hidden units
+    assert lumos_fx.gates(wrapped)[units].n == 8
     with torch.no_grad():
         assert max_rel_error(wrapped.eval()(x), model.eval()(x)) < 1e-6
     set_gates(wrapped, setting, 0)
     pruned = lumos_fx.prune(wrapped)
     kept = next(r.after for r in lumos_fx.summary(pruned).groups if r.name == "pre")  # what the layer reads
-    assert pruned.rnn.input_size == kept == pruned.rnn.weight_ih_l0.shape[1]
-    if kept:
-        assert pruned.get_submodule("pre").out_features == kept
-    if bidirectional:
-        assert pruned.rnn.weight_ih_l0_reverse.shape[1] == kept
-    assert pruned.rnn.hidden_size == 8
+    hidden = next(r.after for r in lumos_fx.summary(pruned).groups if r.name == units)
+    if hidden == 0:
+        assert not hasattr(pruned, "rnn")  # no unit left: the layer is gone
+    else:
+        blocks = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}[kind]
+        assert pruned.rnn.input_size == kept == pruned.rnn.weight_ih_l0.shape[1]
+        if bidirectional:
+            assert pruned.rnn.weight_ih_l0_reverse.shape[1] == kept
+        assert pruned.rnn.hidden_size == hidden and pruned.rnn.weight_hh_l0.shape == (blocks * hidden, hidden)
+        if layers > 1:
+            assert pruned.rnn.weight_ih_l1.shape == (blocks * hidden, hidden * (1 + bidirectional))
+        assert pruned.head.in_features == hidden * (1 + bidirectional)
+    if setting == "random":
+        assert 0 < hidden < 8
     for y in (x, _sequence(5, 11, batch_first)):  # another batch size and sequence length
         with torch.no_grad():
             assert max_rel_error(pruned(y), wrapped.eval()(y)) < 1e-5
@@ -76,7 +89,7 @@ def test_a_recurrent_layer_reading_the_model_input_selects_features():
 
         def forward(self, x):
             out, (h, c) = self.lstm(x)
-            return self.head(h[-1]) + out.mean()
+            return self.head(h[-1] + c[-1] + out[:, 0])  # the last state and the first step
 
     torch.manual_seed(0)
     model, x = Net(), torch.randn(3, 9, 5)
@@ -88,8 +101,26 @@ def test_a_recurrent_layer_reading_the_model_input_selects_features():
     y = torch.randn(2, 4, 5)
     with torch.no_grad():
         assert max_rel_error(pruned(y[..., [0, 2, 4]]), wrapped.eval()(y)) < 1e-5
-    reasons = lumos_fx.summary(wrapped).kept_whole
-    assert any("hidden units of LSTM 'lstm'" in why for why in reasons.values())
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["lstm"].log_alpha[::3] = -10.0  # units 0, 3: out of h_n and the output
+    pruned = lumos_fx.prune(wrapped)
+    assert pruned.lstm.hidden_size == 4 and pruned.head.in_features == 4
+    with torch.no_grad():
+        assert max_rel_error(pruned(y), wrapped.eval()(y)) < 1e-5
+
+
+def test_the_hidden_units_train_with_their_gate_inside_the_recurrence():
+    torch.manual_seed(0)
+    model, x = Regressor(nn.LSTM, 2, True, True), torch.randn(4, 7, 6)
+    wrapped = lumos_fx.instrument(model, (x,))
+    assert "weight_hh_l0" in wrapped.code and "run_recurrent" in wrapped.code
+    wrapped.train()
+    (wrapped(x).pow(2).mean() + lumos_fx.complexity_loss(wrapped)).backward()
+    assert lumos_fx.gates(wrapped)["rnn"].log_alpha.grad.abs().sum() > 0
+    torch.manual_seed(1)
+    first = wrapped(x)
+    torch.manual_seed(2)
+    assert not torch.allclose(first, wrapped(x))  # dropout between the layers, and the gates, draw
 
 
 @pytest.mark.parametrize("cell", [nn.LSTMCell, nn.GRUCell, nn.RNNCell])
@@ -115,8 +146,30 @@ def test_a_cell_in_a_loop_over_time_has_its_input_features_cut(cell, setting):
     pruned = lumos_fx.prune(wrapped)
     kept = next(r.after for r in lumos_fx.summary(pruned).groups if r.name == "pre")
     assert pruned.cell.input_size == kept == pruned.cell.weight_ih.shape[1]
+    assert any("a cell's state is the model's to pass" in why for why in lumos_fx.summary(pruned).kept_whole.values())
     with torch.no_grad():
         y = torch.randn(6, 5, 4)
         assert max_rel_error(pruned(y), wrapped.eval()(y)) < 1e-5
     with pytest.raises(AssertionError, match="decided with 5"):  # the loop ran 5 steps: a guard
         pruned(torch.randn(6, 8, 4))
+
+
+def test_a_projected_lstm_keeps_its_hidden_units_and_says_why(tmp_path):
+    class Projected(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.head = nn.LSTM(4, 8, proj_size=3, batch_first=True), nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(Projected(), (torch.randn(2, 6, 4),))
+    assert set(lumos_fx.gates(wrapped)) == {"x"}
+    assert any("proj_size" in why for why in lumos_fx.summary(wrapped).kept_whole.values())
+    with torch.no_grad():
+        lumos_fx.gates(wrapped)["x"].log_alpha[0] = -10.0
+    pruned = lumos_fx.prune(wrapped, shrink_inputs=True)
+    assert pruned.lstm.input_size == 3 and pruned.lstm.hidden_size == 8
+    lumos_fx.export(pruned, tmp_path / "m")
+    assert "nn.LSTM(3, 8, proj_size=3, batch_first=True)" in (tmp_path / "m" / "model.py").read_text()

@@ -173,9 +173,10 @@ class Connecting(Protocol):
     def describe(self, node: fx.Node) -> str:
         """`node` as errors and reports name it: module, function, source line."""
 
-    def new_space(self, node: fx.Node, dim: int, *, producer: bool = False) -> Space:
+    def new_space(self, node: fx.Node, dim: int, *, producer: bool = False, title: str | None = None) -> Space:
         """Open a space for `node`'s output along `dim` (negative counts from the end): channels
-        unrelated to its inputs (``producer``: a layer's own output channels, which name the group)."""
+        unrelated to its inputs (``producer``: a layer's own output channels, which name the group;
+        `title`: the name reports give it, by default the node's module, input or name)."""
 
     def follow(self, node: fx.Node, src: Space, dim: int) -> Space:
         """A space for `node` along `dim` whose channels are `src`'s, one to one."""

@@ -68,6 +68,7 @@ class GetAttr(Rule):
         readers = list(parameter_readers(node))
         if readers and all((rule := an.rule_of(user)) is not None and rule.ties_parameter(user, read)
                            for user, read in readers):
+            an.claim(node)  # its readers describe it
             return
         dim = max((d for d, s in enumerate(shape) if s > 1), default=len(shape) - 1)
         space = an.new_space(node, dim, producer=True)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from .api import (LIVE, Connecting, HeadRole, Outcome, Pruning, Rule, Unsupported, arg, channel_count_read,
+from .api import (EMPTY, LIVE, Connecting, HeadRole, Outcome, Pruning, Rule, Unsupported, arg, channel_count_read,
     check_read_counts, const, kept_in_range, normalize_dim, reads_count_of, set_arg, shape_of, varargs)
 from .registry import REGISTRY
 
@@ -155,6 +155,8 @@ class GetItem(Rule):
         x = node.args[0]
         if pc.space(x) is None and pc.is_const(x):
             return const(pc.evaluate(node))  # a piece of a split constant
+        if pc.space(x) is None and pc.is_empty(x):
+            return EMPTY  # an item of a tuple whose producer left (a recurrent layer without units)
         if pc.is_const(x):
             if any(computed_bounds(item) for item in (node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],))):
                 return const(pc.evaluate_at_example(node))

@@ -1,32 +1,60 @@
 r"""Recurrent layers: ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` and their cells.
 
-Every gate of a recurrent layer reads the input step :math:`x_t` through the input weights
-only, e.g. for the LSTM
+Every gate of a recurrent layer reads the input step :math:`x_t` and the previous hidden
+state through its weights, e.g. for the LSTM
 
 .. math::
     \begin{pmatrix} i_t \\ f_t \\ g_t \\ o_t \end{pmatrix}
     = \begin{pmatrix} \sigma \\ \sigma \\ \tanh \\ \sigma \end{pmatrix}
       \left(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh}\right),
+    \qquad c_t = f_t \odot c_{t-1} + i_t \odot g_t, \quad h_t = o_t \odot \tanh c_t
 
-so a gate :math:`z` on the input features folds exactly into the columns of the first
-layer's :math:`W_{ih}` (of every direction): :math:`W_{ih} (z \odot x_t) = (W_{ih}
-\operatorname{diag} z)\, x_t`. A closed feature's columns go and ``input_size`` shrinks:
-feature selection on sequence models. The hidden units stay whole: the output sequence and
-the returned states carry them, and a closed unit would have to leave the recurrence too
-(:math:`W_{hh}`'s columns), which lumos_fx does not cut yet; summary() says so.
+(GRU: three blocks :math:`r, z, n`; RNN: one). Unit :math:`j` owns row :math:`j` of each
+block and is read by everything else only through column :math:`j` of :math:`W_{hh}`, of
+the next layer's :math:`W_{ih}` (once per direction) and of the layers reading the output.
+So a gate :math:`z_j` on the hidden units scales those columns (the recurrence sees
+:math:`z \odot h_{t-1}`, exactly as the layers after it do), and a closed unit leaves with
+its rows and columns. nn.LSTM has one ``hidden_size``: unit :math:`j` is one unit of every
+layer and direction. A gate on the input features folds into the columns of the first
+layer's :math:`W_{ih}` (every direction): feature selection on sequence models.
+
+To put the gates inside the recurrence, a call of the whole layer is written out after
+tracing (:meth:`RecurrentRule.write_out`) as :func:`run_recurrent` on its weights read in the
+graph; the cut puts the module call back, resized. A layer with ``proj_size``, a
+``PackedSequence``, an unbatched input or a read of the output other than its pieces stays
+one op: its input features are still cut, its hidden units kept with the reason. So are the
+cells (``LSTMCell``, ``GRUCell``, ``RNNCell``), whose state the model passes itself.
 """
 
 from __future__ import annotations
 
 import operator
 
+import numpy as np
+import torch
 from torch import fx, nn
+from torch.utils import _pytree as pytree
 
-from .api import Connecting, ModuleRule, Outcome, Pruning, set_arg, shape_of
+from .api import EMPTY, Connecting, ModuleRule, Outcome, Pruning, Rule, set_arg, shape_of
 from .linear import consume_last_dim
 from .registry import REGISTRY
 
-_KEPT = "hidden units of {}: lumos_fx cuts a recurrent layer's input features, not yet its hidden units"
+_KEPT = "hidden units of {}: {}"
+_BLOCKS = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def run_recurrent(x, hx, *weights, layer: str, mode: str, num_layers: int, bias: bool, dropout: float,
+                  training: bool, bidirectional: bool, batch_first: bool):
+    """The forward of recurrent layer `layer` (nn.LSTM, nn.GRU, nn.RNN) on `weights` given in
+    its ``_flat_weights`` order: the kernel its forward calls, and its output structure."""
+    if hx is None:
+        h = x.new_zeros(num_layers * (1 + bidirectional), x.shape[0 if batch_first else 1], weights[1].shape[1])
+        hx = (h, h) if mode == "LSTM" else h
+    if mode == "LSTM":
+        out, h, c = torch._VF.lstm(x, hx, weights, bias, num_layers, dropout, training, bidirectional, batch_first)
+        return out, (h, c)
+    kernel = {"GRU": torch._VF.gru, "RNN_TANH": torch._VF.rnn_tanh, "RNN_RELU": torch._VF.rnn_relu}[mode]
+    return kernel(x, hx, weights, bias, num_layers, dropout, training, bidirectional, batch_first)
 
 
 def _input_weights(module: nn.Module) -> list:
@@ -47,36 +75,142 @@ def _reads(node: fx.Node) -> list[fx.Node]:
     return found
 
 
+def _why_one_op(node: fx.Node, module: nn.Module) -> str | None:
+    """Why a call of `module` stays one op (its hidden units kept), or None."""
+    if isinstance(module, nn.RNNCellBase):
+        return "a cell's state is the model's to pass; lumos_fx cuts its input features only"
+    if module.proj_size:
+        return "proj_size projects the hidden state (kept whole)"
+    x = node.args[0] if node.args else None
+    if node.kwargs or len(node.args) > 2 or shape_of(x) is None or len(shape_of(x)) != 3:
+        return "called on a PackedSequence, an unbatched input or with keyword arguments"
+    if any(u.op != "call_function" or u.target is not operator.getitem for u in node.users):
+        return "its output is read other than by its pieces"
+    return None
+
+
 class RecurrentRule(ModuleRule):
     channels_at = -1
 
+    def write_out(self, node: fx.Node, gm: fx.GraphModule) -> bool:
+        module = gm.get_submodule(node.target)
+        if _why_one_op(node, module) is not None:
+            return False
+        graph = gm.graph
+        with graph.inserting_before(node):
+            weights = [graph.get_attr(f"{node.target}.{name}") for name in module._flat_weights_names]
+            training = graph.create_node("get_attr", f"{node.target}.training")  # a flag, not a tensor
+        node.kwargs = {"layer": node.target, "mode": module.mode, "num_layers": module.num_layers,
+                       "bias": module.bias, "dropout": module.dropout, "training": training,
+                       "bidirectional": module.bidirectional, "batch_first": module.batch_first}
+        node.op, node.target = "call_function", run_recurrent
+        node.args = (node.args[0], node.args[1] if len(node.args) > 1 else None, *weights)
+        return True
+
     def connect(self, node: fx.Node, an: Connecting) -> None:
-        module, x = an.module(node), node.args[0]
-        what = type(module).__name__
+        module = an.module(node)
+        why = _why_one_op(node, module)
         for state in node.all_input_nodes[1:]:  # an initial state holds the hidden units
-            space = an.space(state)
-            if space is not None:
-                an.block(space, _KEPT.format(what))
+            if an.space(state) is not None:
+                an.block(an.space(state), _KEPT.format(type(module).__name__, why))
         reads = _reads(node) if shape_of(node) is None else []
         for out in [node] if shape_of(node) is not None else [n for n in reads if shape_of(n) is not None]:
-            an.block(an.new_space(out, -1, producer=True), _KEPT.format(f"{what} '{node.target}'"))
+            an.block(an.new_space(out, -1, producer=True), _KEPT.format(f"{type(module).__name__} '{node.target}'", why))
         for read in reads:
             an.claim(read)
-        consume_last_dim(node, x, [an.param_space(w, 1) for w in _input_weights(module)], an)
+        consume_last_dim(node, node.args[0], [an.param_space(w, 1) for w in _input_weights(module)], an)
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
-        x = node.args[0]
-        if pc.is_empty(x):  # every feature closed: the layer runs on a zero-width input
-            dims = list(range(len(shape_of(x)) - 1))
-            ref = pc.reference(x, dims, node)
-            sizes = tuple(pc.insert(node, "call_method", "size", (ref, d)) for d in dims)
-            set_arg(node, 0, "input", pc.insert(node, "call_method", "new_zeros", (ref, (*sizes, 0))))
+        _feed_zero_width(node, pc)
         return pc.materialize_dead_inputs(node)
 
     def resize(self, module: nn.Module) -> None:
         module.input_size = _input_weights(module)[0].shape[1]
         if not isinstance(module, nn.RNNCellBase):
+            module.hidden_size = module.weight_hh_l0.shape[0] // _BLOCKS[module.mode]
             module._init_flat_weights()  # forward reads the weights through this list
 
 
+def _feed_zero_width(node: fx.Node, pc: Pruning) -> None:
+    """Every input feature closed: the layer runs on a zero-width input."""
+    x = node.args[0]
+    if pc.is_empty(x):
+        dims = list(range(len(shape_of(x)) - 1))
+        ref = pc.reference(x, dims, node)
+        sizes = tuple(pc.insert(node, "call_method", "size", (ref, d)) for d in dims)
+        set_arg(node, 0, "input", pc.insert(node, "call_method", "new_zeros", (ref, (*sizes, 0))))
+
+
+def _leave_batch_witness(node: fx.Node, pc: Pruning) -> None:
+    """A zero-width ``(batch, 0)`` tensor read off the layer's input: what a constant after a
+    layer that left is expanded to, where the batch is not the input's dim 0 (``batch_first=False``)."""
+    x, batch_dim = node.args[0], 0 if node.kwargs["batch_first"] else 1
+    ref = pc.reference(x, [batch_dim], node)
+    batch = pc.insert(node, "call_method", "size", (ref, batch_dim))
+    pc.add_witness(pc.insert(node, "call_method", "new_zeros", (ref, (batch, 0))), (shape_of(x)[batch_dim], 0))
+
+
+class RecurrentCall(Rule):
+    """A recurrent layer written out (:func:`run_recurrent`): its hidden units are one group."""
+
+    channels_at = -1  # the input's features are on its last dim
+
+    def ties_parameter(self, node: fx.Node, value: fx.Node) -> bool:
+        return value in node.args[2:]
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        x, hx, *weights = node.args
+        k = node.kwargs
+        directions, per = 1 + k["bidirectional"], 4 if k["bias"] else 2
+        cell = [[weights[(layer * directions + d) * per:(layer * directions + d + 1) * per]
+                 for d in range(directions)] for layer in range(k["num_layers"])]
+        hidden = an.shape(cell[0][0][1])[1]
+        units, blocks = np.arange(hidden), _BLOCKS[k["mode"]]
+        base = an.new_space(cell[0][0][1], 1, producer=True, title=k["layer"])
+        for layer, per_direction in enumerate(cell):
+            for read in per_direction:
+                w_ih, w_hh, *biases = read
+                for w in (w_ih, w_hh, *biases):  # each unit's rows of every gate block
+                    an.tie(base, an.param_space(an.attribute(w), 0), np.tile(units, blocks), None)
+                # The recurrence and the next layer read the units through these columns: the
+                # gate scales them in training and folds into them.
+                columns = [(w_hh, units)] + ([(w_ih, np.tile(units, directions))] if layer else [])
+                for w, of in columns:
+                    space = base if w is cell[0][0][1] else an.new_space(w, 1)
+                    if space is not base:
+                        an.tie(base, space, of, None)
+                    param = an.param_space(an.attribute(w), 1)
+                    an.tie(space, param)
+                    an.consume(node, w, fold=[param])
+        consume_last_dim(node, x, [an.param_space(an.attribute(read[0]), 1) for read in cell[0]], an)
+        for state in (v for v in pytree.tree_leaves(hx) if isinstance(v, fx.Node)):
+            space = an.space(state)
+            if space is None or space.dim != len(an.shape(state)) - 1:
+                an.block(base, _KEPT.format(f"'{k['layer']}'", "its initial state does not carry them where "
+                                            "lumos_fx follows (a tensor with the units on its last dim)"))
+            else:
+                an.tie(base, space)
+        for read in _reads(node):
+            an.claim(read)
+            shape = shape_of(read)
+            if shape is None:
+                continue
+            if read.args[0] is node and read.args[1] == 0:  # the output sequence: every direction's units
+                an.tie(base, an.new_space(read, -1), np.tile(units, directions), None)
+            else:  # h_n, c_n: (layers x directions, batch, units)
+                an.tie(base, an.new_space(read, -1))
+
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
+        if pc.is_empty(node.args[3]):  # every hidden unit closed: its outputs, all empty, go with it
+            _leave_batch_witness(node, pc)
+            return EMPTY
+        _feed_zero_width(node, pc)
+        outcome = pc.materialize_dead_inputs(node)
+        x, hx = node.args[:2]
+        node.op, node.target = "call_module", node.kwargs["layer"]  # the module, resized by its rule
+        node.args, node.kwargs = (x,) if hx is None else (x, hx), {}
+        return outcome
+
+
 REGISTRY.register(RecurrentRule(), nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+REGISTRY.register(RecurrentCall(), run_recurrent)
