@@ -25,6 +25,8 @@ class FunctionCall(nn.Module):
     trace it: the arguments that are graph values come in order (``forward(*values)``), the
     constants stay as the call gives them."""
 
+    traces_into = ("function",)  # a module called is traced into even where its rule makes it one op
+
     def __init__(self, function, args: tuple, kwargs: dict) -> None:
         super().__init__()
         self.function = function

@@ -32,7 +32,7 @@ from .errors import InputError, TraceError, describe_frame, user_frame_of_traceb
 from .fxutil import describe, free_attr_name
 from .inputs import BoundInputs, bind, fresh
 from .node_info import annotate
-from .rules import REGISTRY
+from .rules import REGISTRY, register_library_rules
 from .side_effects import (Change, Observation, buffer_values, changed, fingerprint, observe, preserved, rng_devices,
     source_line)
 from .tracer import IsinstanceQuery, LumosTracer
@@ -562,6 +562,7 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
     _refuse_lazy(model)
     if pyg_trace.loaded():
         pyg_trace.register_rules()
+    register_library_rules()
     observed, trained, twin = observe(model, bound.args)
     # Read as graph values while tracing (harmless for buffers only a leaf reads: BatchNorm's).
     stateful = frozenset(c.qualname for c in observed.per_call + trained.per_call if c.kind != "attribute")

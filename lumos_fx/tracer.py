@@ -202,6 +202,8 @@ class LumosTracer(ShapeConcrete, fx.Tracer):
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if any(module_matches(spec, m, module_qualified_name) for spec in self.leaf_specs):
             return True
+        if module_qualified_name in getattr(self.root, "traces_into", ()):
+            return False  # the module export writes out is traced, whatever its rule says
         tracing = REGISTRY.tracing(m)
         if tracing is not None:
             return tracing.function is None

@@ -39,7 +39,7 @@ from torch_geometric.nn import GATConv, GATv2Conv
 
 from .api import Connecting, ModuleRule, Outcome, Pruning, Unsupported, arg, const, set_arg
 from .graph_conv import resize_linears
-from .linear import consume_last_dim
+from .linear import consume_channels
 from .registry import REGISTRY
 
 
@@ -81,10 +81,10 @@ class GraphAttentionRule(ModuleRule):
                     an.tie(out, an.param_space(tensor, 0))
         else:
             an.block(out, f"{an.describe(node)}: concat=False averages the heads inside every output channel")
-        consume_last_dim(node, x, [an.param_space(lin.weight, 1) for lin in self.projections(module)], an)
+        consume_channels(node, x, [an.param_space(lin.weight, 1) for lin in self.projections(module)], an)
         edge = arg(node, 2, "edge_attr")
         if isinstance(edge, fx.Node) and module.lin_edge is not None:
-            consume_last_dim(node, edge, [an.param_space(module.lin_edge.weight, 1)], an)
+            consume_channels(node, edge, [an.param_space(module.lin_edge.weight, 1)], an)
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         module = pc.module(node)

@@ -29,7 +29,7 @@ from torch_geometric.nn import ChebConv, GCNConv, GraphConv, MessagePassing, SAG
 from torch_geometric.nn.dense.linear import Linear as PygLinear
 
 from .api import Connecting, ModuleRule, Outcome, Pruning, Unsupported, arg, const
-from .linear import LinearRule, consume_last_dim
+from .linear import LinearRule, consume_channels
 from .registry import REGISTRY
 
 _CHANNELWISE_AGGR = frozenset({"add", "sum", "mean", "max", "min"})
@@ -67,7 +67,7 @@ class LinearInFeatures(ModuleRule):
         whole = self.outputs_whole(module)
         if whole is not None:
             an.block(out, f"{an.describe(node)}: {whole}")
-        consume_last_dim(node, x, [an.param_space(w, 1) for w in self.weights(module)], an)
+        consume_channels(node, x, [an.param_space(w, 1) for w in self.weights(module)], an)
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         module = pc.module(node)

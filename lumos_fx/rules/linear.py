@@ -7,18 +7,19 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .api import (LIVE, Connecting, FoldedCall, ModuleRule, Outcome, Projection, Pruning, Rule, Unsupported, arg,
-    const, parameter_behind, shape_of)
+    const, normalize_dim, parameter_behind, shape_of)
 from .registry import REGISTRY
 
 
-def consume_last_dim(node: fx.Node, x: fx.Node, w_ins: list, an: Connecting) -> None:
-    """`node` multiplies the last dim of `x` by the columns `w_ins` of its weights: tie
-    them to x's channels and gate x in front of `node`, folded into those columns. Channels
-    on another dim of x cannot be read this way: both sides are kept."""
+def consume_channels(node: fx.Node, x: fx.Node, w_ins: list, an: Connecting, dim: int = -1) -> None:
+    """`node` multiplies dim `dim` of `x` (by default its last) by the columns `w_ins` of its
+    weights: tie them to x's channels and gate x in front of `node`, folded into those
+    columns. Channels on another dim of x cannot be read this way: both sides are kept."""
     space = an.space(x)
-    if space is None or space.dim != len(an.shape(x)) - 1:
+    if space is None or space.dim != normalize_dim(dim, len(an.shape(x))):
+        where = "the last dim" if dim == -1 else f"dim {dim}"
         for w_in in w_ins:
-            an.block(w_in, f"{an.describe(node)} reads the last dim of an input whose channels are elsewhere")
+            an.block(w_in, f"{an.describe(node)} reads {where} of an input whose channels are elsewhere")
         if space is not None:
             an.block(space, f"read along a non-channel dim by {an.describe(node)}")
         return
@@ -44,7 +45,7 @@ class LinearRule(ModuleRule):
         an.tie(out, an.param_space(module.weight, 0))
         if module.bias is not None:
             an.tie(out, an.param_space(module.bias, 0))
-        consume_last_dim(node, node.args[0], [an.param_space(module.weight, 1)], an)
+        consume_channels(node, node.args[0], [an.param_space(module.weight, 1)], an)
 
     def projection(self, node: fx.Node, an: Connecting) -> Projection:
         module = an.module(node)
@@ -114,7 +115,7 @@ class FunctionalLinear(Rule):
             if bias.dim() != 1:
                 raise Unsupported("its bias is not one value per output channel")
             an.tie(out, an.param_space(bias, 0))
-        consume_last_dim(node, arg(node, *self.x_at), [an.param_space(weight, self.in_dim)], an)
+        consume_channels(node, arg(node, *self.x_at), [an.param_space(weight, self.in_dim)], an)
 
     def projection(self, node: fx.Node, an: Connecting) -> Projection | None:
         params = self._parameters(node)
@@ -155,7 +156,7 @@ class ParameterProduct(Rule):
         out = an.new_space(node, -1, producer=True)
         an.tie(out, an.param_space(weight, 1 - in_dim))
         if an.space(node.args[0]) is not None:
-            consume_last_dim(node, node.args[0], [an.param_space(weight, in_dim)], an)
+            consume_channels(node, node.args[0], [an.param_space(weight, in_dim)], an)
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         w, in_dim = self.weight(node)

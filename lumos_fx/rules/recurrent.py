@@ -36,7 +36,7 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from .api import EMPTY, Connecting, ModuleRule, Outcome, Pruning, Rule, set_arg, shape_of
-from .linear import consume_last_dim
+from .linear import consume_channels
 from .registry import REGISTRY
 
 _KEPT = "hidden units of {}: {}"
@@ -118,7 +118,7 @@ class RecurrentRule(ModuleRule):
             an.block(an.new_space(out, -1, producer=True), _KEPT.format(f"{type(module).__name__} '{node.target}'", why))
         for read in reads:
             an.claim(read)
-        consume_last_dim(node, node.args[0], [an.param_space(w, 1) for w in _input_weights(module)], an)
+        consume_channels(node, node.args[0], [an.param_space(w, 1) for w in _input_weights(module)], an)
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         _feed_zero_width(node, pc)
@@ -182,7 +182,7 @@ class RecurrentCall(Rule):
                     param = an.param_space(an.attribute(w), 1)
                     an.tie(space, param)
                     an.consume(node, w, fold=[param])
-        consume_last_dim(node, x, [an.param_space(an.attribute(read[0]), 1) for read in cell[0]], an)
+        consume_channels(node, x, [an.param_space(an.attribute(read[0]), 1) for read in cell[0]], an)
         for state in (v for v in pytree.tree_leaves(hx) if isinstance(v, fx.Node)):
             space = an.space(state)
             if space is None or space.dim != len(an.shape(state)) - 1:

@@ -41,7 +41,9 @@ class ShapeRead(Rule):
             an.block(src, f"its channel count is read by {an.describe(node)}")
 
     def _read_dims(self, an: Connecting, src, node: fx.Node, dims, ndim: int) -> None:
-        if any(not isinstance(d, int) for d in dims):
+        if not node.users:  # read and never used (neuraloperator's size = list(x.shape) on 1-D data)
+            an.accept(src)
+        elif any(not isinstance(d, int) for d in dims):
             an.block(src, f"its channel count is read by {an.describe(node)}")
         elif src.dim in [normalize_dim(d, ndim) for d in dims] and not _only_sizes(node):
             an.block(src, f"its channel count is read by {an.describe(node)}")
