@@ -14,6 +14,13 @@ from .rules import REGISTRY, Unsupported
 from .sample_scale import passes_channels
 
 
+def _owner(node: fx.Node) -> str:
+    """The innermost submodule whose forward made `node` ('' for the root's own forward): a
+    layer written with functions (transformers' Conv1D: ``torch.addmm``) is named after it."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else ""
+
+
 class Analysis:
     """The channel analysis of one traced model: runs every node's rule, implementing the
     :class:`~lumos_fx.rules.api.Connecting` handle the rules receive."""
@@ -65,7 +72,8 @@ class Analysis:
         shape = shape_of(node)
         dim = normalize_dim(dim, len(shape))
         title = title or (input_name(node) if node.op == "placeholder"
-                          else node.target if node.op in ("call_module", "get_attr") else node.name)
+                          else node.target if node.op in ("call_module", "get_attr")
+                          else _owner(node) if producer and _owner(node) else node.name)
         space = Space(NodeKey(node.name), shape[dim], dim, node=node.name, producer=producer, title=title)
         self._touched.add(space.key)
         return self.cg.add(space)

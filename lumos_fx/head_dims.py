@@ -98,8 +98,7 @@ class Site:
 
     def add(self, an) -> None:
         operands = self.chains if self.kind == "qk" else self.chains[:1]
-        lins = list(dict.fromkeys(c.linear.target if c.linear.op == "call_module" else c.linear.name
-                                  for c in operands))
+        lins = list(dict.fromkeys(an.space(c.linear).title for c in operands))
         # q and k split by one reshape of one projection split v alike: the group is all of a
         # head's dims.
         one_reshape = self.kind == "qk" and set(self.chains[0].dims) & set(self.chains[1].dims)
