@@ -9,16 +9,9 @@ import torch
 from torch import fx
 
 from .channels import ChannelGraph, Consumer, NodeKey, ParamKey, Space
-from .fxutil import describe, fetch_attr, input_name, normalize_dim, shape_of, tensor_args
+from .fxutil import describe, fetch_attr, input_name, normalize_dim, owner_module, shape_of, tensor_args
 from .rules import REGISTRY, Unsupported
 from .sample_scale import passes_channels
-
-
-def _owner(node: fx.Node) -> str:
-    """The innermost submodule whose forward made `node` ('' for the root's own forward): a
-    layer written with functions (transformers' Conv1D: ``torch.addmm``) is named after it."""
-    stack = node.meta.get("nn_module_stack") or {}
-    return next(reversed(stack.values()))[0] if stack else ""
 
 
 class Analysis:
@@ -71,9 +64,11 @@ class Analysis:
         """Open a space for `node`'s output along `dim` (channels unrelated to its inputs)."""
         shape = shape_of(node)
         dim = normalize_dim(dim, len(shape))
+        # A layer written with functions (transformers' Conv1D: torch.addmm) is named after
+        # the module whose forward computes it.
         title = title or (input_name(node) if node.op == "placeholder"
                           else node.target if node.op in ("call_module", "get_attr")
-                          else _owner(node) if producer and _owner(node) else node.name)
+                          else producer and owner_module(node) or node.name)
         space = Space(NodeKey(node.name), shape[dim], dim, node=node.name, producer=producer, title=title)
         self._touched.add(space.key)
         return self.cg.add(space)

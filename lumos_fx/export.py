@@ -169,13 +169,15 @@ class _Writer:
         graphs); returns the name it got and its state_dict. `example`: what its forward gets."""
         taken: set[str] = set()
         flat_of: dict[str, str] = {}
-        init, state, methods = [], {}, []
+        init, state, methods, specs = [], {}, [], []
         for mode, gm in zip(("train", "eval") if len(graphs) == 2 else ("",), graphs):
             code = self._graph_code(gm, example, mode == "train", where, taken, flat_of, init, state)
             src = "\n".join(line for line in code.src.splitlines() if not line.startswith("torch.fx._symbolic_trace.wrap("))
-            if mode:
+            suffix = f"_{mode}" if mode else ""
+            if mode:  # each mode's code reads its own input and output structure
                 src = src.replace("def forward(", f"def _forward_{mode}(", 1)
-                src = src.replace("self._in_spec", f"self._in_spec_{mode}").replace("self._out_spec", f"self._out_spec_{mode}")
+                src = src.replace("self._in_spec", f"self._in_spec{suffix}").replace("self._out_spec", f"self._out_spec{suffix}")
+            specs += _spec_source(gm, suffix)
             methods.append(textwrap.indent(src.strip("\n").rstrip(), " " * 4))
             self.imports += [line for line in _imports(code) if line not in self.imports]
         if len(graphs) == 2:
@@ -183,8 +185,6 @@ class _Writer:
                               "        if self.training:\n            return self._forward_train(*args, **kwargs)\n"
                               "        return self._forward_eval(*args, **kwargs)")
         self.imports += [line for line in _layer_imports(init) if line not in self.imports]
-        specs = [line for gm, mode in zip(graphs, ("_train", "_eval") if len(graphs) == 2 else ("",))
-                 for line in _spec_source(gm, mode)]
         if specs and "import torch.utils._pytree as pytree" not in self.imports:
             self.imports.append("import torch.utils._pytree as pytree")
         body = textwrap.indent("\n".join(["super().__init__()"] + specs + init), " " * 8)

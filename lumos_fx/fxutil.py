@@ -81,6 +81,12 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
+def owner_module(node: fx.Node) -> str:
+    """The innermost submodule whose forward made `node` ('' for the root's own forward)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else ""
+
+
 def free_attr_name(module: torch.nn.Module, name: str) -> str:
     """`name`, or `name` with underscores appended, that `module` has no attribute of yet."""
     while hasattr(module, name):

@@ -18,8 +18,8 @@ groups), the gates sit in both paths, and prune cuts both the same way. Interpre
         return output
 
 A node runs in a mode when that mode's output depends on it, or, for a node nothing reads
-(an in-place update), when it came from that mode's trace; every input is an input of both (``node.meta["lumos_mode"]``;
-nodes a stage adds later run in both).
+(an in-place update), when it came from that mode's trace (``node.meta["lumos_mode"]``;
+nodes a stage adds later run in both); every input is an input of both.
 """
 
 from __future__ import annotations
@@ -85,7 +85,11 @@ def _parts(src: str) -> tuple[list[str], str, str]:
 
 
 def is_joined(gm: fx.GraphModule) -> bool:
-    return isinstance(gm.graph._codegen, ModalCodeGen)
+    return _joined(gm.graph)
+
+
+def _joined(graph: fx.Graph) -> bool:
+    return isinstance(graph._codegen, ModalCodeGen)
 
 
 def where_paths_part(gm: fx.GraphModule) -> str | None:
@@ -101,7 +105,7 @@ def _mode_output(graph: fx.Graph, mode: str) -> fx.Node:
 
 def runs_in(graph: fx.Graph, mode: str) -> set[fx.Node]:
     """The nodes of a joined graph that `mode` runs (every node of a graph that is not joined)."""
-    if not isinstance(graph._codegen, ModalCodeGen):
+    if not _joined(graph):
         return set(graph.nodes)
     out = _mode_output(graph, mode)
     roots = [out] + [n for n in graph.nodes if n.op == "placeholder" or not n.users and n.op != "output"
@@ -117,7 +121,7 @@ def runs_in(graph: fx.Graph, mode: str) -> set[fx.Node]:
 
 def train_only(graph: fx.Graph) -> set[fx.Node]:
     """The nodes of a joined graph that only train mode runs (none for another graph)."""
-    return set(graph.nodes) - runs_in(graph, EVAL) if isinstance(graph._codegen, ModalCodeGen) else set()
+    return set(graph.nodes) - runs_in(graph, EVAL)
 
 
 def split(graph: fx.Graph, mode: str) -> fx.Graph:

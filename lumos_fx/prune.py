@@ -495,7 +495,8 @@ def _error(wrapped: fx.GraphModule, pruned: fx.GraphModule, pruned_inputs: tuple
     return *output_error(reference, candidate), int(flops.get_total_flops())
 
 
-def _train_mode_error(wrapped: fx.GraphModule, pruned: fx.GraphModule, pruned_inputs: tuple) -> tuple[float, float] | None:
+def _train_mode_error(wrapped: fx.GraphModule, pruned: fx.GraphModule,
+                      pruned_inputs: tuple) -> tuple[float, float] | None:
     """For a model whose train mode takes its own path (:mod:`lumos_fx.modes`): the largest
     train-mode output difference and scale, the gates held at their eval values and both
     runs under one seed. None where the gated model's train mode draws random numbers (two
@@ -503,7 +504,7 @@ def _train_mode_error(wrapped: fx.GraphModule, pruned: fx.GraphModule, pruned_in
     only the output's structure and shapes are compared."""
     plan = plan_of(wrapped)
     inputs = on_device_of(wrapped, plan.example_inputs)
-    still = [wrapped.get_submodule(GATES)] if hasattr(wrapped, GATES) else []
+    still = [wrapped.get_submodule(GATES)]  # the gates at their eval values
     reference = run_in_train_mode(wrapped, inputs, 0, plan.stateful, still)
     try:
         candidate = run_in_train_mode(pruned, pruned_inputs, 0, plan.stateful)

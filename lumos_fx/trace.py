@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import caches, fidelity, modes, pyg_trace
 from .config import Config, check_module_names
 from .errors import InputError, TraceError, describe_frame, user_frame_of_traceback, user_line_of_stack_trace
-from .fxutil import describe, free_attr_name
+from .fxutil import describe, free_attr_name, owner_module
 from .inputs import BoundInputs, bind, fresh
 from .node_info import annotate
 from .rules import REGISTRY, register_library_rules
@@ -200,7 +200,7 @@ def _trace_both(model: nn.Module, twin: nn.Module, config: Config, bound: BoundI
             try:
                 _follow_training_flag(root, train.graph, twin, evaluation.graph)
             except _Divergent as divergent:
-                owner = _owner(divergent.node)
+                owner = owner_module(divergent.node)
                 if not (config.auto_leaves and owner and owner not in leaves and _holds_nothing(model, owner)):
                     return _Traced(root, train, twin, evaluation, start, flags, leaves, divergent.node)
                 # Drop path, noise: nothing to cut inside, and as one op (which scales whole
@@ -312,12 +312,6 @@ def trace_modes(module: nn.Module, args: tuple) -> Modes:
     return Modes(graphs[0], graphs[1] if traced.parting is not None else None, traced.auto_leaves)
 
 
-def _owner(node: fx.Node) -> str:
-    """The innermost submodule whose forward made `node` ('' for the root's own forward)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    return next(reversed(stack.values()))[0] if stack else ""
-
-
 def _same_op(a: fx.Node, b: fx.Node) -> bool:
     """The same op on the same inputs (how many read it may differ: the other path's)."""
     def call(n: fx.Node):
@@ -351,7 +345,7 @@ def _follow_flag_in_args(graph: fx.Graph, node: fx.Node, differing: dict[int, tu
     """Compute each differing argument of `node` from the training flag of the module that
     called it: a flag itself (``training=self.training``), or ``eval + (train - eval) *
     training`` for a number, so that one graph follows ``.train()`` / ``.eval()``."""
-    owner = _owner(node)
+    owner = owner_module(node)
     leaves, spec = pytree.tree_flatten((node.args, node.kwargs))
     with graph.inserting_before(node):
         flag = graph.get_attr(f"{owner}.training" if owner else "training")

@@ -34,21 +34,25 @@ def eval_mode(module: torch.nn.Module):
 def run_quietly(module: torch.nn.Module, inputs: tuple, stateful=()):
     """``module(*inputs)`` in eval mode without gradients, on copies of `inputs`, with the
     module's buffers (and the `stateful` parameters it has) put back afterwards."""
-    params = {name for name, _ in module.named_parameters()}
-    with torch.no_grad(), eval_mode(module), preserved(module, [p for p in stateful if p in params]):
+    with torch.no_grad(), eval_mode(module), _state_kept(module, stateful):
         return module(*fresh(inputs))
 
 
 def run_in_train_mode(module: torch.nn.Module, inputs: tuple, seed: int, stateful=(), still=()):
     """``module(*inputs)`` in train mode without gradients under `seed`, on copies of
     `inputs`, with the submodules `still` in eval mode; state put back as by :func:`run_quietly`."""
-    params = {name for name, _ in module.named_parameters()}
-    with torch.no_grad(), in_mode(module, True), preserved(module, [p for p in stateful if p in params]), \
+    with torch.no_grad(), in_mode(module, True), _state_kept(module, stateful), \
             torch.random.fork_rng(rng_devices(module)):
         for submodule in still:
             submodule.eval()
         torch.manual_seed(seed)
         return module(*fresh(inputs))
+
+
+def _state_kept(module: torch.nn.Module, stateful):
+    """:func:`preserved` for `module`'s buffers and those of the `stateful` parameters it has."""
+    params = {name for name, _ in module.named_parameters()}
+    return preserved(module, [p for p in stateful if p in params])
 
 
 def on_device_of(module: torch.nn.Module, inputs: tuple) -> tuple:

@@ -48,8 +48,12 @@ def _graph() -> tuple[nx.DiGraph, dict[str, Path]]:
     return graph, files
 
 
-def _imports_torch_geometric(path: Path) -> bool:
-    return any(t.split(".")[0] == "torch_geometric" and not lazy for t, _, lazy in _imports(path))
+# The model libraries lumos_fx has rules for and loads only once the user's code has.
+OPTIONAL = {"torch_geometric", "neuralop", "physicsnemo"}
+
+
+def _imports_an_optional_library(path: Path) -> bool:
+    return any(t.split(".")[0] in OPTIONAL and not lazy for t, _, lazy in _imports(path))
 
 
 def test_the_package_imports_without_cycles():
@@ -58,14 +62,14 @@ def test_the_package_imports_without_cycles():
     assert not cycles, f"import cycles: {cycles[:5]}"
 
 
-def test_the_only_lazy_imports_are_of_torch_geometric():
-    """A function-level import may only load the optional torch_geometric (or lumos_fx's rules
-    for it, which import it at module level)."""
+def test_the_only_lazy_imports_are_of_optional_libraries():
+    """A function-level import may only load an optional model library (torch_geometric,
+    neuraloperator, PhysicsNeMo) or lumos_fx's rules for it, which import it at module level."""
     _, files = _graph()
     lazy = [(name, line, target) for name, path in files.items() for target, line, inside in _imports(path) if inside]
     for name, line, target in lazy:
-        allowed = target.split(".")[0] == "torch_geometric" or (
-            target in files and _imports_torch_geometric(files[target]))
+        allowed = target.split(".")[0] in OPTIONAL or (
+            target in files and _imports_an_optional_library(files[target]))
         assert allowed, f"{name}:{line} imports {target} inside a function"
     assert lazy, "the torch_geometric import is expected to be lazy"
 

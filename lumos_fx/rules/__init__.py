@@ -1,6 +1,5 @@
 """The registry of layer and op rules, with the built-in rules registered."""
 
-import importlib
 import sys
 
 from . import attention, conv, dims, elementwise, embedding, graph_io, indexing, joins, linear  # noqa: F401
@@ -11,12 +10,11 @@ from .registry import REGISTRY, register_rule
 
 __all__ = ["REGISTRY", "ModuleRule", "Rule", "Unsupported", "register_library_rules", "register_rule"]
 
-# The rules of a library's own layers (they import it): library -> rule module.
-_LIBRARY_RULES = {"neuralop": "spectral_neuralop", "physicsnemo": "spectral_physicsnemo"}
-
 
 def register_library_rules() -> None:
-    """Register the rules of the libraries the user's code has imported."""
-    for library, module in _LIBRARY_RULES.items():
-        if library in sys.modules:
-            importlib.import_module(f"{__name__}.{module}")
+    """Register the rules of a library's own layers (they import it) once the user's code has
+    imported the library (PyG's: :func:`lumos_fx.pyg_trace.register_rules`)."""
+    if "neuralop" in sys.modules:
+        from . import spectral_neuralop  # noqa: F401
+    if "physicsnemo" in sys.modules:
+        from . import spectral_physicsnemo  # noqa: F401

@@ -13,6 +13,8 @@ hook                 asked by, and what it answers
 ``head_role``        the attention-head pass: what the op is on the path between a
                      projection and an attention (:class:`HeadRole`)
 ``attention``        the attention-head pass: the operands of an attention (:class:`Attention`)
+``projection``       the attention-head pass: the weights of a linear map it starts or ends at
+                     (:class:`Projection`)
 ``channels_at``      the input stage and gate folding: the dim a layer reads as channels (a
                      model input's feature dim; the dim a folded gate scales)
 ``tracing``          the tracer (module rules): call the module as one op, or enter it through
@@ -49,7 +51,8 @@ from ..fxutil import describe, normalize_dim, shape_of, tensor_meta
 
 __all__ = [
     "Attention", "Connecting", "EMPTY", "FoldedCall", "HeadRole", "LEAF", "LIVE", "METADATA_READS", "ModuleRule",
-    "Outcome", "Projection", "PruneError", "Pruning", "Rule", "SizeRead", "Space", "Status", "TraceError", "Tracing", "Unsupported",
+    "Outcome", "Projection", "PruneError", "Pruning", "Rule", "SizeRead", "Space", "Status", "TraceError", "Tracing",
+    "Unsupported",
     "arg", "axes_read", "call_op", "channel_count_read", "check_read_counts", "const", "describe", "dims_indexed",
     "generic_module_source", "kept_in_range", "normalize_dim", "parameter_behind", "parameter_readers",
     "reads_count_of", "run_on", "run_op", "scales_by_number", "set_arg", "shape_of", "shape_query", "size_read",

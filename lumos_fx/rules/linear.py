@@ -100,15 +100,21 @@ class FunctionalLinear(Rule):
         params = self._parameters(node)
         return params is not None and value in params and arg(node, *self.x_at) is not value
 
-    def connect(self, node: fx.Node, an: Connecting) -> None:
+    def _refused(self, node: fx.Node, an: Connecting) -> str | None:
+        """Why this call is not such a map, or None."""
         params = self._parameters(node)
         if params is None:
-            raise Unsupported("its weight or bias is computed in forward")
+            return "its weight or bias is computed in forward"
         if any(node.kwargs.get(k, 1) != 1 for k in ("alpha", "beta")):
-            raise Unsupported("it scales its terms (alpha, beta)")
-        weight, bias = (an.attribute(p) if p is not None else None for p in params)
-        if weight.dim() != 2:
-            raise Unsupported(f"its weight has {weight.dim()} dims")
+            return "it scales its terms (alpha, beta)"
+        dims = an.attribute(params[0]).dim()
+        return f"its weight has {dims} dims" if dims != 2 else None
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        why = self._refused(node, an)
+        if why is not None:
+            raise Unsupported(why)
+        weight, bias = (an.attribute(p) if p is not None else None for p in self._parameters(node))
         out = an.new_space(node, -1, producer=True)
         an.tie(out, an.param_space(weight, 1 - self.in_dim))
         if bias is not None:
@@ -118,11 +124,10 @@ class FunctionalLinear(Rule):
         consume_channels(node, arg(node, *self.x_at), [an.param_space(weight, self.in_dim)], an)
 
     def projection(self, node: fx.Node, an: Connecting) -> Projection | None:
-        params = self._parameters(node)
-        if params is None or any(node.kwargs.get(k, 1) != 1 for k in ("alpha", "beta")):
+        if self._refused(node, an) is not None:
             return None
-        weight, bias = (an.attribute(p) if p is not None else None for p in params)
-        return Projection(weight, bias, 1 - self.in_dim) if weight.dim() == 2 else None
+        weight, bias = (an.attribute(p) if p is not None else None for p in self._parameters(node))
+        return Projection(weight, bias, 1 - self.in_dim)
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         weight, bias = self._parameters(node)
