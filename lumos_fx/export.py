@@ -266,6 +266,9 @@ class _Writer:
             args, kwargs = got[node.name]
             if node.op == "call_module":
                 module = gm.get_submodule(node.target)
+                rule = REGISTRY.module_rule(module)
+                if rule is not None:
+                    module = rule.traceable(module)
                 name, values = type(module).__name__, args
                 if kwargs:  # traced as a function is: the graph values in order, the constants kept
                     module = FunctionCall(module, node.args, node.kwargs)

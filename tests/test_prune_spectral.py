@@ -1,6 +1,7 @@
 """neuraloperator's FNO: the SpectralConv rule cuts the hidden width (the spectral weights'
-input and output channels, the skips and channel MLPs around them) with the retained
-Fourier modes untouched; exact under every gate setting, at another batch and grid size."""
+input and output channels, or the channel rows of their Tucker, CP or TT factors, and the
+skips and channel MLPs around them) with the retained Fourier modes untouched; exact under
+every gate setting, at another batch and grid size, and exported."""
 
 import pytest
 import torch
@@ -18,25 +19,33 @@ def _fno(dims, **kw):
     return FNO(n_modes=(4,) * dims, in_channels=2, out_channels=1, hidden_channels=12, n_layers=2, **kw)
 
 
-@pytest.mark.parametrize("dims,size,other", [(1, 24, 40), (2, 12, 20)])
-@pytest.mark.parametrize("setting", GATE_SETTINGS)
-def test_the_hidden_width_of_an_fno_is_cut_exactly(dims, size, other, setting, tmp_path):
-    model, x = _fno(dims), torch.randn(2, 2, *(size,) * dims)
+def _mode_shapes(conv):
+    """The shapes of what holds conv's retained modes: the dense weight's trailing dims, the
+    factors after the two channel factors (one after the channel factor if separable)."""
+    weight = conv.weight
+    if type(weight).__name__ == "DenseTensor":
+        return weight.tensor.shape[1 if conv.separable else 2:]
+    return [f.shape for f in list(weight.factors)[1 if conv.separable else 2:]]
+
+
+def _check_cut(model, x, y, setting, tmp_path):
+    """Gates of `model` set to `setting`: the hidden width is cut, the modes untouched, the
+    pruned FNO equals the gated one at `x` and at `y` (another batch and grid size), and its
+    export loads and computes the same."""
     wrapped = lumos_fx.instrument(model, (x,))
     with torch.no_grad():
         assert max_rel_error(wrapped.eval()(x), model.eval()(x)) < 1e-5
-    assert any("fno_blocks.convs.0" in r.layers for r in lumos_fx.summary(wrapped).groups)
+    assert any("fno_blocks.fno_skips.0.conv" in r.layers for r in lumos_fx.summary(wrapped).groups)  # the width
     set_gates(wrapped, setting, 0)
     pruned = lumos_fx.prune(wrapped)
     if setting == "closed":  # nothing reaches the output: the FNO is the constant it computes
         assert not hasattr(pruned, "fno_blocks")
     else:
-        weight = pruned.get_parameter("fno_blocks.convs.0.weight.tensor")
-        assert weight.shape[2:] == model.get_parameter("fno_blocks.convs.0.weight.tensor").shape[2:]  # the modes
+        conv, original = pruned.get_submodule("fno_blocks.convs.0"), model.get_submodule("fno_blocks.convs.0")
+        assert _mode_shapes(conv) == _mode_shapes(original)
     if setting == "random":
-        assert weight.shape[0] < 12 or weight.shape[1] < 12
+        assert conv.in_channels < 12 or conv.out_channels < 12
         assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
-    y = torch.randn(3, 2, *(other,) * dims)  # another batch and grid size
     with torch.no_grad():
         for z in (x, y):
             assert max_rel_error(pruned(z), wrapped.eval()(z)) < 1e-4
@@ -46,13 +55,18 @@ def test_the_hidden_width_of_an_fno_is_cut_exactly(dims, size, other, setting, t
             assert max_rel_error(lumos_fx.load(tmp_path / "m")(y), pruned(y)) < 1e-5
 
 
-def test_a_factorised_spectral_weight_is_kept_with_the_reason():
-    model, x = _fno(2, factorization="tucker", rank=0.5), torch.randn(2, 2, 12, 12)
-    wrapped = lumos_fx.instrument(model, (x,))
-    reasons = " ".join(lumos_fx.summary(wrapped).kept_whole.values())
-    assert "tucker factorised weight is kept whole" in reasons
-    set_gates(wrapped, "random", 0)
-    pruned = lumos_fx.prune(wrapped)
-    with torch.no_grad():
-        y = torch.randn(3, 2, 20, 20)
-        assert max_rel_error(pruned(y), wrapped.eval()(y)) < 1e-4
+@pytest.mark.parametrize("dims,size,other", [(1, 24, 40), (2, 12, 20)])
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_the_hidden_width_of_an_fno_is_cut_exactly(dims, size, other, setting, tmp_path):
+    _check_cut(_fno(dims), torch.randn(2, 2, *(size,) * dims), torch.randn(3, 2, *(other,) * dims), setting, tmp_path)
+
+
+@pytest.mark.parametrize("factorization,implementation,separable", [
+    ("tucker", "reconstructed", False), ("tucker", "factorized", True), ("cp", "factorized", False),
+    ("cp", "reconstructed", True), ("tt", "reconstructed", False), ("tt", "factorized", True), ("dense", "factorized", True)])
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_factorised_and_separable_spectral_weights_are_cut_on_their_channel_factors(
+        factorization, implementation, separable, setting, tmp_path):
+    model = _fno(2, factorization=factorization, rank=0.5, implementation=implementation, separable=separable)
+    _check_cut(model, torch.randn(2, 2, 12, 12), torch.randn(3, 2, 20, 16), setting, tmp_path)
+

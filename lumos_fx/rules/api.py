@@ -341,6 +341,12 @@ class ModuleRule(Rule):
     def resize(self, module: nn.Module) -> None:
         """Update the module's size attributes after its parameters were sliced."""
 
+    def traceable(self, module: nn.Module) -> nn.Module:
+        """What export traces to write `module` out as torch code: a module computing the same
+        with the same parameters under the same names, in code fx can trace. The default is
+        `module` itself."""
+        return module
+
     def source(self, module: nn.Module) -> str:
         """Python expression that constructs `module` (with ``nn`` = ``torch.nn``). The default,
         ``nn.<repr>``, serves torch.nn modules whose repr is their constructor call; export

@@ -11,6 +11,14 @@ spectral weight (a real scale commutes with the transform), and output channel :
 retained Fourier modes are untouched. A library's layer is a subclass that names its weights
 (:mod:`lumos_fx.rules.spectral_neuralop`, :mod:`lumos_fx.rules.spectral_physicsnemo`);
 ``export`` writes the layer out as the torch code it runs.
+
+A factorised weight is a product whose factors carry the channel modes alone: Tucker,
+:math:`W = G \times_1 U^{(1)} \times_2 U^{(2)} \cdots`, puts input channel :math:`i` in row
+:math:`i` of :math:`U^{(1)}` and output channel :math:`o` in row :math:`o` of :math:`U^{(2)}`;
+CP, :math:`W_{i,o,k} = \sum_r \lambda_r U^{(1)}_{ir} U^{(2)}_{or} \cdots`, likewise; a tensor
+train, :math:`W_{i,o,k} = G^{(1)}_{:,i,:} G^{(2)}_{:,o,:} \cdots`, in the middle index of its
+first and second cores. Slicing those rows slices :math:`W` on its channel modes exactly, and
+the ranks and the other factors (the modes) stay as they are.
 """
 
 from __future__ import annotations
@@ -26,8 +34,14 @@ class SpectralConvRule(ModuleRule):
     channels_at = 1
 
     def weights(self, module: nn.Module) -> list[torch.Tensor]:
-        """The spectral weights, each of shape (in, out, modes...)."""
+        """The dense spectral weights, each of shape (in, out, modes...)."""
         raise NotImplementedError
+
+    def channel_dims(self, module: nn.Module) -> tuple[list[tuple[torch.Tensor, int]], list[tuple[torch.Tensor, int]]]:
+        """The (tensor, dim) pairs that hold the input channels and those that hold the output
+        channels: dims 0 and 1 of every dense weight, the channel rows of a factorised one's factors."""
+        weights = self.weights(module)
+        return [(w, 0) for w in weights], [(w, 1) for w in weights]
 
     def bias(self, module: nn.Module) -> torch.Tensor | None:
         """The bias, one value per output channel (maybe with unit dims), or None."""
@@ -45,22 +59,24 @@ class SpectralConvRule(ModuleRule):
         why = self.refused(module)
         if why is not None:
             raise Unsupported(why)
+        ins, outs = self.channel_dims(module)
         out = an.new_space(node, 1, producer=True)
-        for weight in self.weights(module):
-            an.tie(out, an.param_space(weight, 1))
+        for tensor, dim in outs:
+            an.tie(out, an.param_space(tensor, dim))
         if self.bias(module) is not None:
             an.tie(out, an.param_space(self.bias(module), 0))
-        consume_channels(node, arg(node, 0, "x"), [an.param_space(w, 0) for w in self.weights(module)], an, dim=1)
+        consume_channels(node, arg(node, 0, "x"), [an.param_space(t, dim) for t, dim in ins], an, dim=1)
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         module = pc.module(node)
         if pc.is_empty(arg(node, 0, "x")):  # the transform of nothing: the bias, everywhere
             bias = self.bias(module)
-            vector = bias.reshape(-1) if bias is not None else self.weights(module)[0].real.new_zeros(
-                self.weights(module)[0].shape[1])
+            out, dim = self.channel_dims(module)[1][0]
+            vector = bias.reshape(-1) if bias is not None else out.real.new_zeros(out.shape[dim])
             return const(pc.broadcast_form(node, vector.detach()))
         return pc.materialize_dead_inputs(node)
 
     def resize(self, module: nn.Module) -> None:
         if self.refused(module) is None:
-            module.in_channels, module.out_channels = self.weights(module)[0].shape[:2]
+            (w_in, d_in), (w_out, d_out) = (dims[0] for dims in self.channel_dims(module))
+            module.in_channels, module.out_channels = w_in.shape[d_in], w_out.shape[d_out]
