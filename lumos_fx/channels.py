@@ -74,7 +74,17 @@ class RefinedKey(_Key):
     tag: str
 
 
-SpaceKey = NodeKey | ParamKey | HeadDimsKey | NodeDimsKey | RefinedKey
+@dataclass(frozen=True)
+class PartKey(_Key):
+    """The channels input `index` of a join (``torch.cat``) gives node `node`'s output, where
+    that input has no channels on the joined dim (a grid of coordinates beside the features)."""
+
+    text: ClassVar[str] = "node:{node}#part{index}"
+    node: str
+    index: int
+
+
+SpaceKey = NodeKey | ParamKey | HeadDimsKey | NodeDimsKey | RefinedKey | PartKey
 
 
 def slug(key: SpaceKey) -> str:

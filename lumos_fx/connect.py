@@ -8,7 +8,7 @@ import math
 import torch
 from torch import fx
 
-from .channels import ChannelGraph, Consumer, NodeKey, ParamKey, Space
+from .channels import ChannelGraph, Consumer, NodeKey, ParamKey, PartKey, Space
 from .fxutil import describe, fetch_attr, input_name, normalize_dim, owner_module, shape_of, tensor_args
 from .rules import REGISTRY, Unsupported
 from .sample_scale import passes_channels
@@ -70,6 +70,12 @@ class Analysis:
                           else node.target if node.op in ("call_module", "get_attr")
                           else producer and owner_module(node) or node.name)
         space = Space(NodeKey(node.name), shape[dim], dim, node=node.name, producer=producer, title=title)
+        self._touched.add(space.key)
+        return self.cg.add(space)
+
+    def new_part(self, node: fx.Node, index: int, part: fx.Node, dim: int) -> Space:
+        """A producer space for the channels `part`, input `index` of `node`, gives its output along `dim`."""
+        space = Space(PartKey(node.name, index), shape_of(part)[dim], dim, producer=True, title=part.name)
         self._touched.add(space.key)
         return self.cg.add(space)
 

@@ -28,7 +28,7 @@ from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from .budget import budget_of, snap_to_budget
-from .channels import HeadDimsKey, Space
+from .channels import HeadDimsKey, PartKey, Space
 from .errors import GateError, NotInstrumentedError, PruneError
 from .fxutil import copy_instrumented, describe, fetch_attr, free_attr_name, shape_of
 from .gate_fold import unfold
@@ -91,6 +91,9 @@ class PruneContext:
 
     def extra_spaces(self, node: fx.Node) -> list[Space]:
         return self.plan.extra_spaces(node.name)
+
+    def part(self, node: fx.Node, index: int) -> Space | None:
+        return self.plan.spaces.get(PartKey(node.name, index))
 
     # ---- statuses ------------------------------------------------------------------
     def is_empty(self, node) -> bool:

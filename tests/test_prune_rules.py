@@ -90,6 +90,35 @@ def test_cat_offsets_add_up_at_the_consumer():
     assert_equivalent(wrapped, pruned, torch.randn(5, 4))
 
 
+class WithGrid(nn.Module):
+    """Features joined to coordinates computed from the input's size, as an FNO's grid
+    embedding does: the grid has no channels of its own on the joined dim."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Conv1d(3, 6, 1), nn.Conv1d(6 + 3, 4, 1)
+
+    def forward(self, x):
+        t = torch.linspace(0, 1, x.shape[-1]).expand(x.shape[0], 1, -1)
+        grid = torch.cat([t, t * t, torch.sin(t)], dim=1)  # (B, 3, L)
+        return self.c(torch.cat([torch.relu(self.a(x)), grid], dim=1))
+
+
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_a_channel_less_input_of_a_cat_gives_channels_of_its_own(setting):
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(WithGrid(), (torch.randn(2, 3, 10),))
+    assert set(lumos_fx.gates(wrapped)) == {"x", "a"}  # the grid's 3 channels are units of a's group
+    assert lumos_fx.gates(wrapped)["a"].log_alpha.numel() == 9
+    set_gates(wrapped, setting, 0)
+    close(wrapped, "a", [7] if setting == "random" else [])  # cut the grid part in the middle
+    pruned = lumos_fx.prune(wrapped)
+    if setting == "random":
+        assert pruned.c.in_channels < 9
+    for x in (torch.randn(2, 3, 10), torch.randn(5, 3, 17)):
+        assert_equivalent(wrapped, pruned, x)
+
+
 class Splits(nn.Module):
     def __init__(self, how):
         super().__init__()

@@ -70,3 +70,22 @@ def test_factorised_and_separable_spectral_weights_are_cut_on_their_channel_fact
     model = _fno(2, factorization=factorization, rank=0.5, implementation=implementation, separable=separable)
     _check_cut(model, torch.randn(2, 2, 12, 12), torch.randn(3, 2, 20, 16), setting, tmp_path)
 
+
+
+def test_the_input_features_of_an_fno_with_its_grid_embedding_are_selected():
+    torch.manual_seed(0)
+    from neuralop.models import FNO
+
+    model, x = FNO(n_modes=(4, 4), in_channels=3, out_channels=1, hidden_channels=8, n_layers=1), torch.randn(2, 3, 12, 12)
+    wrapped = lumos_fx.instrument(model, (x,))
+    gate = lumos_fx.gates(wrapped)["x"]
+    assert gate.log_alpha.numel() == 3 + 2  # the features, and the two grid coordinates beside them
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.tensor([5.0, -5.0, 5.0, 5.0, -5.0]))
+    pruned = lumos_fx.prune(wrapped)
+    report = lumos_fx.summary(wrapped)
+    assert report.features["x"] == (["x[0]", "x[2]"], ["x[1]"])
+    assert pruned.get_submodule("lifting.fcs.0").in_channels == 3  # two features and one coordinate
+    with torch.no_grad():
+        y = torch.randn(3, 3, 20, 16)
+        assert max_rel_error(pruned(y), wrapped.eval()(y)) < 1e-4

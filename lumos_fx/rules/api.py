@@ -184,6 +184,11 @@ class Connecting(Protocol):
     def follow(self, node: fx.Node, src: Space, dim: int) -> Space:
         """A space for `node` along `dim` whose channels are `src`'s, one to one."""
 
+    def new_part(self, node: fx.Node, index: int, part: fx.Node, dim: int) -> Space:
+        """Open a space for the channels that `part`, input `index` of `node`, gives `node`'s output
+        along `dim`, where `part` has none there (a coordinate grid joined to the features): a
+        producer of its own, so each of them may close; :meth:`Pruning.part` gives it back."""
+
     def param_space(self, tensor: torch.Tensor, dim: int) -> Space:
         """The space of a parameter or buffer along `dim`, shared by all its readers; sliced
         with the channels it is tied to."""
@@ -220,6 +225,9 @@ class Pruning(Protocol):
 
     def extra_spaces(self, node: fx.Node) -> list[Space]:
         """`node`'s spaces on dims other than its channel dim (a head's dims)."""
+
+    def part(self, node: fx.Node, index: int) -> Space | None:
+        """The space :meth:`Connecting.new_part` opened for input `index` of `node`, or None."""
 
     def is_empty(self, node) -> bool:
         """Every channel of `node` closed: it goes."""

@@ -25,24 +25,40 @@ class Cat(Rule):
     r"""``torch.cat(xs, dim)``. On the channel dim, input ``i``'s channel ``j`` is output
     channel ``o_i + j`` with ``o_i = \sum_{k<i} C_k`` (the paper's Fig. 7: 50 + 47 kept
     channels become 97 at the consumer). On another dim, every input shares the output's
-    channels."""
+    channels.
+
+    An input without channels on the joined dim where another has them (an FNO's coordinate
+    grid joined to its input features) gives the output channels of their own, a producer
+    space (:meth:`Connecting.new_part`): a closed one is cut from that input before the join,
+    so the features beside it stay selectable."""
 
     def connect(self, node: fx.Node, an: Connecting) -> None:
-        spaces, dim = joined_spaces(node, an)
-        out = an.new_space(node, spaces[0].dim)
+        tensors = arg(node, 0, "tensors")
+        dim = normalize_dim(arg(node, 1, "dim", 0), len(an.shape(node)))
+        spaces = [an.space(t) for t in tensors]
+        if any(s is not None and s.dim == dim for s in spaces):
+            out = an.new_space(node, dim)
+        else:
+            spaces, dim = joined_spaces(node, an)
+            out = an.new_space(node, spaces[0].dim)
         offset = 0
-        for s in spaces:
-            if out.dim == dim:
-                an.tie(s, out, None, offset + np.arange(s.size))
-                offset += s.size
-            else:
+        for i, (t, s) in enumerate(zip(tensors, spaces)):
+            if out.dim != dim:
                 an.tie(s, out)
+                continue
+            if s is None or s.dim != dim:
+                if s is not None:
+                    an.block(s, f"joined whole along dim {dim} by {an.describe(node)}")
+                s = an.new_part(node, i, t, dim)
+            an.tie(s, out, None, offset + np.arange(s.size))
+            offset += s.size
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
-        tensors = arg(node, 0, "tensors")
+        tensors = [self._cut_part(node, i, t, pc) for i, t in enumerate(arg(node, 0, "tensors"))]
+        set_arg(node, 0, "tensors", tensors)
         out = pc.space(node)
         on_channels = normalize_dim(arg(node, 1, "dim", 0), len(shape_of(node))) == out.dim
-        nonempty = [t for t in tensors if not pc.is_empty(t)]
+        nonempty = [t for t in tensors if t is not None and not pc.is_empty(t)]
         if on_channels and all(pc.is_const(t) for t in nonempty):
             # Constants in broadcast form concatenate along the channel dim exactly; an empty
             # input's channels are all cut, so zeros stand in for them.
@@ -55,6 +71,19 @@ class Cat(Rule):
         if on_channels:
             set_arg(node, 0, "tensors", nonempty)
         return super().prune(node, pc)
+
+    @staticmethod
+    def _cut_part(node: fx.Node, index: int, value, pc: Pruning):
+        """Input `index` of the join, with the channels of its part space that closed cut off
+        (None when all did); inputs with channels of their own come back as they are."""
+        part = pc.part(node, index)
+        if part is None or pc.n_kept(part) == part.size:
+            return value
+        kept = pc.kept(part)
+        if len(kept) == 0:
+            return None
+        index = (slice(None),) * part.dim + (kept.tolist(),)
+        return pc.insert(node, "call_function", operator.getitem, (value, index))
 
 
 class Stack(Rule):
