@@ -7,7 +7,10 @@ registered (:func:`register_rules`): they make ``MessagePassing`` layers, PyG's 
 and its per-graph norms one op each (:mod:`lumos_fx.rules.graph_conv`,
 :mod:`lumos_fx.rules.graph_norm`), write GIN, GINE (:mod:`lumos_fx.rules.graph_gin`),
 EdgeConv (:mod:`lumos_fx.rules.graph_edge_conv`), PNAConv (:mod:`lumos_fx.rules.graph_pna`), SimpleConv
-(:mod:`lumos_fx.rules.graph_simple_conv`)
+(:mod:`lumos_fx.rules.graph_simple_conv`), AttentiveFP's GATEConv (:mod:`lumos_fx.rules.graph_gate_conv`),
+AttentionalAggregation (:mod:`lumos_fx.rules.graph_attentional_aggregation`), PointNetConv
+(:mod:`lumos_fx.rules.graph_point_net`), GENConv (:mod:`lumos_fx.rules.graph_gen_conv`), SchNet's CFConv
+(:mod:`lumos_fx.rules.graph_schnet`)
 out, and record PyG's functional ops as one op each (:mod:`lumos_fx.rules.graph_ops`), in whatever
 form the model calls them (``from torch_geometric.nn import global_mean_pool`` or
 ``torch_geometric.nn.global_mean_pool``: :func:`namespaces`).
@@ -59,5 +62,7 @@ def register_rules() -> None:
     """Register the rules for PyG layers and ops (imports torch_geometric's classes)."""
     from .rules import graph_attention, graph_conv, graph_edge_conv, graph_gin, graph_norm  # noqa: F401
     from .rules import graph_ops, graph_pna, graph_simple_conv  # noqa: F401
+    from .rules import graph_attentional_aggregation, graph_gate_conv, graph_transformer_conv  # noqa: F401
+    from .rules import graph_gen_conv, graph_point_net, graph_schnet  # noqa: F401
 
 

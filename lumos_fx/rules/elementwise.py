@@ -150,6 +150,7 @@ _ELEMENTWISE_FUNCTIONS = (
     F.relu, F.relu6, F.gelu, F.tanh, F.sigmoid, F.silu, F.mish, F.elu, F.celu, F.selu, F.leaky_relu,
     F.softplus, F.softsign, F.hardtanh, F.hardswish, F.hardsigmoid, F.logsigmoid, F.tanhshrink,
     F.dropout, F.alpha_dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.feature_alpha_dropout,
+    F.relu_, F.elu_, F.celu_, F.selu_, F.leaky_relu_, F.hardtanh_,  # in place (AttentiveFP): the same maps
     torch.relu, torch.tanh, torch.sigmoid, torch.exp, torch.log, torch.log1p, torch.expm1, torch.sin,
     torch.cos, torch.abs, torch.sqrt, torch.rsqrt, torch.square, torch.neg, torch.clamp, torch.clip,
     torch.erf, torch.sign, torch.reciprocal, torch.nan_to_num, operator.neg, operator.pos,

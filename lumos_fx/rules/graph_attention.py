@@ -37,7 +37,7 @@ import torch
 from torch import fx, nn
 from torch_geometric.nn import GATConv, GATv2Conv
 
-from .api import Connecting, ModuleRule, Outcome, Pruning, Unsupported, arg, const, set_arg
+from .api import Connecting, ModuleRule, Outcome, Pruning, Space, Unsupported, arg, const, set_arg
 from .graph_conv import resize_linears
 from .linear import consume_channels
 from .registry import REGISTRY
@@ -61,6 +61,20 @@ class GraphAttentionRule(ModuleRule):
         when it is not constant."""
         raise NotImplementedError
 
+    def output_bias(self, module: nn.Module) -> torch.Tensor | None:
+        """The bias added after the heads are laid side by side."""
+        return module.bias
+
+    def outputs_whole(self, module: nn.Module) -> str | None:
+        """Why the output channels cannot be cut by heads, or None."""
+        return None if module.concat else "concat=False averages the heads inside every output channel"
+
+    def tie_heads(self, out: Space, module: nn.Module, an: Connecting) -> None:
+        """Make each head's channels one unit: head h owns the entry h of every attention vector."""
+        head_of = np.repeat(np.arange(module.heads), module.out_channels)
+        for att in self.attentions(module):
+            an.tie(out, an.param_space(att, 1), np.arange(head_of.size), head_of)
+
     def connect(self, node: fx.Node, an: Connecting) -> None:
         module = an.module(node)
         x = arg(node, 0, "x")
@@ -68,19 +82,17 @@ class GraphAttentionRule(ModuleRule):
             raise Unsupported("takes a (source, target) pair of node features")
         if arg(node, 3, "size") is not None or arg(node, 4, "return_attention_weights") is not None:
             raise Unsupported("is called with size= or return_attention_weights=")
-        heads, per_head = module.heads, module.out_channels
         out = an.new_space(node, -1, producer=True)
-        if module.concat:
-            head_of = np.repeat(np.arange(heads), per_head)
-            for att in self.attentions(module):
-                an.tie(out, an.param_space(att, 1), np.arange(heads * per_head), head_of)
+        whole = self.outputs_whole(module)
+        if whole is None:
+            self.tie_heads(out, module, an)
             lins = self.projections(module) + ([module.lin_edge] if module.lin_edge is not None else [])
-            rows = [t for lin in lins for t in (lin.weight, lin.bias)] + [module.bias]
+            rows = [t for lin in lins for t in (lin.weight, lin.bias)] + [self.output_bias(module)]
             for tensor in rows:
                 if tensor is not None:
                     an.tie(out, an.param_space(tensor, 0))
         else:
-            an.block(out, f"{an.describe(node)}: concat=False averages the heads inside every output channel")
+            an.block(out, f"{an.describe(node)}: {whole}")
         consume_channels(node, x, [an.param_space(lin.weight, 1) for lin in self.projections(module)], an)
         edge = arg(node, 2, "edge_attr")
         if isinstance(edge, fx.Node) and module.lin_edge is not None:
@@ -102,7 +114,7 @@ class GraphAttentionRule(ModuleRule):
         return pc.materialize_dead_inputs(node)
 
     def resize(self, module: nn.Module) -> None:
-        module.heads = self.attentions(module)[0].shape[1]
+        module.heads = self.projections(module)[0].weight.shape[0] // module.out_channels
         module.in_channels = self.projections(module)[0].weight.shape[1]
         if module.lin_edge is not None and module.lin_edge.weight.shape[1] == 0:
             module.lin_edge, module.edge_dim = None, None

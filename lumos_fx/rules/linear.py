@@ -55,7 +55,7 @@ class LinearRule(ModuleRule):
         module = pc.module(node)
         x = node.args[0]
         if pc.is_empty(x):
-            bias = module.bias if module.bias is not None else module.weight.new_zeros(module.out_features)
+            bias = module.bias if module.bias is not None else module.weight.new_zeros(module.weight.shape[0])
             return const(pc.broadcast_form(node, bias.detach()))
         if pc.is_const(x):
             return const(F.linear(pc.const(x), module.weight, module.bias).detach())
