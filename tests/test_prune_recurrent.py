@@ -123,35 +123,91 @@ def test_the_hidden_units_train_with_their_gate_inside_the_recurrence():
     assert not torch.allclose(first, wrapped(x))  # dropout between the layers, and the gates, draw
 
 
+class Loop(nn.Module):
+    """A cell stepped over time by the model's own loop, from a zero state made in one of the
+    ways models make it (or none), its states stacked into a sequence the head reads."""
+
+    def __init__(self, cell, start):
+        super().__init__()
+        self.start = start
+        self.pre, self.cell, self.head = nn.Linear(4, 7), cell(7, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        lstm = isinstance(self.cell, nn.LSTMCell)
+        if self.start == "none":
+            state = None
+        else:
+            h = torch.zeros(x.shape[0], 5) if self.start == "zeros" else x.new_zeros(x.shape[0], 5)
+            state = (h, torch.zeros_like(h)) if lstm else h
+        steps = []
+        for t in range(x.shape[1]):
+            state = self.cell(torch.tanh(self.pre(x[:, t])), state)
+            steps.append(state[0] if lstm else state)
+        return self.head(torch.stack(steps, dim=1))
+
+
 @pytest.mark.parametrize("cell", [nn.LSTMCell, nn.GRUCell, nn.RNNCell])
+@pytest.mark.parametrize("start", ["zeros", "new_zeros", "none"])
 @pytest.mark.parametrize("setting", GATE_SETTINGS)
-def test_a_cell_in_a_loop_over_time_has_its_input_features_cut(cell, setting):
-    class Loop(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.pre, self.cell, self.head = nn.Linear(4, 7), cell(7, 5), nn.Linear(5, 2)
-
-        def forward(self, x):
-            h = torch.zeros(x.shape[0], 5)
-            state = (h, torch.zeros_like(h)) if isinstance(self.cell, nn.LSTMCell) else h
-            for t in range(x.shape[1]):
-                state = self.cell(torch.tanh(self.pre(x[:, t])), state)
-                h = state[0] if isinstance(self.cell, nn.LSTMCell) else state
-            return self.head(h)
-
+def test_a_cell_in_a_loop_over_time_has_its_hidden_units_and_input_features_cut(cell, start, setting, tmp_path):
     torch.manual_seed(0)
     x = torch.randn(3, 5, 4)
-    wrapped = lumos_fx.instrument(Loop(), (x,))
+    wrapped = lumos_fx.instrument(Loop(cell, start), (x,))
+    assert {"x", "pre", "cell"} <= set(lumos_fx.gates(wrapped))
     set_gates(wrapped, setting, 1)
     pruned = lumos_fx.prune(wrapped)
-    kept = next(r.after for r in lumos_fx.summary(pruned).groups if r.name == "pre")
-    assert pruned.cell.input_size == kept == pruned.cell.weight_ih.shape[1]
-    assert any("a cell's state is the model's to pass" in why for why in lumos_fx.summary(pruned).kept_whole.values())
+    groups = {r.name: r.after for r in lumos_fx.summary(pruned).groups}
+    if setting != "closed":
+        assert pruned.cell.input_size == groups["pre"] == pruned.cell.weight_ih.shape[1]
+        assert pruned.cell.hidden_size == groups["cell"] == pruned.cell.weight_hh.shape[1] == pruned.head.in_features
+    if setting == "half":
+        assert pruned.cell.hidden_size < 5
     with torch.no_grad():
         y = torch.randn(6, 5, 4)
         assert max_rel_error(pruned(y), wrapped.eval()(y)) < 1e-5
     with pytest.raises(AssertionError, match="decided with 5"):  # the loop ran 5 steps: a guard
         pruned(torch.randn(6, 8, 4))
+    if setting == "half":
+        lumos_fx.export(pruned, tmp_path / "m")
+        with torch.no_grad():
+            assert max_rel_error(lumos_fx.load(tmp_path / "m")(y), pruned(y)) < 1e-6
+
+
+class Started(Loop):
+    """A GRU cell started from a learned state, or from ones (a state lumos_fx cannot resize)."""
+
+    def __init__(self, learned):
+        super().__init__(nn.GRUCell, "none")
+        self.learned, self.h0 = learned, nn.Parameter(torch.randn(5))
+
+    def forward(self, x):
+        state = self.h0.expand(x.shape[0], 5) * 1.0 if self.learned else torch.ones(x.shape[0], 5)
+        for t in range(x.shape[1]):
+            state = self.cell(self.pre(x[:, t]), state)
+        return self.head(state)
+
+
+def test_a_learned_initial_state_of_a_cell_is_cut_with_its_units():
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(Started(learned=True), (torch.randn(3, 4, 4),))
+    set_gates(wrapped, "half", 0)
+    pruned = lumos_fx.prune(wrapped)
+    assert pruned.h0.shape == (pruned.cell.hidden_size,) and pruned.cell.hidden_size < 5
+    with torch.no_grad():
+        y = torch.randn(2, 4, 4)
+        assert max_rel_error(pruned(y), wrapped.eval()(y)) < 1e-5
+
+
+def test_a_cell_started_from_a_state_it_cannot_resize_keeps_its_units_with_the_reason():
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(Started(learned=False), (torch.randn(3, 4, 4),))
+    assert "cell" not in lumos_fx.gates(wrapped) and "pre" in lumos_fx.gates(wrapped)
+    assert any("torch.ones" in why for why in lumos_fx.summary(wrapped).kept_whole.values())
+    set_gates(wrapped, "random", 0)
+    pruned = lumos_fx.prune(wrapped)
+    with torch.no_grad():
+        y = torch.randn(2, 4, 4)
+        assert max_rel_error(pruned(y), wrapped.eval()(y)) < 1e-5
 
 
 def test_a_projected_lstm_keeps_its_hidden_units_and_says_why(tmp_path):
@@ -173,3 +229,13 @@ def test_a_projected_lstm_keeps_its_hidden_units_and_says_why(tmp_path):
     assert pruned.lstm.input_size == 3 and pruned.lstm.hidden_size == 8
     lumos_fx.export(pruned, tmp_path / "m")
     assert "nn.LSTM(3, 8, proj_size=3, batch_first=True)" in (tmp_path / "m" / "model.py").read_text()
+
+
+def test_an_lstm_counts_the_flops_of_both_products_of_every_step():
+    """torch's FlopCounterMode has no formula for the CPU LSTM kernel; lumos_fx registers one,
+    so the FLOPs summary() and the budget report include the recurrence."""
+    from lumos_fx.report import count_flops
+
+    lstm, x = nn.LSTM(20, 16, num_layers=2, bidirectional=True, batch_first=True), torch.randn(3, 7, 20)
+    per_step = 2 * 4 * 16 * (20 + 16) + 2 * 4 * 16 * (2 * 16 + 16)  # layer 0 reads 20 inputs, layer 1 both directions
+    assert count_flops(lstm, (x,)) == 2 * 3 * 7 * per_step  # two directions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 
 import torch
@@ -17,8 +18,10 @@ class Placeholder(Rule):
     Features are the columns of a (batch, features) input and the channels of an image or
     volume (batch, C, H, W[, D]): spectral bands, fields, redshift slices. For inputs of 3
     or more dims, the first layer that reads the input says which dim holds its channels
-    (a conv reads dim 1, a Linear the last); without one, they are channels-first (dim 1),
-    as torch's layers take them. Integer and boolean inputs (indices, masks) are not features.
+    (a conv reads dim 1, a Linear the last), also through an index that keeps the last dim
+    (a recurrent cell reading step ``x[:, t]`` reads the last); without one, they are
+    channels-first (dim 1), as torch's layers take them. Integer and boolean inputs (indices,
+    masks) are not features.
     """
 
     def connect(self, node: fx.Node, an: Connecting) -> None:
@@ -33,17 +36,21 @@ class Placeholder(Rule):
         ndim = len(shape_of(node))
         if ndim <= 2:
             return ndim - 1
-        shape, seen, queue = shape_of(node), {node}, deque(node.users)
+        shape, seen = shape_of(node), {node}
+        queue = deque((user, False) for user in node.users)  # (reader, reached through an index)
         while queue:
-            user = queue.popleft()
+            user, indexed = queue.popleft()
             if user in seen:
                 continue
             seen.add(user)
             hint = getattr(an.rule_of(user), "channels_at", None)
-            if hint is not None:
+            if hint is not None and (hint < 0 or not indexed):  # an index keeps the dims counted from the end
                 return normalize_dim(hint, ndim)
-            if shape_of(user) == shape:  # element-wise on the way to the first layer
-                queue.extend(user.users)
+            out = shape_of(user)
+            if out == shape:  # element-wise on the way to the first layer
+                queue.extend((u, indexed) for u in user.users)
+            elif user.target is operator.getitem and out and out[-1] == shape[-1] and len(out) < len(shape):
+                queue.extend((u, True) for u in user.users)
         return 1
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:

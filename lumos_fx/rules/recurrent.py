@@ -22,8 +22,15 @@ To put the gates inside the recurrence, a call of the whole layer is written out
 tracing (:meth:`RecurrentRule.write_out`) as :func:`run_recurrent` on its weights read in the
 graph; the cut puts the module call back, resized. A layer with ``proj_size``, a
 ``PackedSequence``, an unbatched input or a read of the output other than its pieces stays
-one op: its input features are still cut, its hidden units kept with the reason. So are the
-cells (``LSTMCell``, ``GRUCell``, ``RNNCell``), whose state the model passes itself.
+one op: its input features are still cut, its hidden units kept with the reason.
+
+A cell (``LSTMCell``, ``GRUCell``, ``RNNCell``) called in the model's own loop over time is
+one op per step (:class:`CellRule`): every call's output units are one group through the
+cell's weights, the state a call reads is gated in front of it (the gate folds into the
+columns of :math:`W_{hh}`) and an LSTM's :math:`c_{t-1}` carries the units of :math:`c_t`. A
+zero initial state (``torch.zeros``, ``x.new_zeros``, or none) becomes no state in the cut
+model: the cell's own zeros of its new size. Another initial state keeps the units, with
+the reason.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 from torch.utils import _pytree as pytree
+from torch.utils import flop_counter
 
 from .api import EMPTY, Connecting, ModuleRule, Outcome, Pruning, Rule, set_arg, shape_of
 from .linear import consume_channels
@@ -77,8 +85,8 @@ def _reads(node: fx.Node) -> list[fx.Node]:
 
 def _why_one_op(node: fx.Node, module: nn.Module) -> str | None:
     """Why a call of `module` stays one op (its hidden units kept), or None."""
-    if isinstance(module, nn.RNNCellBase):
-        return "a cell's state is the model's to pass; lumos_fx cuts its input features only"
+    if isinstance(module, nn.RNNCellBase):  # a batched step with positional arguments is written out
+        return "called on an unbatched step or with keyword arguments"
     if module.proj_size:
         return "proj_size projects the hidden state (kept whole)"
     x = node.args[0] if node.args else None
@@ -126,7 +134,9 @@ class RecurrentRule(ModuleRule):
 
     def resize(self, module: nn.Module) -> None:
         module.input_size = _input_weights(module)[0].shape[1]
-        if not isinstance(module, nn.RNNCellBase):
+        if isinstance(module, nn.RNNCellBase):
+            module.hidden_size = module.weight_hh.shape[1]
+        else:
             module.hidden_size = module.weight_hh_l0.shape[0] // _BLOCKS[module.mode]
             module._init_flat_weights()  # forward reads the weights through this list
 
@@ -141,10 +151,10 @@ def _feed_zero_width(node: fx.Node, pc: Pruning) -> None:
         set_arg(node, 0, "input", pc.insert(node, "call_method", "new_zeros", (ref, (*sizes, 0))))
 
 
-def _leave_batch_witness(node: fx.Node, pc: Pruning) -> None:
+def _leave_batch_witness(node: fx.Node, pc: Pruning, batch_dim: int) -> None:
     """A zero-width ``(batch, 0)`` tensor read off the layer's input: what a constant after a
-    layer that left is expanded to, where the batch is not the input's dim 0 (``batch_first=False``)."""
-    x, batch_dim = node.args[0], 0 if node.kwargs["batch_first"] else 1
+    layer that left is expanded to (the batch is dim `batch_dim` of its input)."""
+    x = node.args[0]
     ref = pc.reference(x, [batch_dim], node)
     batch = pc.insert(node, "call_method", "size", (ref, batch_dim))
     pc.add_witness(pc.insert(node, "call_method", "new_zeros", (ref, (batch, 0))), (shape_of(x)[batch_dim], 0))
@@ -202,7 +212,7 @@ class RecurrentCall(Rule):
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         if pc.is_empty(node.args[3]):  # every hidden unit closed: its outputs, all empty, go with it
-            _leave_batch_witness(node, pc)
+            _leave_batch_witness(node, pc, 0 if node.kwargs["batch_first"] else 1)
             return EMPTY
         _feed_zero_width(node, pc)
         outcome = pc.materialize_dead_inputs(node)
@@ -212,5 +222,120 @@ class RecurrentCall(Rule):
         return outcome
 
 
-REGISTRY.register(RecurrentRule(), nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+def _zero_state(value) -> bool:
+    """Whether `value` is a state of zeros made in forward (``torch.zeros(b, h)``, ``x.new_zeros``,
+    ``torch.zeros_like`` of one)."""
+    if not isinstance(value, fx.Node):
+        return False
+    if value.op == "call_function" and value.target is torch.zeros_like:
+        return _zero_state(value.args[0])
+    return value.op == "call_function" and value.target is torch.zeros or value.op == "call_method" and \
+        value.target == "new_zeros"
+
+
+_CELL_KERNELS = {"LSTMCell": "lstm_cell", "GRUCell": "gru_cell", "RNNCell": None}
+
+
+def run_cell(x, hx, w_ih, w_hh, b_ih, b_hh, *, cell: str, kind: str, nonlinearity: str):
+    """The forward of recurrent cell `cell` (an ``LSTMCell``, ``GRUCell`` or ``RNNCell``, of
+    class `kind`) on a batch step `x` and state `hx` (None: zeros), with its weights."""
+    if hx is None:
+        h = x.new_zeros(x.shape[0], w_hh.shape[1])
+        hx = (h, h) if kind == "LSTMCell" else h
+    if kind == "LSTMCell":
+        return torch._VF.lstm_cell(x, hx, w_ih, w_hh, b_ih, b_hh)
+    kernel = _CELL_KERNELS[kind] or f"rnn_{nonlinearity}_cell"
+    return getattr(torch._VF, kernel)(x, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+class CellRule(RecurrentRule):
+    """``LSTMCell``, ``GRUCell``, ``RNNCell`` on a batch step: written out after tracing as
+    :func:`run_cell` on its weights read in the graph (see the module docstring)."""
+
+    def write_out(self, node: fx.Node, gm: fx.GraphModule) -> bool:
+        module = gm.get_submodule(node.target)
+        x = node.args[0] if node.args else None
+        if node.kwargs or len(node.args) > 2 or shape_of(x) is None or len(shape_of(x)) != 2:
+            return False  # unbatched or called with keywords: one op, hidden units kept
+        graph = gm.graph
+        with graph.inserting_before(node):
+            weights = [graph.get_attr(f"{node.target}.{name}") if getattr(module, name) is not None else None
+                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            hx = node.args[1] if len(node.args) > 1 else None
+            if isinstance(hx, fx.Node) and kind_of(module) == "LSTMCell":  # the tuple a step returned
+                hx = tuple(graph.call_function(operator.getitem, (hx, i)) for i in (0, 1))
+        node.kwargs = {"cell": node.target, "kind": kind_of(module),
+                       "nonlinearity": getattr(module, "nonlinearity", "tanh")}
+        node.op, node.target, node.args = "call_function", run_cell, (x, hx, *weights)
+        return True
+
+
+def kind_of(module: nn.Module) -> str:
+    return next(k for k in (nn.LSTMCell, nn.GRUCell, nn.RNNCell) if isinstance(module, k)).__name__
+
+
+class CellCall(Rule):
+    """A cell step written out (:func:`run_cell`): every step's units are one group through
+    the weights, whose columns of :math:`W_{hh}` the gate scales, as the layers after read them."""
+
+    channels_at = -1
+
+    def ties_parameter(self, node: fx.Node, value: fx.Node) -> bool:
+        return value in node.args[2:]
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        x, hx, w_ih, w_hh, *biases = node.args
+        hidden = an.shape(w_hh)[1]
+        units, blocks = np.arange(hidden), an.shape(w_ih)[0] // hidden
+        base = an.new_space(w_hh, 1, producer=True, title=node.kwargs["cell"])
+        for w in (w_ih, w_hh, *biases):
+            if w is not None:  # each unit's rows of every gate block
+                an.tie(base, an.param_space(an.attribute(w), 0), np.tile(units, blocks), None)
+        columns = an.param_space(an.attribute(w_hh), 1)
+        an.tie(base, columns)
+        an.consume(node, w_hh, fold=[columns])  # the state enters through these columns: gated there
+        consume_channels(node, x, [an.param_space(an.attribute(w_ih), 1)], an)
+        for state in (v for v in pytree.tree_leaves(hx) if isinstance(v, fx.Node)):
+            space = an.space(state)
+            if _zero_state(state):
+                if space is not None:
+                    an.accept(space)
+            elif space is None or space.dim != len(an.shape(state)) - 1:
+                an.block(base, _KEPT.format(f"'{node.kwargs['cell']}'", "its initial state is neither zeros nor "
+                                            "a tensor with the units on its last dim"))
+            else:
+                an.tie(base, space)
+        outs = [node] if shape_of(node) is not None else _reads(node)
+        for out in outs:
+            an.claim(out)
+            an.tie(base, an.new_space(out, -1))
+
+    def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
+        if pc.is_empty(node.args[3]):  # every hidden unit closed: its outputs, all empty, go with it
+            _leave_batch_witness(node, pc, 0)
+            return EMPTY
+        _feed_zero_width(node, pc)
+        outcome = pc.materialize_dead_inputs(node)
+        x, hx = node.args[:2]
+        if all(_zero_state(v) for v in pytree.tree_leaves(hx)):  # the cell's own zeros, of its new size
+            hx = None
+        node.op, node.target = "call_module", node.kwargs["cell"]  # the module, resized by its rule
+        node.args, node.kwargs = (x,) if hx is None else (x, hx), {}
+        return outcome
+
+
+def _lstm_layer_flops(input_shape, w_ih_shape, w_hh_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of one direction of one layer of ``nn.LSTM`` on the CPU kernel, which torch's
+    FlopCounterMode has no formula for: both products of every step,
+    :math:`2\,T B\, (4H \cdot I + 4H \cdot H)`, as it counts a GRU's."""
+    steps_times_batch = input_shape[0] * input_shape[1]
+    return 2 * steps_times_batch * (w_ih_shape[0] * w_ih_shape[1] + w_hh_shape[0] * w_hh_shape[1])
+
+
+if torch.ops.aten.mkldnn_rnn_layer.default not in flop_counter.flop_registry:
+    flop_counter.register_flop_formula(torch.ops.aten.mkldnn_rnn_layer)(_lstm_layer_flops)
+
+REGISTRY.register(RecurrentRule(), nn.LSTM, nn.GRU, nn.RNN)
+REGISTRY.register(CellRule(), nn.LSTMCell, nn.GRUCell, nn.RNNCell)
 REGISTRY.register(RecurrentCall(), run_recurrent)
+REGISTRY.register(CellCall(), run_cell)
