@@ -1,4 +1,4 @@
-"""Every zoo workload by name, in the order of the paper's Table II."""
+"""Every zoo workload by name: the paper's Table II in its order, then the workloads added since."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from importlib import import_module
 from .workload import Workload
 
 NAMES = ("cfd", "fluid", "puremd", "synthetic", "cosmoflow", "dms", "stemdl", "emdenoise", "slstr", "optical",
-         "ppa", "molhiv", "braintumor")
+         "ppa", "molhiv", "braintumor", "lorenz96", "burgers")
 
 
 def get(name: str) -> Workload:

@@ -75,7 +75,8 @@ class Collated:
 class Task:
     """A workload's data at one scale: training draws, held-out data, the example inputs
     for instrument(), input column names (when inputs are tabular or band-like), and what
-    the model builder needs to know (``info``: e.g. standardisation statistics)."""
+    the model builder needs to know (``info``: e.g. standardisation statistics;
+    ``info["sequence"]``: inputs are (samples, steps, features))."""
 
     train: Rows | Collated
     test: Rows | Collated
@@ -175,7 +176,8 @@ def standardized_loss(task: Task):
 
 def image_task(x: np.ndarray, y: np.ndarray, batch: int, channel_names: list[str] | None = None) -> Task:
     """Images or volumes (n, channels, ...) and their targets, 20% held out; `channel_names`
-    names the input channels when they are features worth selecting (bands, redshifts)."""
+    names the input channels when they are features worth selecting (bands, redshifts).
+    Sequences (n, steps, features) are split alike."""
     train, test = split_rows(x, y, batch)
     return Task(train, test, (train.inputs[0][:8],), {"x": channel_names} if channel_names else None)
 

@@ -11,6 +11,7 @@ import lumos_fx
 from lumos_fx.plan import gate_modules
 from models_zoo.bench import baselines
 from models_zoo.bench.__main__ import main
+from models_zoo.lorenz96.workload import LSTMForecaster
 from models_zoo.registry import NAMES
 
 FIELDS = ("workload", "metric", "metric_dense", "metric_lumos", "params_dense", "params_lumos", "flops_dense",
@@ -94,3 +95,24 @@ def test_the_zoo_command_lists_and_trains(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "syn" / "model" / "model.py").exists()
     assert 0 < result["params_pruned"] < result["params_dense"]
     assert zoo(["train", "synthetic", "--scale", "smoke", "--steps", "5", "--dense"])["metric_value"] < 1
+
+
+def test_l1_scores_an_lstm_unit_by_the_rows_it_owns_in_every_gate_block_of_every_layer():
+    torch.manual_seed(0)
+    model = LSTMForecaster(3, 2, hidden=5, layers=2)
+    wrapped = lumos_fx.instrument(model, (torch.randn(2, 4, 3),))
+    (score,) = baselines.l1_scores(wrapped).values()  # the input features are not scored
+    rows = sum(getattr(model.lstm, f"weight_{kind}_l{layer}").detach().abs().sum(1).reshape(4, 5).sum(0)
+               for kind in ("ih", "hh") for layer in (0, 1))  # not the columns that read the unit back
+    assert score == pytest.approx(rows.double().numpy())
+    baselines.cut_to_budget(wrapped, baselines.l1_scores(wrapped), params=300)
+    assert lumos_fx.prune(wrapped).lstm.hidden_size < 5
+
+
+def test_depgraph_says_why_it_cannot_cut_a_stacked_lstm_or_a_spectral_weight():
+    assert baselines.depgraph_refuses(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))) is None
+    assert baselines.depgraph_refuses(nn.LSTM(3, 4)) is None
+    assert "one-layer recurrent" in baselines.depgraph_refuses(nn.LSTM(3, 4, num_layers=2))
+    spectral = nn.Module()
+    spectral.weight = nn.Parameter(torch.randn(4, 4, 5, dtype=torch.cfloat))
+    assert "complex spectral weights" in baselines.depgraph_refuses(spectral)

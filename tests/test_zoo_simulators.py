@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from models_zoo.braintumor import data as braintumor
+from models_zoo.burgers import data as burgers
 from models_zoo.cosmoflow import data as cosmoflow
 from models_zoo.dms import data as dms
 from models_zoo.emdenoise import data as emdenoise
+from models_zoo.lorenz96 import data as lorenz96
 from models_zoo.molhiv import data as molhiv
 from models_zoo.optical import data as optical
 from models_zoo.ppa import data as ppa
@@ -119,3 +121,71 @@ def test_ppa_generators_differ_in_structure():
     geo = labels == ppa.CLASSES.index("geometric")
     assert max_degree[ba].mean() > max_degree[er].mean() + 2
     assert triangles[geo].mean() > triangles[er].mean() + 0.2
+
+
+def test_lorenz96_rk4_is_fourth_order():
+    x0 = lorenz96.trajectories(4, np.random.default_rng(0))[:, -1]
+    exact = lorenz96.integrate(x0, 0.4, dt=0.4 / 512)
+    errors = [np.abs(lorenz96.integrate(x0, 0.4, dt=dt) - exact).max() for dt in (0.04, 0.02, 0.01)]
+    # halving the step divides the error by 2^4
+    assert all(12 < coarse / fine < 20 for coarse, fine in zip(errors, errors[1:])), errors
+
+
+def test_lorenz96_conserves_energy_in_advection_and_has_lorenz_s_climate():
+    x = np.random.default_rng(1).standard_normal((50, lorenz96.K))
+    # the advection term moves energy between variables: d(|x|^2 / 2)/dt = -|x|^2 + F sum x
+    np.testing.assert_allclose((x * lorenz96.tendency(x)).sum(1), -(x * x).sum(1) + lorenz96.FORCING * x.sum(1),
+                               atol=1e-10)
+    states = lorenz96.trajectories(300, np.random.default_rng(2))
+    assert 2.1 < states.mean() < 2.6 and 3.4 < states.std() < 3.9  # F = 8: mean 2.3, std 3.6
+    # chaos: two states 1e-8 apart separate as e^(lambda t), lambda about 1.7 per time unit for F = 8
+    start = states[:20, -1]
+    apart = np.abs(lorenz96.integrate(start, 8.0) - lorenz96.integrate(start + 1e-8, 8.0)).max(1)
+    assert 1.0 < np.median(np.log(apart / 1e-8)) / 8.0 < 2.5
+
+
+def test_lorenz96_windows_are_trajectory_steps_and_the_extra_channels_carry_nothing():
+    x, y = lorenz96.simulate(400, 3)
+    assert x.shape == (400, lorenz96.WINDOW, len(lorenz96.FEATURES)) and y.shape == (400, lorenz96.K)
+    assert np.array_equal(x, lorenz96.simulate(400, 3)[0]) and not np.array_equal(x, lorenz96.simulate(400, 4)[0])
+    states = lorenz96.trajectories(400, np.random.default_rng(3))
+    mean, std = states.mean(), states.std()
+    np.testing.assert_allclose(x[..., :lorenz96.K] * std + mean, states[:, :lorenz96.WINDOW], rtol=1e-5, atol=1e-4)
+    ahead = lorenz96.integrate(states[:, lorenz96.WINDOW - 1], lorenz96.LEAD * lorenz96.SAMPLE)
+    np.testing.assert_allclose(y * std + mean, ahead, rtol=1e-5, atol=1e-4)
+    extra = x[:, -1, lorenz96.K:]
+    assert max(abs(np.corrcoef(extra[:, i], y[:, k])[0, 1]) for i in range(4) for k in range(lorenz96.K)) < 0.2
+
+
+def cole_hopf(x, t, nu):
+    r"""Burgers' equation solved exactly: :math:`u = -2\nu\, \phi_x / \phi` for the heat
+    equation's :math:`\phi_t = \nu \phi_{xx}`, :math:`\phi = 1 + \sum_m b_m e^{-\nu m^2 t} \cos(m x + c_m)`."""
+    b, m, c = np.array([0.8, 0.15]), np.array([1, 3]), np.array([0.0, 1.0])
+    decay = b[:, None] * np.exp(-nu * m[:, None] ** 2 * t)
+    phi = 1 + (decay * np.cos(m[:, None] * x + c[:, None])).sum(0)
+    phi_x = -(decay * m[:, None] * np.sin(m[:, None] * x + c[:, None])).sum(0)
+    return -2 * nu * phi_x / phi
+
+
+def test_the_burgers_solver_matches_the_cole_hopf_solution():
+    x, nu = burgers.grid(burgers.GRID), burgers.NU
+    u0 = cole_hopf(x, 0.0, nu)
+    assert np.abs(np.gradient(u0, x)).max() > 0.5  # a steep front, not a linear wave
+    np.testing.assert_allclose(burgers.solve(u0[None], 1.0, nu)[0], cole_hopf(x, 1.0, nu), atol=1e-9)
+
+
+def test_burgers_conserves_the_mean_dissipates_energy_and_is_seeded():
+    rng = np.random.default_rng(0)
+    u0 = burgers.initial_states(rng, 6) + rng.uniform(-0.5, 0.5, (6, 1))
+    energy = [(u0 ** 2).mean(1)]
+    for t in (0.5, 1.0):
+        u = burgers.solve(u0, t)
+        np.testing.assert_allclose(u.mean(1), u0.mean(1), atol=1e-12)
+        energy.append((u ** 2).mean(1))
+    assert np.all(np.diff(energy, axis=0) < 0)
+    np.testing.assert_allclose(burgers.solve(u0, dt=burgers.DT / 2), burgers.solve(u0), atol=1e-4)  # converged in dt
+    x, y = burgers.simulate(5, 64, 1)
+    coarse, target = burgers.simulate(5, 32, 1)  # the same solutions on every other point
+    assert np.array_equal(coarse, x[..., ::2]) and np.array_equal(target, y[..., ::2])
+    assert not np.array_equal(x, burgers.simulate(5, 64, 2)[0])
+    np.testing.assert_allclose(x[:, 1], np.broadcast_to(burgers.grid(64) / (2 * np.pi), (5, 64)), atol=1e-7)

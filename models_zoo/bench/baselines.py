@@ -34,13 +34,24 @@ OPEN, CLOSED = 30.0, -30.0
 
 def l1_scores(wrapped) -> dict[int, np.ndarray]:
     """Group id -> per-unit L1 norm of the weights producing each unit's channels (the weight
-    tensors, of two or more dims, of the modules whose outputs are the group's channels)."""
+    tensors, of two or more dims, of the modules whose outputs are the group's channels; a
+    recurrent layer's units are also read back by its own weights, whose columns the unit's
+    gate folds into: those read the unit and are left out)."""
     plan = plan_of(wrapped)
-    target = {n.name: info(n).folded or n.target for n in wrapped.graph.nodes
-              if n.op == "call_module" or info(n).folded is not None}  # a folded gate turned the module call functional
-    producers = {(s.group, target[s.node]) for s in plan.spaces.values() if s.producer and s.node in target}
+    nodes = {n.name: n for n in wrapped.graph.nodes}
+    producers = {(s.group, _owner(nodes[s.node])) for s in plan.spaces.values() if s.producer and s.node in nodes}
+    reads = {key for group in plan.groups for consumer in group.consumers for key in consumer.fold}
     return _scores(wrapped, lambda space, module: (space.group, space.param.rpartition(".")[0]) in producers
-                   and _is_weight(space, wrapped))
+                   and space.key not in reads and _is_weight(space, wrapped))
+
+
+def _owner(node) -> str | None:
+    """The module whose output `node` is: a module call's target (a folded gate turned a
+    module call functional), or the owner of a parameter read in the graph (a recurrent
+    layer written out produces its units from its weights)."""
+    if node.op == "call_module" or info(node).folded is not None:
+        return info(node).folded or node.target
+    return node.target.rpartition(".")[0] if node.op == "get_attr" else None
 
 
 def bn_scores(wrapped) -> dict[int, np.ndarray]:
@@ -136,6 +147,17 @@ def slimming_penalty(model: nn.Module, strength: float = 1e-4):
 
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def depgraph_refuses(model: nn.Module) -> str | None:
+    """Why torch-pruning (1.6) cannot cut `model`, or None: its LSTM pruner asserts one layer,
+    and a complex weight (an FNO's spectral convolution) is a parameter it does not know,
+    which it cuts along its last dim, the Fourier modes."""
+    if any(isinstance(m, nn.RNNBase) and m.num_layers > 1 for m in model.modules()):
+        return "torch-pruning cuts one-layer recurrent layers only"
+    if any(p.is_complex() for p in model.parameters()):
+        return "torch-pruning has no rule for complex spectral weights"
+    return None
 
 
 def depgraph_prune(model: nn.Module, example: tuple, params: int, output_layer: nn.Module) -> nn.Module:

@@ -172,6 +172,9 @@ def _baseline(method: str, workload: Workload, scale: Scale, task: Task, trained
                        desc=f"{workload.name} slimming", device=device)
         return _cut_with_lumos(model, task, baselines.bn_scores, budget), "|gamma| after L1-on-BN training"
     if method == "depgraph":
+        why = baselines.depgraph_refuses(dense)
+        if why is not None:
+            return None, why
         model = copy.deepcopy(dense)
         return baselines.depgraph_prune(model, task.example, budget, baselines.output_layer(model)), \
             "torch-pruning GroupMagnitudeImportance, global"
@@ -189,15 +192,20 @@ def _cut_with_lumos(model, task: Task, score, budget: int):
 
 def feature_correlations(task: Task) -> dict[str, list[float]]:
     """Input name -> per feature, the largest |Pearson r| with any output (tabular inputs
-    against target columns; per-pixel bands against a per-pixel target)."""
+    against target columns, a sequence's last step likewise; per-pixel bands against a
+    per-pixel target)."""
     out = {}
     if task.feature_names is None or isinstance(task.train, Collated):
         return out
     x, y = task.train.inputs[0][:20_000].double(), task.train.target[:20_000].double()
+    if task.info.get("sequence"):  # (n, steps, features)
+        x = x[:, -1]
     if x.dim() == 2:
         xs, ys = x, y.reshape(len(y), -1)
     elif y.dim() == x.dim() - 1:  # per-pixel labels
         xs, ys = x.movedim(1, -1).reshape(-1, x.shape[1]), y.reshape(-1, 1)
+    elif y.shape[2:] == x.shape[2:]:  # per-pixel fields
+        xs, ys = x.movedim(1, -1).reshape(-1, x.shape[1]), y.movedim(1, -1).reshape(-1, y.shape[1])
     else:  # per-sample targets: channel means
         xs, ys = x.flatten(2).mean(-1), y.reshape(len(y), -1)
     with np.errstate(invalid="ignore", divide="ignore"):  # a constant column has no correlation: 0
