@@ -395,3 +395,41 @@ def test_every_gate_setting_on_a_sequential(setting):
     set_gates(wrapped, setting, 1)
     for shrink in (False, True):
         assert_equivalent(wrapped, lumos_fx.prune(wrapped, shrink_inputs=shrink), torch.randn(9, 7), shrink)
+
+
+class FourierFilter(nn.Module):
+    """A Fourier layer written by hand: a learned per-channel filter between torch.fft's
+    transforms over the spatial dims (shifted, as FNOs do), plus a round trip of 1-D ones."""
+
+    def __init__(self, mix_channels=False):
+        super().__init__()
+        self.mix_channels = mix_channels
+        self.a, self.w, self.b = nn.Conv2d(3, 8, 1), nn.Parameter(torch.randn(8, 1, 1)), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.mix_channels:  # every dim, the channels too
+            return self.b(torch.fft.ifftn(torch.fft.fftn(h)).real)
+        f = torch.fft.ifftshift(torch.fft.fftshift(torch.fft.rfft2(h, norm="ortho"), dim=(-2,)) * self.w, dim=-2)
+        h = torch.fft.irfft2(f, s=h.shape[-2:], norm="ortho")
+        return self.b(h + torch.real(torch.fft.ifft(torch.fft.fft(h, dim=-1), dim=-1)))
+
+
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_fourier_transforms_over_the_spatial_dims_pass_the_channels(setting):
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(FourierFilter(), (torch.randn(2, 3, 12, 10),))
+    assert set(lumos_fx.gates(wrapped)) == {"x", "a"}
+    set_gates(wrapped, setting, 0)
+    close(wrapped, "a", [1, 5])
+    pruned = lumos_fx.prune(wrapped)
+    if setting != "closed":
+        assert pruned.w.shape[0] == pruned.a.out_channels <= 6
+    for x in (torch.randn(2, 3, 12, 10), torch.randn(3, 3, 16, 14)):
+        assert_equivalent(wrapped, pruned, x)
+
+
+def test_a_fourier_transform_over_the_channels_keeps_them_with_the_reason():
+    wrapped = lumos_fx.instrument(FourierFilter(mix_channels=True), (torch.randn(2, 3, 12, 10),))
+    assert "a" not in lumos_fx.gates(wrapped)
+    assert any("which include the channel dim 1" in why for why in lumos_fx.summary(wrapped).kept_whole.values())

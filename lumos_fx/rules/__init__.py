@@ -4,7 +4,7 @@ import sys
 
 from . import attention, conv, dims, elementwise, embedding, graph_io, indexing, joins, linear  # noqa: F401
 from . import multihead_attention, norm, pixel_shuffle, recurrent, reshape, shape_reads, spatial  # noqa: F401
-from . import transformer_encoder  # noqa: F401
+from . import spectral, transformer_encoder  # noqa: F401
 from .api import ModuleRule, Rule, Unsupported
 from .registry import REGISTRY, register_rule
 

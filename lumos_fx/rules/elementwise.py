@@ -153,6 +153,7 @@ _ELEMENTWISE_FUNCTIONS = (
     F.relu_, F.elu_, F.celu_, F.selu_, F.leaky_relu_, F.hardtanh_,  # in place (AttentiveFP): the same maps
     torch.relu, torch.tanh, torch.sigmoid, torch.exp, torch.log, torch.log1p, torch.expm1, torch.sin,
     torch.cos, torch.abs, torch.sqrt, torch.rsqrt, torch.square, torch.neg, torch.clamp, torch.clip,
+    torch.real, torch.imag, torch.conj,  # of each complex entry alone (a Fourier layer written by hand)
     torch.erf, torch.sign, torch.reciprocal, torch.nan_to_num, operator.neg, operator.pos,
     # New tensors shaped as their input (noise injection: x + 0.1 * torch.randn_like(x)).
     torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like, torch.randn_like,

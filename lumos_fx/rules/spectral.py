@@ -26,8 +26,9 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from .api import LEAF, Connecting, ModuleRule, Outcome, Pruning, Tracing, Unsupported, arg, const
+from .api import LEAF, Connecting, ModuleRule, Outcome, Pruning, Rule, Tracing, Unsupported, arg, const, normalize_dim
 from .linear import consume_channels
+from .registry import REGISTRY
 
 
 class SpectralConvRule(ModuleRule):
@@ -80,3 +81,39 @@ class SpectralConvRule(ModuleRule):
         if self.refused(module) is None:
             (w_in, d_in), (w_out, d_out) = (dims[0] for dims in self.channel_dims(module))
             module.in_channels, module.out_channels = w_in.shape[d_in], w_out.shape[d_out]
+
+
+class FourierTransform(Rule):
+    r"""The transforms of ``torch.fft`` (``fft``, ``rfft``, ``irfft``, ``hfft`` ..., their 2-D
+    and n-D forms) and ``fftshift`` / ``ifftshift``, over dims other than the channels:
+
+    .. math::
+        y_{\dots, c, \dots} = \mathcal{F}\big(x_{\dots, c, \dots}\big),
+
+    each channel transformed alone, linear, with :math:`\mathcal{F}(0) = 0`: output channel
+    :math:`c` is input channel :math:`c`. A transform over the channel dim (``fftn`` with no
+    ``dim`` and no ``s`` takes every dim) mixes them: refused."""
+
+    def __init__(self, dim_at: int, default) -> None:
+        self.dim_at, self.default = dim_at, default  # where `dim` is passed positionally, its default
+
+    def connect(self, node: fx.Node, an: Connecting) -> None:
+        src = an.space(node.args[0])
+        if src is None:
+            return
+        ndim = len(an.shape(node.args[0]))
+        dims = arg(node, self.dim_at, "dim", self.default)
+        if dims is None:  # the n-D forms: the last len(s) dims, or every dim
+            s = arg(node, 1, "s")
+            dims = range(ndim - len(s), ndim) if s is not None else range(ndim)
+        dims = {normalize_dim(d, ndim) for d in ([dims] if isinstance(dims, int) else dims)}
+        if src.dim in dims or len(an.shape(node)) != ndim:
+            raise Unsupported(f"transforms over dims {sorted(dims)}, which include the channel dim {src.dim}")
+        an.follow(node, src, src.dim)
+
+
+_KINDS = ("fft", "ifft", "rfft", "irfft", "hfft", "ihfft")
+REGISTRY.register(FourierTransform(2, -1), *(getattr(torch.fft, kind) for kind in _KINDS))
+REGISTRY.register(FourierTransform(2, (-2, -1)), *(getattr(torch.fft, f"{kind}2") for kind in _KINDS))
+REGISTRY.register(FourierTransform(2, None), *(getattr(torch.fft, f"{kind}n") for kind in _KINDS))
+REGISTRY.register(FourierTransform(1, None), torch.fft.fftshift, torch.fft.ifftshift)
