@@ -433,3 +433,33 @@ def test_a_fourier_transform_over_the_channels_keeps_them_with_the_reason():
     wrapped = lumos_fx.instrument(FourierFilter(mix_channels=True), (torch.randn(2, 3, 12, 10),))
     assert "a" not in lumos_fx.gates(wrapped)
     assert any("which include the channel dim 1" in why for why in lumos_fx.summary(wrapped).kept_whole.values())
+
+
+class Checked(nn.Module):
+    """A model that checks its input's channel count before using it, as library models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.d = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        if x.shape[1] != self.c.in_channels or x.size(1) < 1:
+            raise ValueError(f"expected {self.c.in_channels} channels")
+        return self.d(torch.relu(self.c(x)))
+
+
+@pytest.mark.parametrize("setting", GATE_SETTINGS)
+def test_a_checked_feature_count_of_a_model_input_leaves_its_features_selectable(setting):
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(Checked(), (torch.randn(2, 3, 12, 10),))
+    assert "x" in lumos_fx.gates(wrapped)
+    set_gates(wrapped, setting, 0)
+    close(wrapped, "x", [1])
+    pruned = lumos_fx.prune(wrapped)
+    x = torch.randn(3, 3, 16, 14)
+    assert_equivalent(wrapped, pruned, x)  # the check reads the count the input had
+    if lumos_fx.summary(wrapped).features["x"][0]:  # a model taking the kept channels only
+        shrunk = lumos_fx.prune(wrapped, shrink_inputs=True)
+        (kept,) = shrunk.kept_feature_indices.values()
+        with torch.no_grad():
+            assert max_rel_error(shrunk(x[:, kept]), wrapped.eval()(x)) <= 1e-4

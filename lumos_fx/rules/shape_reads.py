@@ -22,7 +22,9 @@ class ShapeRead(Rule):
     ``x.dtype`` ... Reading a non-channel size is fine; reading the channel count (whose
     value pruning changes) keeps the channels, unless it is only ever the target size of a
     view, reshape or expand (``x.view(-1, x.size(-1))``), whose rule ties it to the channels it
-    sizes or refuses it."""
+    sizes or refuses it, or it is a model input's feature count that is only ever checked
+    (``if x.shape[1] != self.in_channels: raise``, a guard of the trace): the pruned model
+    still takes every feature, so the check reads the count the input had."""
 
 
     def connect(self, node: fx.Node, an: Connecting) -> None:
@@ -45,7 +47,7 @@ class ShapeRead(Rule):
             an.accept(src)
         elif any(not isinstance(d, int) for d in dims):
             an.block(src, f"its channel count is read by {an.describe(node)}")
-        elif src.dim in [normalize_dim(d, ndim) for d in dims] and not _only_sizes(node):
+        elif src.dim in [normalize_dim(d, ndim) for d in dims] and not (_only_sizes(node) or _input_checked(node)):
             an.block(src, f"its channel count is read by {an.describe(node)}")
         else:
             an.accept(src)
@@ -66,6 +68,16 @@ class ShapeRead(Rule):
         found through the permutes, transposes and reshapes that made the cut tensor if need
         be, or dim by dim off several."""
         x = node.args[0]
+        if x.op == "placeholder" and pc.space(x) is not None and shape_query(node) in ("size", "shape"):
+            dim, ndim = pc.space(x).dim, len(shape_of(x))
+            if _reads_one_size(node):
+                reads = [node] if normalize_dim(arg(node, 1, "dim"), ndim) == dim else []
+            else:
+                reads = [u for u in node.users if [normalize_dim(d, ndim) for d in dims_indexed(u, ndim) or ()] == [dim]]
+            if reads and all(_input_checked(r) for r in reads):  # checks of the feature count: the one it had
+                self._read_dim_as(node, dim, shape_of(x)[dim], pc)
+                if not node.users:
+                    return EMPTY
         if not (pc.is_empty(x) or pc.is_const(x)):
             return LIVE
         what = shape_query(node)
@@ -249,6 +261,22 @@ def _only_sizes(node: fx.Node) -> bool:
         elif target_name(user) not in ("view", "reshape", "expand") or user.args[0] is node:
             return False
     return bool(node.users)
+
+
+def _input_checked(node: fx.Node) -> bool:
+    """Whether `node`, a read of one size of a model input (``x.size(1)``, ``x.shape[1]``), is
+    only ever compared, the comparison feeding the trace's guards (``torch._assert``) alone."""
+    source = node.args[0] if _reads_one_size(node) else node.args[0].args[0]
+    return source.op == "placeholder" and bool(node.users) and all(_feeds_guards_only(user) for user in node.users)
+
+
+_COMPARISONS = (operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge)
+
+
+def _feeds_guards_only(node: fx.Node) -> bool:
+    if node.op != "call_function" or node.target not in _COMPARISONS + (operator.not_,):
+        return False
+    return bool(node.users) and all(user.target is torch._assert or _feeds_guards_only(user) for user in node.users)
 
 
 def _reads_one_size(node: fx.Node) -> bool:
