@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) -m models_zoo.bench.budget --out results
 	$(PY) -m models_zoo.bench.budget --kind flops --workloads dms stemdl --targets 0.5 0.2 --out results
 	$(PY) -m models_zoo.bench.overhead --out results
+	$(PY) -m models_zoo.bench.round_to --out results
 
 bench-smoke: $(STAMP)
 	$(PY) -m models_zoo.bench --scale smoke --out out/bench-smoke

@@ -44,6 +44,7 @@ from .config import Config
 from .errors import InputError
 from .fxutil import module_device
 from .plan import gate_modules, plan_of
+from .rounding import rounder
 
 BUDGET = "lumos_budget"
 WHAT = {"params": "prunable parameters", "flops": "FLOPs of the gated layers"}
@@ -134,11 +135,12 @@ def snap_to_budget(wrapped: fx.GraphModule) -> Snap | None:
     cost = cost_model(plan, budget.kind)
     gates = gate_modules(wrapped)
     tol = plan.config.budget_tolerance
+    rounded = rounder(wrapped)  # prune() rounds the widths after the snap: count them as they will be
     with torch.no_grad():
         open_now = {gid: (g.eval_value() > 0) for gid, g in gates.items()}
 
         def kept(masks) -> float:
-            return float(cost.expected({g: m.to(torch.float64) for g, m in masks.items()})) / cost.total
+            return float(cost.expected({g: m.to(torch.float64) for g, m in rounded(masks).items()})) / cost.total
 
         if cost.total == 0:
             return Snap(budget.target, 1.0, 1.0, kind=budget.kind)

@@ -10,6 +10,7 @@ from torch import fx
 from .budget import Budget, budget_of, cost_model
 from .errors import GateError, TrainingError
 from .plan import GATES, gate_modules, gates, plan_of
+from .rounding import rounded_probabilities
 
 
 def expected_alive(wrapped: fx.GraphModule) -> tuple[torch.Tensor, int]:
@@ -38,7 +39,7 @@ def _counted(wrapped: fx.GraphModule):
 def _kept(wrapped: fx.GraphModule, cost) -> torch.Tensor:
     if cost.total == 0:
         return torch.ones(())
-    return cost.joined(wrapped.get_submodule(GATES).prob_joined()) / cost.total
+    return cost.joined(rounded_probabilities(wrapped, wrapped.get_submodule(GATES).prob_joined())) / cost.total
 
 
 def complexity_loss(wrapped: fx.GraphModule) -> torch.Tensor:

@@ -6,6 +6,7 @@ import difflib
 import math
 import numbers
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import torch
@@ -73,6 +74,11 @@ class Config:
     the target from 1 to the budget; ``budget_lr`` is the multipliers' learning rate;
     prune() snaps the gates to the target when they miss it by more than ``budget_tolerance``.
 
+    Widths: ``round_to`` makes every pruned width a multiple of it (or the full width;
+    1: any width), per layer overridden by ``round_to_modules``, a dict from specs (the three
+    kinds ``leaf_modules`` takes) to ints: ``{"head": 1, nn.Conv2d: 16}`` (see
+    :mod:`lumos_fx.rounding`).
+
     Tracer: ``leaf_modules`` are modules torch.fx must not trace into, given as qualified
     names (``"encoder.block1"``), classes, or a predicate ``f(module, qualified_name)``.
     A leaf with no registered rule keeps every channel it touches. With ``auto_leaves`` (the
@@ -108,6 +114,8 @@ class Config:
     leaf_modules: Sequence[LeafSpec] = field(default_factory=tuple)
     frozen: Sequence[LeafSpec] = field(default_factory=tuple)
     auto_leaves: bool = True
+    round_to: int = 1
+    round_to_modules: Mapping[LeafSpec, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Check every field, so that a bad setting fails here, naming itself, and not as a
@@ -122,6 +130,7 @@ class Config:
             _check_specs(name, getattr(self, name))
         if not isinstance(self.auto_leaves, bool):
             raise TypeError(f"Config.auto_leaves must be True or False, got {self.auto_leaves!r}")
+        _check_multiples(self.round_to_modules)
 
     @property
     def budget(self) -> tuple[str, float] | None:
@@ -178,6 +187,7 @@ _NUMBERS: dict[str, _Rule] = {
     "budget_warmup": _Rule(numbers.Integral, lambda v: v >= 0, "an int >= 0 (training steps)"),
     "budget_lr": _Rule(numbers.Real, lambda v: v > 0, "a finite number > 0"),
     "budget_tolerance": _Rule(numbers.Real, lambda v: 0 <= v < 1, "a finite number, 0 <= budget_tolerance < 1"),
+    "round_to": _Rule(numbers.Integral, lambda v: v >= 1, "an int >= 1 (1: pruned widths are not rounded)"),
 }
 
 
@@ -217,6 +227,18 @@ def _check_specs(name: str, specs: Any) -> None:
         problem = _spec_problem(spec)
         if problem is not None:
             raise TypeError(f"Config.{name}[{i}] {problem}")
+
+
+def _check_multiples(overrides: Any) -> None:
+    """``round_to_modules`` maps module specs to multiples: ``{"head": 1, nn.Conv2d: 16}``."""
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"Config.round_to_modules must be a dict from module specs (qualified names, nn.Module "
+                        f"classes or predicates f(module, name)) to ints >= 1; got {overrides!r}")
+    for spec, multiple in overrides.items():
+        problem = _spec_problem(spec)
+        if problem is not None:
+            raise TypeError(f"Config.round_to_modules key {spec!r} {problem}")
+        _check_number(f"round_to_modules[{spec!r}]", multiple, _NUMBERS["round_to"])
 
 
 def _spec_problem(spec: Any) -> str | None:

@@ -28,6 +28,7 @@ from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from .budget import budget_of, snap_to_budget
+from .rounding import round_widths
 from .channels import HeadDimsKey, PartKey, Space
 from .errors import GateError, NotInstrumentedError, PruneError
 from .fxutil import copy_instrumented, describe, fetch_attr, free_attr_name, shape_of
@@ -546,7 +547,8 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
     plan = plan_of(wrapped)
     z = eval_gate_values(wrapped)  # non-finite gates are an error before the snap reads them
     snap = snap_to_budget(wrapped)
-    if snap is not None and (snap.closed or snap.reopened):
+    rounded = round_widths(wrapped)
+    if snap is not None and (snap.closed or snap.reopened) or rounded:
         z = eval_gate_values(wrapped)
     keep = _masks(plan, z)
     pruned = cut(wrapped, keep, z, shrink_inputs)
@@ -582,7 +584,7 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
             "This is a bug in a lumos_fx rule; please report it with the model."
         )
     pruned.meta["lumos_example_inputs"] = inputs  # export traces what it writes out on them
-    pruned.meta["lumos_summary"] = build_summary(wrapped, pruned, keep, flops, fixed_size, snap, assumptions)
+    pruned.meta["lumos_summary"] = build_summary(wrapped, pruned, keep, flops, fixed_size, snap, assumptions, rounded)
     return pruned
 
 

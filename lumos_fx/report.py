@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .budget import Snap
 from .plan import GATES, plan_of
+from .rounding import Rounded
 from .verify import eval_mode
 
 
@@ -38,6 +39,7 @@ class Summary:
     ungated: dict[str, str] = field(default_factory=dict)  # input -> why its features have no gate
     assumptions: list[str] = field(default_factory=list)  # what the pruned model's guards check on its inputs
     one_op: dict[str, str] = field(default_factory=dict)  # submodule fx could not trace into -> the error
+    rounded: list[Rounded] = field(default_factory=list)  # widths Config(round_to=...) rounded up
 
     def __str__(self) -> str:
         width = max([len(r.name) for r in self.groups] + [5])
@@ -51,6 +53,9 @@ class Summary:
                      f"({_ratio(self.flops_after, self.flops_before)}, forward on example_inputs)")
         if self.budget is not None:
             lines.append(str(self.budget))
+        for multiple in sorted({r.multiple for r in self.rounded}):
+            lines.append(f"widths rounded up to multiples of {multiple} channels: "
+                         f"{', '.join(str(r) for r in self.rounded if r.multiple == multiple)}")
         for name, (kept, removed) in self.features.items():
             lines.append(f"input '{name}': kept {len(kept)} of {len(kept) + len(removed)} features: {', '.join(kept)}")
             if removed:
@@ -92,7 +97,7 @@ def count_params(model: torch.nn.Module) -> int:
 
 def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[int, np.ndarray],
                   flops_after: int, fixed_size: list[str], budget: Snap | None = None,
-                  assumptions: list[str] = ()) -> Summary:
+                  assumptions: list[str] = (), rounded: list[Rounded] = ()) -> Summary:
     """The summary of a cut; `flops_after` is the pruned model's forward FLOPs on example_inputs."""
     plan = plan_of(wrapped)
     rows = []
@@ -125,6 +130,7 @@ def build_summary(wrapped: fx.GraphModule, pruned: fx.GraphModule, keep: dict[in
         ungated=ungated,
         assumptions=list(assumptions),
         one_op=dict(plan.auto_leaves),
+        rounded=list(rounded),
     )
 
 

@@ -553,6 +553,7 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
     """
     bound = bind(model, example_inputs)
     check_module_names(config.leaf_modules, model, "leaf_modules")
+    check_module_names(list(config.round_to_modules), model, "round_to_modules")
     _refuse_lazy(model)
     if pyg_trace.loaded():
         pyg_trace.register_rules()

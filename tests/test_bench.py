@@ -83,6 +83,16 @@ def test_the_budget_and_overhead_benchmarks_run(tmp_path):
     assert json.loads((tmp_path / "overhead.json").read_text())[0]["workload"] == "cfd"
 
 
+def test_the_round_to_benchmark_rounds_the_widths_it_times(tmp_path):
+    from models_zoo.bench import round_to
+
+    rows = round_to.main(["--workloads", "cfd", "--scale", "smoke", "--repeats", "3", "--multiples", "1", "8",
+                          "--out", str(tmp_path)])
+    assert {(r["round_to"], r["batch"]) for r in rows} == {(1, 1), (8, 1), (1, 256), (8, 256)}
+    assert all(r["speedup"] > 0 and r["flops_pruned"] < r["flops_dense"] for r in rows)
+    assert "| cfd | MLP | 1 | 8 |" in (tmp_path / "round_to.md").read_text()
+
+
 def test_the_zoo_command_lists_and_trains(tmp_path, capsys, monkeypatch):
     from models_zoo.__main__ import main as zoo
 

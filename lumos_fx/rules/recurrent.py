@@ -325,7 +325,7 @@ class CellCall(Rule):
 
 
 def _lstm_layer_flops(input_shape, w_ih_shape, w_hh_shape, *args, out_shape=None, **kwargs) -> int:
-    """FLOPs of one direction of one layer of ``nn.LSTM`` on the CPU kernel, which torch's
+    r"""FLOPs of one direction of one layer of ``nn.LSTM`` on the CPU kernel, which torch's
     FlopCounterMode has no formula for: both products of every step,
     :math:`2\,T B\, (4H \cdot I + 4H \cdot H)`, as it counts a GRU's."""
     steps_times_batch = input_shape[0] * input_shape[1]

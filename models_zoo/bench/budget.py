@@ -81,10 +81,9 @@ def main(argv=None) -> list[dict]:
             print(f"{name:<10} target {target:>5.0%}  kept {r['kept_by_gates']:.1%} (gates), "
                   f"{r['kept_physical']:.1%} (physical)  {r['metric']} {r['metric_pruned']:.4f}", flush=True)
     stem = "budget" if args.kind == "params" else f"budget_{args.kind}"
-    report.write_json(out / f"{stem}.json", rows)
-    (out / f"{stem}.md").write_text(
-        f"# Budgets: {WHAT[args.kind]}\n\nScale `{args.scale}`, seed {args.seed}; `Config(target_{args.kind}=t)`, "
-        "every other setting the default. FLOPs: forward on the example input, FlopCounterMode.\n\n" + markdown(rows))
+    report.write_table(out, stem, rows, f"Budgets: {WHAT[args.kind]}",
+                       f"Scale `{args.scale}`, seed {args.seed}; `Config(target_{args.kind}=t)`, every other setting "
+                       "the default. FLOPs: forward on the example input, FlopCounterMode.", markdown(rows))
     return rows
 
 

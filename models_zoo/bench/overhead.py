@@ -69,13 +69,10 @@ def run(name: str, scale_name: str = "cpu", repeats: int = 60, warmup: int = 5, 
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| workload | model | batch | step plain ms | step lumos ms | ratio | gates | gate parameters | of model |",
-             "|---" * 9 + "|"]
-    for r in rows:
-        lines.append(f"| {r['workload']} | {r['family']} | {r['batch']} | {r['step_plain_ms']:.2f} "
-                     f"| {r['step_lumos_ms']:.2f} | {r['ratio']:.3f}x | {r['gates']} | {r['gate_params']:,} "
-                     f"| {r['gate_fraction']:.2%} |")
-    return "\n".join(lines) + "\n"
+    return report.md_table(
+        ["workload", "model", "batch", "step plain ms", "step lumos ms", "ratio", "gates", "gate parameters", "of model"],
+        [[r["workload"], r["family"], r["batch"], f"{r['step_plain_ms']:.2f}", f"{r['step_lumos_ms']:.2f}",
+          f"{r['ratio']:.3f}x", r["gates"], f"{r['gate_params']:,}", f"{r['gate_fraction']:.2%}"] for r in rows])
 
 
 def main(argv=None) -> list[dict]:
@@ -89,10 +86,9 @@ def main(argv=None) -> list[dict]:
             for name in args.workloads for f in args.batch_factors]
     text = markdown(rows)
     print(text, end="")
-    report.write_json(out / "overhead.json", rows)
-    (out / "overhead.md").write_text(
-        f"# Training-step overhead\n\nScale `{args.scale}`, {torch.get_num_threads()} CPU threads, torch "
-        f"{torch.__version__}; medians of {args.repeats} interleaved steps.\n\n" + text)
+    report.write_table(out, "overhead", rows, "Training-step overhead",
+                       f"Scale `{args.scale}`, {torch.get_num_threads()} CPU threads, torch {torch.__version__}; "
+                       f"medians of {args.repeats} interleaved steps.", text)
     return rows
 
 

@@ -12,6 +12,19 @@ def write_json(path: Path, rows: list[dict]) -> None:
     path.write_text(json.dumps(rows, indent=2) + "\n")
 
 
+def md_table(columns: list[str], cells: list[list]) -> str:
+    """A Markdown table: a header of `columns`, then one row per list of `cells` (as str())."""
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(out: Path, stem: str, rows: list[dict], title: str, preamble: str, table: str) -> None:
+    """``<stem>.json`` (the rows) and ``<stem>.md`` (a title, how it was measured, the table) in `out`."""
+    write_json(out / f"{stem}.json", rows)
+    (out / f"{stem}.md").write_text(f"# {title}\n\n{preamble}\n\n{table}")
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b else float("inf")
 
