@@ -35,7 +35,10 @@ def test_the_smoke_benchmark_runs_every_workload_and_writes_every_result(tmp_pat
         assert "metric_value" in methods["lumos+ft"], methods["lumos+ft"]
         for b in methods.values():
             assert "skipped" in b or b["params"] <= b["params_dense"]
-    assert "| cfd |" in (tmp_path / "bench.md").read_text()
+    text = (tmp_path / "bench.md").read_text()
+    assert "| cfd |" in text
+    realised = text.split("## How much of the FLOP cut the hardware realised")[1].split("##")[0]
+    assert all(f"| {name} |" in realised for name in NAMES)  # FLOP ratio, speedups and their share, per workload
     assert (tmp_path / "fig9_before_after.png").stat().st_size > 0
     assert (tmp_path / "fig10_features.png").stat().st_size > 0
 

@@ -59,6 +59,8 @@ def markdown(rows: list[dict], baselines: list[dict], header: str) -> str:
                      f"{statistics.mean(_ratio(r['latency_b1_dense_ms'], r['latency_b1_lumos_ms']) for r in rows):.2f}x, "
                      "large batch "
                      f"{statistics.mean(_ratio(r['latency_large_dense_ms'], r['latency_large_lumos_ms']) for r in rows):.2f}x.")
+    if rows:
+        lines += ["\n## How much of the FLOP cut the hardware realised\n", _realised(rows)]
     if baselines:
         lines += ["\n## Baselines at Lumos's parameter count\n",
                   "| workload | metric | " + " | ".join(METHODS) + " |", "|---" * (2 + len(METHODS)) + "|"]
@@ -81,6 +83,21 @@ def markdown(rows: list[dict], baselines: list[dict], header: str) -> str:
             lines.append(f"| {r['workload']} | {r['features_total']} | {r['features_kept']} "
                          f"| {len(r['informative_kept'])} | {', '.join(r['uninformative_kept']) or 'none'} |")
     return "\n".join(lines) + "\n"
+
+
+def _realised(rows: list[dict]) -> str:
+    """Per workload, the FLOP ratio (dense over pruned) beside the measured CPU speedups and
+    the share of it each realised (speedup over FLOP ratio: 100% is a latency that fell with
+    the FLOPs)."""
+    cells = []
+    for r in rows:
+        flop_ratio = _ratio(r["flops_dense"], r["flops_lumos"])
+        b1 = _ratio(r["latency_b1_dense_ms"], r["latency_b1_lumos_ms"])
+        large = _ratio(r["latency_large_dense_ms"], r["latency_large_lumos_ms"])
+        cells.append([r["workload"], f"{flop_ratio:.2f}x", f"{b1:.2f}x", f"{b1 / flop_ratio:.0%}",
+                      f"{large:.2f}x (batch {r['large_batch']})", f"{large / flop_ratio:.0%}"])
+    return md_table(["workload", "FLOP ratio", "CPU speedup b1", "realised b1", "CPU speedup large", "realised large"],
+                    cells).rstrip("\n")
 
 
 METHODS = ("lumos", "lumos+ft", "l1", "slimming", "depgraph")
