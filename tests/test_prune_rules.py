@@ -119,6 +119,16 @@ def test_a_channel_less_input_of_a_cat_gives_channels_of_its_own(setting):
         assert_equivalent(wrapped, pruned, x)
 
 
+def test_a_constant_joined_to_a_channel_less_part_that_closed_is_the_constant_alone():
+    torch.manual_seed(0)
+    wrapped = lumos_fx.instrument(WithGrid(), (torch.randn(2, 3, 10),))
+    close(wrapped, "x", [0, 1, 2])  # a's input gone: its branch is the constant relu(bias)
+    close(wrapped, "a", [6, 7, 8])  # every grid channel closed
+    pruned = lumos_fx.prune(wrapped)
+    assert count_params(pruned) == 0  # c of a constant is a constant
+    assert_equivalent(wrapped, pruned, torch.randn(5, 3, 10))
+
+
 class Splits(nn.Module):
     def __init__(self, how):
         super().__init__()

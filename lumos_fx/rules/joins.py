@@ -55,16 +55,15 @@ class Cat(Rule):
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         tensors = [self._cut_part(node, i, t, pc) for i, t in enumerate(arg(node, 0, "tensors"))]
-        set_arg(node, 0, "tensors", tensors)
         out = pc.space(node)
         on_channels = normalize_dim(arg(node, 1, "dim", 0), len(shape_of(node))) == out.dim
         nonempty = [t for t in tensors if t is not None and not pc.is_empty(t)]
         if on_channels and all(pc.is_const(t) for t in nonempty):
             # Constants in broadcast form concatenate along the channel dim exactly; an empty
-            # input's channels are all cut, so zeros stand in for them.
+            # input's channels (or a part's, all closed) are all cut, so zeros stand in for them.
             like = pc.const(nonempty[0])
-            parts = [pc.const(t) if pc.is_const(t) else pc.broadcast_form(t, like.new_zeros(pc.space(t).size))
-                     for t in tensors]
+            parts = [pc.const(t) if t is not None and pc.is_const(t) else pc.broadcast_form(node, like.new_zeros(
+                (pc.space(t) if t is not None else pc.part(node, i)).size)) for i, t in enumerate(tensors)]
             shape = list(torch.broadcast_shapes(*(p.shape[:out.dim] + (1,) + p.shape[out.dim + 1:] for p in parts)))
             full = [p.expand(shape[:out.dim] + [p.shape[out.dim]] + shape[out.dim + 1:]) for p in parts]
             return const(torch.cat(full, dim=out.dim))
