@@ -85,12 +85,13 @@ def _reads(node: fx.Node) -> list[fx.Node]:
 
 def _why_one_op(node: fx.Node, module: nn.Module) -> str | None:
     """Why a call of `module` stays one op (its hidden units kept), or None."""
+    x = node.args[0] if node.args else None
+    batched = not node.kwargs and len(node.args) <= 2 and shape_of(x) is not None
     if isinstance(module, nn.RNNCellBase):  # a batched step with positional arguments is written out
-        return "called on an unbatched step or with keyword arguments"
+        return None if batched and len(shape_of(x)) == 2 else "called on an unbatched step or with keyword arguments"
     if module.proj_size:
         return "proj_size projects the hidden state (kept whole)"
-    x = node.args[0] if node.args else None
-    if node.kwargs or len(node.args) > 2 or shape_of(x) is None or len(shape_of(x)) != 3:
+    if not batched or len(shape_of(x)) != 3:
         return "called on a PackedSequence, an unbatched input or with keyword arguments"
     if any(u.op != "call_function" or u.target is not operator.getitem for u in node.users):
         return "its output is read other than by its pieces"
@@ -233,19 +234,20 @@ def _zero_state(value) -> bool:
         value.target == "new_zeros"
 
 
-_CELL_KERNELS = {"LSTMCell": "lstm_cell", "GRUCell": "gru_cell", "RNNCell": None}
-
-
-def run_cell(x, hx, w_ih, w_hh, b_ih, b_hh, *, cell: str, kind: str, nonlinearity: str):
-    """The forward of recurrent cell `cell` (an ``LSTMCell``, ``GRUCell`` or ``RNNCell``, of
-    class `kind`) on a batch step `x` and state `hx` (None: zeros), with its weights."""
+def run_cell(x, hx, w_ih, w_hh, b_ih, b_hh, *, cell: str, kernel: str):
+    """The forward of recurrent cell `cell` (an ``LSTMCell``, ``GRUCell`` or ``RNNCell``, whose
+    forward calls ``torch._VF.<kernel>``) on a batch step `x` and state `hx` (None: zeros),
+    with its weights."""
     if hx is None:
         h = x.new_zeros(x.shape[0], w_hh.shape[1])
-        hx = (h, h) if kind == "LSTMCell" else h
-    if kind == "LSTMCell":
-        return torch._VF.lstm_cell(x, hx, w_ih, w_hh, b_ih, b_hh)
-    kernel = _CELL_KERNELS[kind] or f"rnn_{nonlinearity}_cell"
+        hx = (h, h) if kernel == "lstm_cell" else h
     return getattr(torch._VF, kernel)(x, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def _cell_kernel(module: nn.RNNCellBase) -> str:
+    if isinstance(module, nn.LSTMCell):
+        return "lstm_cell"
+    return "gru_cell" if isinstance(module, nn.GRUCell) else f"rnn_{module.nonlinearity}_cell"
 
 
 class CellRule(RecurrentRule):
@@ -254,24 +256,18 @@ class CellRule(RecurrentRule):
 
     def write_out(self, node: fx.Node, gm: fx.GraphModule) -> bool:
         module = gm.get_submodule(node.target)
-        x = node.args[0] if node.args else None
-        if node.kwargs or len(node.args) > 2 or shape_of(x) is None or len(shape_of(x)) != 2:
-            return False  # unbatched or called with keywords: one op, hidden units kept
+        if _why_one_op(node, module) is not None:
+            return False
         graph = gm.graph
         with graph.inserting_before(node):
             weights = [graph.get_attr(f"{node.target}.{name}") if getattr(module, name) is not None else None
                        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
             hx = node.args[1] if len(node.args) > 1 else None
-            if isinstance(hx, fx.Node) and kind_of(module) == "LSTMCell":  # the tuple a step returned
+            if isinstance(hx, fx.Node) and isinstance(module, nn.LSTMCell):  # the tuple a step returned
                 hx = tuple(graph.call_function(operator.getitem, (hx, i)) for i in (0, 1))
-        node.kwargs = {"cell": node.target, "kind": kind_of(module),
-                       "nonlinearity": getattr(module, "nonlinearity", "tanh")}
-        node.op, node.target, node.args = "call_function", run_cell, (x, hx, *weights)
+        node.kwargs = {"cell": node.target, "kernel": _cell_kernel(module)}
+        node.op, node.target, node.args = "call_function", run_cell, (node.args[0], hx, *weights)
         return True
-
-
-def kind_of(module: nn.Module) -> str:
-    return next(k for k in (nn.LSTMCell, nn.GRUCell, nn.RNNCell) if isinstance(module, k)).__name__
 
 
 class CellCall(Rule):
