@@ -52,6 +52,11 @@ class SpectralConvRule(ModuleRule):
         """Why this layer keeps its channels, or None."""
         return None
 
+    def separable(self, module: nn.Module) -> bool:
+        r"""Whether each output channel reads its own input channel alone,
+        :math:`\hat y_{c,k} = W_{c,k} (\mathcal{F} x)_{c,k}` (in and out channels the same tensors)."""
+        return False
+
     def tracing(self, module: nn.Module) -> Tracing:
         return LEAF
 
@@ -61,12 +66,22 @@ class SpectralConvRule(ModuleRule):
         if why is not None:
             raise Unsupported(why)
         ins, outs = self.channel_dims(module)
-        out = an.new_space(node, 1, producer=True)
+        x = arg(node, 0, "x")
+        if self.separable(module):  # a per-channel layer: its channels are its input's
+            src = an.space(x)
+            if src is None:
+                return
+            if src.dim != 1:
+                raise Unsupported(f"a separable spectral convolution reads dim 1, its input's channels are at dim "
+                                  f"{src.dim}")
+            out = an.follow(node, src, 1)
+        else:
+            out = an.new_space(node, 1, producer=True)
+            consume_channels(node, x, [an.param_space(t, dim) for t, dim in ins], an, dim=1)
         for tensor, dim in outs:
             an.tie(out, an.param_space(tensor, dim))
         if self.bias(module) is not None:
             an.tie(out, an.param_space(self.bias(module), 0))
-        consume_channels(node, arg(node, 0, "x"), [an.param_space(t, dim) for t, dim in ins], an, dim=1)
 
     def prune(self, node: fx.Node, pc: Pruning) -> Outcome:
         module = pc.module(node)

@@ -10,9 +10,8 @@ import copy
 
 import torch
 from neuralop.layers.spectral_convolution import SpectralConv, _contract_dense, _contract_dense_separable
-from torch import fx, nn
+from torch import nn
 
-from .api import Connecting, Unsupported, arg
 from .registry import REGISTRY
 from .spectral import SpectralConvRule
 
@@ -72,19 +71,8 @@ class NeuralopSpectralConv(SpectralConvRule):
     def refused(self, module: SpectralConv) -> str | None:
         return "complex data is kept whole" if module.complex_data else None
 
-    def connect(self, node: fx.Node, an: Connecting) -> None:
-        module = an.module(node)
-        if not module.separable:
-            return super().connect(node, an)
-        x = arg(node, 0, "x")
-        src = an.space(x)
-        if src is None:
-            return
-        if src.dim != 1:
-            raise Unsupported(f"a separable spectral convolution reads dim 1, its input's channels are at dim {src.dim}")
-        out = an.follow(node, src, 1)
-        for tensor, dim in self.channel_dims(module)[0] + ([(module.bias, 0)] if module.bias is not None else []):
-            an.tie(out, an.param_space(tensor, dim))
+    def separable(self, module: SpectralConv) -> bool:
+        return module.separable
 
     def resize(self, module: nn.Module) -> None:
         super().resize(module)
