@@ -114,23 +114,36 @@ def rounded_probabilities(wrapped: fx.GraphModule, joined: torch.Tensor) -> torc
     expected kept units :math:`E` rounded up to its multiple, :math:`\lceil E / m \rceil m`
     (at most 1 each), with the gradient of the probabilities themselves (a straight-through
     estimate: the rounding has none)."""
-    multiples = unit_multiples(wrapped)
-    if not multiples:
+    if not unit_multiples(wrapped):
         return joined
-    plan, bank = plan_of(wrapped), wrapped.get_submodule(GATES)
-    starts, offset = {}, 0
-    for key, gate in bank.items():
-        starts[key] = (offset, gate.n)
-        offset += gate.n
+    group, units, sizes = _segments(wrapped, joined.device)
     with torch.no_grad():
-        scale = torch.ones_like(joined)
-        for gid, (units, _, _) in multiples.items():
-            start, n = starts[plan.gate_keys[gid]]
-            expected = joined[start:start + n].sum()
-            rounded = torch.clamp(torch.ceil(expected / units - 1e-6) * units, max=n)
-            scale[start:start + n] = rounded / expected.clamp(min=1e-12)
-        value = torch.clamp(joined * scale, max=1.0)
+        expected = joined.new_zeros(len(units) + 1).index_add(0, group, joined)[:-1]
+        rounded = torch.minimum(torch.ceil(expected / units - 1e-6) * units, sizes)
+        ratio = torch.cat([rounded / expected.clamp(min=1e-12), joined.new_ones(1)])  # the last: not rounded
+        value = torch.clamp(joined * ratio[group], max=1.0)
     return joined + (value - joined).detach()
+
+
+def _segments(wrapped: fx.GraphModule, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For the joined probabilities (a training step asks; found once per device): each unit's
+    rounded group (its index among them, or their count for a unit not rounded), and each
+    rounded group's multiple of units and its size."""
+    cache = wrapped.meta.setdefault("lumos_rounding_segments", {})
+    if device not in cache:
+        plan, multiples = plan_of(wrapped), unit_multiples(wrapped)
+        offsets, offset = {}, 0
+        for key, gate in wrapped.get_submodule(GATES).items():
+            offsets[key], offset = offset, offset + gate.n
+        group = torch.full((offset,), len(multiples), dtype=torch.long)
+        sizes = []
+        for i, gid in enumerate(multiples):
+            start, n = offsets[plan.gate_keys[gid]], plan.groups[gid].n_units
+            group[start:start + n] = i
+            sizes.append(n)
+        units = torch.tensor([float(u) for u, _, _ in multiples.values()])
+        cache[device] = (group.to(device), units.to(device), torch.tensor(sizes, dtype=torch.float).to(device))
+    return cache[device]
 
 
 def round_widths(wrapped: fx.GraphModule) -> list[Rounded]:
