@@ -69,11 +69,8 @@ class ShapeRead(Rule):
         be, or dim by dim off several."""
         x = node.args[0]
         if x.op == "placeholder" and pc.space(x) is not None and shape_query(node) in ("size", "shape"):
-            dim, ndim = pc.space(x).dim, len(shape_of(x))
-            if _reads_one_size(node):
-                reads = [node] if normalize_dim(arg(node, 1, "dim"), ndim) == dim else []
-            else:
-                reads = [u for u in node.users if [normalize_dim(d, ndim) for d in dims_indexed(u, ndim) or ()] == [dim]]
+            dim = pc.space(x).dim
+            reads = _reads_of(node, dim)
             if reads and all(_input_checked(r) for r in reads):  # checks of the feature count: the one it had
                 self._read_dim_as(node, dim, shape_of(x)[dim], pc)
                 if not node.users:
@@ -203,14 +200,10 @@ class ShapeRead(Rule):
     @staticmethod
     def _read_dim_as(node: fx.Node, dim: int, size, pc: Pruning) -> None:
         """Reads of `dim` through `node` become `size`: a literal, or a node reading it elsewhere."""
-        ndim = len(shape_of(node.args[0]))
-        if _reads_one_size(node):
-            _use_value(node, size)
-            return
-        for user in list(node.users):
-            if [normalize_dim(d, ndim) for d in dims_indexed(user, ndim) or ()] == [dim]:
-                _use_value(user, size)
-                pc.erase(user)
+        for read in _reads_of(node, dim):
+            _use_value(read, size)
+            if read is not node:
+                pc.erase(read)
 
     @staticmethod
     def _is_permute(node: fx.Node) -> bool:
@@ -277,6 +270,15 @@ def _feeds_guards_only(node: fx.Node) -> bool:
     if node.op != "call_function" or node.target not in _COMPARISONS + (operator.not_,):
         return False
     return bool(node.users) and all(user.target is torch._assert or _feeds_guards_only(user) for user in node.users)
+
+
+def _reads_of(node: fx.Node, dim: int) -> list[fx.Node]:
+    """The nodes whose value is the size of dim `dim` read through `node`: ``x.size(dim)`` itself,
+    or the ``[dim]`` of ``x.shape`` / ``x.size()``."""
+    ndim = len(shape_of(node.args[0]))
+    if _reads_one_size(node):
+        return [node] if normalize_dim(arg(node, 1, "dim"), ndim) == dim else []
+    return [u for u in node.users if [normalize_dim(d, ndim) for d in dims_indexed(u, ndim) or ()] == [dim]]
 
 
 def _reads_one_size(node: fx.Node) -> bool:
