@@ -36,11 +36,6 @@ def _close_at_random(wrapped, fraction: float, seed: int) -> None:
             gate.log_alpha.copy_(torch.where(closed, -6.0, 6.0))
 
 
-def _batch(task, size: int) -> tuple:
-    inputs, _ = task.test.batches(size)[0]
-    return tuple(inputs)
-
-
 def run(name: str, multiples: list[int], closed: float, target: float, repeats: int, scale_name: str = "cpu",
         seed: int = 0, large: int = 256) -> list[dict]:
     workload = get(name)
@@ -58,7 +53,7 @@ def run(name: str, multiples: list[int], closed: float, target: float, repeats: 
         flops[f"r{r}"] = count_flops(models[f"r{r}"], task.example)
     rows = []
     for batch in (1, large):
-        inputs = tuple(t[:batch] for t in _batch(task, batch))
+        inputs = tuple(task.test.batches(batch)[0][0])
         times = interleaved_latency(models, inputs, repeats if batch == 1 else max(20, repeats // 10))
         for r in multiples:
             key = f"r{r}"
