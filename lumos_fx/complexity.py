@@ -39,7 +39,8 @@ def _counted(wrapped: fx.GraphModule):
 def _kept(wrapped: fx.GraphModule, cost) -> torch.Tensor:
     if cost.total == 0:
         return torch.ones(())
-    return cost.joined(rounded_probabilities(wrapped, wrapped.get_submodule(GATES).prob_joined())) / cost.total
+    # getattr, not get_submodule: every training step asks, and the bank is a direct child
+    return cost.joined(rounded_probabilities(wrapped, getattr(wrapped, GATES).prob_joined())) / cost.total
 
 
 def complexity_loss(wrapped: fx.GraphModule) -> torch.Tensor:
@@ -59,7 +60,7 @@ def complexity_loss(wrapped: fx.GraphModule) -> torch.Tensor:
     if cost.total == 0:
         return torch.zeros(())  # nothing is prunable
     kept = _kept(wrapped, cost)
-    if wrapped.get_submodule(GATES).held:
+    if getattr(wrapped, GATES).held:
         term = kept * 0.0  # the gates' warm-up: no pressure yet, and the budget waits
     else:
         term = budget(kept) if budget is not None else plan.config.lam * kept

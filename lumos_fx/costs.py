@@ -133,30 +133,55 @@ class CostModel:
         for g, rest, c in self.diagonal:
             self.same_gate[offset[g]:offset[g] + len(c)] += rest * c
 
-    def _tensors(self, like: torch.Tensor):
-        key = (like.device, like.dtype)
-        if key not in self._on:
-            as_t = lambda a: torch.as_tensor(a, dtype=like.dtype, device=like.device)  # noqa: E731
-            bilinear = [(i, g, f, as_t(m)) for i, g, f, m in self.bilinear]
-            self._on[key] = (as_t(self.rows), as_t(self.const), bilinear, as_t(self.linear), as_t(self.quadratic),
-                             as_t(self.same_gate), torch.tensor([i for i, *_ in self.bilinear], device=like.device))
-        return self._on[key]
-
     def expected(self, probs: dict[int, torch.Tensor]) -> torch.Tensor:
         """Expected alive entries for ``probs[group id] = P(z != 0)`` per unit."""
         return self.joined(torch.cat([probs[g] for g in self.order]))
 
     def joined(self, p: torch.Tensor) -> torch.Tensor:
         """:meth:`expected` for every prunable group's probabilities joined in group order
-        (as :meth:`lumos_fx.gate.GateBank.prob_joined` gives them)."""
+        (as :meth:`lumos_fx.gate.GateBank.prob_joined` gives them). A bilinear term's
+        :math:`p_g^\top M p_f` sums its nonzero entries: one gather and one ``index_add``
+        for all of them, whatever the number of attention layers."""
         if not len(self.linear):
             return p.sum() * 0
-        rows, const, bilinear, linear, quadratic, same_gate, bil_index = self._tensors(p)
-        dots = rows @ p + const
-        if bilinear:
-            probs = dict(zip(self.order, p.split(self.sizes)))
-            dots = dots.index_add(0, bil_index, torch.stack([probs[g] @ m @ probs[f] for _, g, f, m in bilinear]))
-        return linear @ dots + dots @ quadratic @ dots - same_gate @ (p * p - p)
+        t = self._tensors(p)
+        dots = torch.addmv(t.const, t.rows, p)
+        if len(t.term):
+            dots = dots.index_add(0, t.term, t.weight * p[t.head] * p[t.dim])
+        return t.linear @ dots + dots @ (t.quadratic @ dots) - t.same_gate @ (p * (p - 1))
+
+    def _tensors(self, like: torch.Tensor) -> _Terms:
+        key = (like.device, like.dtype)
+        if key not in self._on:
+            as_t = lambda a: torch.as_tensor(a, dtype=like.dtype, device=like.device)  # noqa: E731
+            index = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64), device=like.device)  # noqa: E731
+            offset = dict(zip(self.order, np.cumsum([0] + self.sizes)))
+            term, head, dim, weight = [], [], [], []  # one entry per nonzero M[h, d] of every bilinear term
+            for i, g, f, m in self.bilinear:
+                h, d = np.nonzero(m)
+                term += [i] * len(h)
+                head += list(offset[g] + h)
+                dim += list(offset[f] + d)
+                weight += list(m[h, d])
+            self._on[key] = _Terms(as_t(self.rows), as_t(self.const), as_t(self.linear), as_t(self.quadratic),
+                                   as_t(self.same_gate), index(term), index(head), index(dim), as_t(weight))
+        return self._on[key]
+
+
+class _Terms(NamedTuple):
+    """A :class:`CostModel`'s arrays as tensors on one device; the bilinear terms as their
+    nonzero entries: ``weight[k] = M[h, d]`` of term ``term[k]``, at ``head[k]`` and
+    ``dim[k]`` of the joined probabilities."""
+
+    rows: torch.Tensor
+    const: torch.Tensor
+    linear: torch.Tensor
+    quadratic: torch.Tensor
+    same_gate: torch.Tensor
+    term: torch.Tensor
+    head: torch.Tensor
+    dim: torch.Tensor
+    weight: torch.Tensor
 
 
 def parameter_flops(gm: fx.GraphModule, plan: Plan) -> dict[str, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections import Counter
+from collections import defaultdict
 from dataclasses import replace
 
 import numpy as np
@@ -20,7 +20,7 @@ from .errors import InputError
 from .freeze import freeze
 from .fxutil import input_name, module_device, shape_of
 from .gate import Gate, GateBank
-from .gate_fold import fold, foldable
+from .gate_fold import fold, foldable, folds_at_producer
 from .inputs import fresh, normalize_example_inputs
 from .node_info import GateRole, annotate
 from .plan import GATES, Plan
@@ -155,16 +155,40 @@ def _insert_gates(gm: fx.GraphModule, plan: Plan, config: Config) -> None:
 
     consumers = [(c, g) for g in plan.groups if g.prunable for c in g.consumers]
     consumers.sort(key=lambda cg: position[nodes[cg[0].node]])
-    gates_on = Counter((c.node, c.input) for c, _ in consumers)
+    gates_on: dict[tuple[str, str], list] = defaultdict(list)
+    for consumer, group in consumers:
+        gates_on[consumer.node, consumer.input].append((consumer, group))
+    folded: set[tuple[str, str]] = set()
     current: dict[tuple[str, str], fx.Node] = {}  # what a consumer reads now in place of an input
     for consumer, group in consumers:
         node, inp = nodes[consumer.node], nodes[consumer.input]
         space = plan.spaces[consumer.space]
-        if gates_on[consumer.node, consumer.input] == 1 and foldable(gm, node, inp, space.dim):
+        on_input = gates_on[consumer.node, consumer.input]
+        if (consumer.node, consumer.input) in folded:
+            continue
+        if all(foldable(gm, node, inp, plan.spaces[c.space].dim) for c, _ in on_input):
+            # Two gates on one input (a head and its dims) fold as their product.
             with gm.graph.inserting_before(node):
-                z = _units(gm, plan, group.id, gate_value[group.id], space)
-            for added in fold(gm, node, z):
+                z = _folded_value(gm, plan, on_input, gate_value)
+            for added in fold(gm, node, {"weight": (1, z)}):
                 annotate(added, gate=GateRole.FOLD)
+            folded.add((consumer.node, consumer.input))
+            continue
+        producer = nodes.get(consumer.folds_at)
+        if len(on_input) == 1 and producer is not None and \
+                folds_at_producer(gm, producer, [plan.spaces[k].param for k in consumer.fold]):
+            scales, rows = {}, {}
+            with gm.graph.inserting_before(producer):
+                for k in consumer.fold:
+                    fold_space = plan.spaces[k]
+                    # the weight's rows and the bias: one scale when they cover the same indices
+                    same = (tuple(fold_space.units), None if fold_space.covers is None else tuple(fold_space.covers))
+                    if same not in rows:
+                        rows[same] = _rows(gm, plan, group.id, gate_value[group.id], fold_space)
+                    scales[fold_space.param.rsplit(".", 1)[1]] = (fold_space.dim, rows[same])
+            for added in fold(gm, producer, scales):
+                annotate(added, gate=GateRole.FOLD)
+            folded.add((consumer.node, consumer.input))
             continue
         now = current.get((node.name, inp.name), inp)
         # Two gates on one input (a head and its dims) multiply: gate what the first gated.
@@ -174,6 +198,41 @@ def _insert_gates(gm: fx.GraphModule, plan: Plan, config: Config) -> None:
                 gated[key] = _gate_input(gm, plan, group.id, now, len(shape_of(inp)), gate_value[group.id], space)
         node.replace_input_with(now, gated[key])
         current[node.name, inp.name] = gated[key]
+
+
+def _folded_value(gm, plan, on_input, gate_value: dict[int, fx.Node]) -> fx.Node:
+    """The product of the gates on one input, each in the input's channel order."""
+    z = None
+    for consumer, group in on_input:
+        units = _units(gm, plan, group.id, gate_value[group.id], plan.spaces[consumer.space])
+        if z is None:
+            z = units
+        else:
+            z = gm.graph.call_function(operator.mul, (z, units))
+            annotate(z, gate=GateRole.FOLD)
+    return z
+
+
+def _rows(gm, plan, gid, z: fx.Node, space) -> fx.Node:
+    """The scale of every index of a parameter dim that a gate folds into: ``z[units]`` at the
+    indices the space covers (a query's rows of a joint q/k/v projection), 1 elsewhere."""
+    z = _units(gm, plan, gid, z, space)
+    if space.covers is None:
+        return z
+    gate = gm.get_submodule(f"{GATES}.{plan.gate_keys[gid]}")
+    where = np.full(plan.param_shapes[space.param][space.dim], len(space.covers))
+    where[space.covers] = np.arange(len(space.covers))
+    name = "rows_" + slug(space.key)
+    gate.register_buffer(name, torch.as_tensor(where, dtype=torch.long, device=gate.log_alpha.device),
+                         persistent=False)
+    graph = gm.graph
+    one = graph.call_method("new_ones", (z, 1))
+    joined = graph.call_function(torch.cat, ([z, one],))
+    index = graph.get_attr(f"{GATES}.{plan.gate_keys[gid]}.{name}")
+    rows = graph.call_function(torch.index_select, (joined, 0, index))
+    for n in (one, joined, index, rows):
+        annotate(n, gate=GateRole.INDEX)
+    return rows
 
 
 def _units(gm, plan, gid, z: fx.Node, space) -> fx.Node:

@@ -105,3 +105,30 @@ def test_a_nan_gate_stops_training_at_its_step_naming_the_gate(warmup):
     with pytest.raises(lumos_fx.GateError, match=r"complexity_loss is nan at step 4 .*gate 'fc_a' \(2 of 20 values\) "
                                                  r"became NaN or inf.*Config.gate_lr"):
         lumos_fx.complexity_loss(wrapped)
+
+
+class HeadsAttention(nn.Module):
+    """Self-attention by hand: a head and its dims gate the query rows twice (bilinear terms)."""
+
+    def __init__(self, dim=12, heads=3):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, t, c))
+
+
+@pytest.mark.parametrize("model, example", [(ResidualMLP, (4, 5)), (HeadsAttention, (2, 6, 12))])
+def test_the_expected_count_has_the_gradient_of_its_finite_differences(model, example):
+    """The expected count's gradient against finite differences in float64, for parameter
+    and FLOP counts, with the same-gate correction (ResidualMLP's square layer) and the
+    head x dim terms gathered from their nonzero entries (attention)."""
+    torch.manual_seed(0)
+    plan = lumos_fx.plan.plan_of(lumos_fx.instrument(model(), (torch.randn(*example),)))
+    for cost in (plan.cost, plan.flop_cost):
+        assert cost.diagonal if model is ResidualMLP else cost.bilinear
+        p = torch.rand(sum(cost.sizes), dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(cost.joined, (p,))

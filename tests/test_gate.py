@@ -145,3 +145,22 @@ def test_annealing_moves_beta_and_the_noise_range_to_deterministic_gates():
 def test_a_bad_final_noise_range_is_refused():
     with pytest.raises(ValueError, match="final_noise_range"):
         Config(final_noise_range=(0.6, 0.5))
+
+
+def test_the_training_sample_is_the_formula_and_its_gradient_is_the_formula_s():
+    """The sample against eq. 1-2 written with torch ops, values and gradients, on log_alpha
+    that put some gates below 0, some above 1 (zero gradient there) and some in between."""
+    torch.manual_seed(2)
+    gate = gate_with(torch.linspace(-5, 5, 41).double()).double()
+    beta, (t_l, t_u) = gate.schedule()
+    u = torch.empty(41, dtype=torch.float64).uniform_(t_l, t_u, generator=torch.Generator().manual_seed(7))
+    la = gate.log_alpha.detach().clone().requires_grad_()
+    expected = torch.clamp(torch.sigmoid((torch.log(u) - torch.log(1 - u) + la) / beta) * 1.2 - 0.1, 0, 1)
+    got = gate._concrete(gate.log_alpha, u, beta)
+    torch.testing.assert_close(got, expected)
+    assert (got == 0).any() and (got == 1).any() and ((got > 0) & (got < 1)).any()
+    weights = torch.randn(41, dtype=torch.float64)
+    (expected * weights).sum().backward()
+    (got * weights).sum().backward()
+    torch.testing.assert_close(gate.log_alpha.grad, la.grad)
+    assert torch.autograd.gradcheck(lambda a: gate._concrete(a, u, beta), (la.detach().clone().requires_grad_(),))

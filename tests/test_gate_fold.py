@@ -1,11 +1,15 @@
 """Gates folded into the weight of the linear or conv layer that reads them."""
 
+import copy
+import operator
+
 import pytest
 import torch
 from torch import nn
 
 import lumos_fx
-from lumos_fx.node_info import info
+from lumos_fx.gate_fold import unfold
+from lumos_fx.node_info import GateRole, info
 
 
 def folded(wrapped) -> dict[str, str]:
@@ -65,3 +69,73 @@ def test_conv_folds_in_every_dimension(conv):
         for g in lumos_fx.gates(wrapped).values():
             g.log_alpha.copy_(torch.where(torch.arange(g.n) % 2 == 0, 5.0, -5.0))
     torch.testing.assert_close(lumos_fx.prune(wrapped)(x), wrapped.eval()(x))
+
+
+class HeadsAttention(nn.Module):
+    """Self-attention; with `literal_width` its reshapes do not read the input's width, so its
+    features are gated too (their gate folds into qkv's columns, and the query's head dims
+    then scale the queries)."""
+
+    def __init__(self, dim=12, heads=3, literal_width=False):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.width = dim if literal_width else None
+
+    def forward(self, x):
+        b, t, c = x.shape
+        c = self.width or c
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, t, c))
+
+
+def activation_side(wrapped):
+    """A copy of `wrapped` with every folded gate scaling the activations instead:
+    ``W (x * z)`` for a gate on a layer's input, ``(W x + b) * s`` for one on its rows."""
+    reference = copy.deepcopy(wrapped)
+    graph = reference.graph
+    for node in [n for n in graph.nodes if info(n).folded is not None]:
+        weight, bias = node.args[1], node.args[2]
+        rows = bias.args[1] if bias is not None and bias.op == "call_function" else None
+        z = weight.args[1]
+        unfold(node)
+        if rows is None:
+            with graph.inserting_before(node):
+                node.args = (graph.call_function(operator.mul, (node.args[0], z)),)
+        else:
+            with graph.inserting_after(node):
+                out = graph.call_function(operator.mul, (node, rows))
+            node.replace_all_uses_with(out, delete_user_cb=lambda user: user is not out)
+    graph.eliminate_dead_code()
+    reference.recompile()
+    return reference
+
+
+@pytest.mark.parametrize("literal_width", [False, True])
+def test_attention_gates_fold_into_the_query_rows_and_the_output_projection(literal_width):
+    """The head dims' gate on the queries scales qkv's query rows and bias; the head's and the
+    dims' gates on proj's input scale its weight by their product. The graph with the gates
+    on the activations instead gives the same training loss and gradients; the pruned model
+    gives the eval outputs."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 12)
+    config = lumos_fx.Config(noise_range=(0.5, 0.5))
+    wrapped = lumos_fx.instrument(HeadsAttention(literal_width=literal_width), (x,), config=config).train()
+    assert set(folded(wrapped).values()) == {"qkv", "proj"}
+    scaled = [n for n in wrapped.graph.nodes if info(n).gate is GateRole.MUL]  # activations scaled
+    assert len(scaled) == literal_width and ("x" in lumos_fx.gates(wrapped)) == literal_width
+    with torch.no_grad():
+        for g in lumos_fx.gates(wrapped).values():
+            g.log_alpha.uniform_(-2, 2)
+    reference = activation_side(wrapped)
+    assert not folded(reference)
+    losses = [model(x).square().sum() for model in (wrapped, reference)]
+    torch.testing.assert_close(losses[0], losses[1])
+    for loss in losses:
+        loss.backward()
+    for (name, a), b in zip(wrapped.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+    for g in lumos_fx.gates(wrapped).values():
+        g.log_alpha.data[torch.randperm(g.n)[: g.n // 2]] = -5.0
+    for batch in (x, torch.randn(2, 7, 12)):
+        torch.testing.assert_close(lumos_fx.prune(wrapped)(batch), wrapped.eval()(batch))
