@@ -47,7 +47,8 @@ from .plan import gate_modules, plan_of
 from .rounding import rounder
 
 BUDGET = "lumos_budget"
-WHAT = {"params": "prunable parameters", "flops": "FLOPs of the gated layers"}
+WHAT = {"params": "prunable parameters", "flops": "FLOPs of the gated layers",
+        "latency": "the dense model's latency"}
 
 
 class Budget(nn.Module):
@@ -100,8 +101,8 @@ def attach_budget(wrapped: fx.GraphModule, config: Config) -> None:
 
 
 def cost_model(plan, kind: str):
-    """The plan's :class:`lumos_fx.costs.CostModel` that a budget of `kind` counts in."""
-    return plan.flop_cost if kind == "flops" else plan.cost
+    """The plan's :class:`~lumos_fx.plan.Cost` that a budget of `kind` counts in."""
+    return {"flops": plan.flop_cost, "latency": plan.latency_cost}.get(kind, plan.cost)
 
 
 @dataclass

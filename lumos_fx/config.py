@@ -69,8 +69,12 @@ class Config:
 
     Budget (see :mod:`lumos_fx.budget`): ``target_params`` is the fraction of prunable
     parameters to keep (``0 < t < 1``), or ``target_flops`` the fraction of the forward
-    FLOPs of the gated layers (one of the two); with it, :func:`lumos_fx.complexity_loss`
-    is a Lagrangian controller's term and ``lam`` is not used. ``budget_warmup`` steps lower
+    FLOPs of the gated layers, or ``target_latency`` the fraction of the dense model's
+    latency (one of the three); with it, :func:`lumos_fx.complexity_loss` is a Lagrangian
+    controller's term and ``lam`` is not used. A latency budget is measured on the device
+    the model is on when instrumented, at ``latency_batch`` (None: the example inputs' batch;
+    an int repeats them along dim 0 to that batch), each layer's latency over its widths
+    kept in a JSON file (see :mod:`lumos_fx.latency`). ``budget_warmup`` steps lower
     the target from 1 to the budget; ``budget_lr`` is the multipliers' learning rate;
     prune() snaps the gates to the target when they miss it by more than ``budget_tolerance``.
 
@@ -108,6 +112,8 @@ class Config:
     gate_lr: float = 0.1
     target_params: float | None = None
     target_flops: float | None = None
+    target_latency: float | None = None
+    latency_batch: int | None = None
     budget_warmup: int = 200
     budget_lr: float = 0.05
     budget_tolerance: float = 0.01
@@ -124,8 +130,10 @@ class Config:
             _check_number(name, getattr(self, name), rule)
         for name in ("noise_range", "final_noise_range"):
             _check_noise_range(name, getattr(self, name))
-        if self.target_params is not None and self.target_flops is not None:
-            raise ValueError("Config takes one budget: target_params or target_flops, not both")
+        given = [n for n in ("target_params", "target_flops", "target_latency") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"Config takes one budget (target_params, target_flops or target_latency), not both: "
+                             f"got {' and '.join(given)}")
         for name in ("leaf_modules", "frozen"):
             _check_specs(name, getattr(self, name))
         if not isinstance(self.auto_leaves, bool):
@@ -134,11 +142,11 @@ class Config:
 
     @property
     def budget(self) -> tuple[str, float] | None:
-        """``("params", t)`` or ``("flops", t)`` for a budget, else None."""
-        if self.target_params is not None:
-            return "params", float(self.target_params)
-        if self.target_flops is not None:
-            return "flops", float(self.target_flops)
+        """``("params", t)``, ``("flops", t)`` or ``("latency", t)`` for a budget, else None."""
+        for kind in ("params", "flops", "latency"):
+            target = getattr(self, f"target_{kind}")
+            if target is not None:
+                return kind, float(target)
         return None
 
     @property
@@ -184,6 +192,10 @@ _NUMBERS: dict[str, _Rule] = {
                            "0 < target_params < 1", optional=True),
     "target_flops": _Rule(numbers.Real, _fraction, "None or the fraction of FLOPs of the gated layers to keep, "
                           "0 < target_flops < 1", optional=True),
+    "target_latency": _Rule(numbers.Real, _fraction, "None or the fraction of the dense model's latency to keep, "
+                            "0 < target_latency < 1", optional=True),
+    "latency_batch": _Rule(numbers.Integral, lambda v: v >= 1, "None (the example's batch) or an int >= 1",
+                           optional=True),
     "budget_warmup": _Rule(numbers.Integral, lambda v: v >= 0, "an int >= 0 (training steps)"),
     "budget_lr": _Rule(numbers.Real, lambda v: v > 0, "a finite number > 0"),
     "budget_tolerance": _Rule(numbers.Real, lambda v: 0 <= v < 1, "a finite number, 0 <= budget_tolerance < 1"),

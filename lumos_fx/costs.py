@@ -71,6 +71,7 @@ class CostModel:
         linear: dict[int, float] = {}
         pairs: dict[tuple[int, int], float] = {}
         self.diagonal: list[tuple[int, float, np.ndarray]] = []  # same-gate corrections
+        self.dims_of: dict[str, dict[int, int]] = {}  # parameter -> {gated dim: index of its term in widths()}
         self.total = 0
         for name, spaces in plan.param_spaces().items():
             terms = [(s, _dim_term(plan, s)) for s in spaces]
@@ -88,6 +89,7 @@ class CostModel:
                     dims.append(term)
                     found = len(dims) - 1
                 index.append(found)
+            self.dims_of[name] = {s.dim: i for (s, _), i in zip(gated, index)}
             if len(index) == 1:
                 linear[index[0]] = linear.get(index[0], 0.0) + rest
             elif len(index) == 2:
@@ -145,10 +147,17 @@ class CostModel:
         if not len(self.linear):
             return p.sum() * 0
         t = self._tensors(p)
+        dots = self.widths(p)
+        return t.linear @ dots + dots @ (t.quadratic @ dots) - t.same_gate @ (p * (p - 1))
+
+    def widths(self, p: torch.Tensor) -> torch.Tensor:
+        """The expected kept size of every distinct gated dim, :math:`d = A p + c`, plus
+        :math:`p_g^\top M p_f` for a dim gated twice; :attr:`dims_of` names each parameter's."""
+        t = self._tensors(p)
         dots = torch.addmv(t.const, t.rows, p)
         if len(t.term):
             dots = dots.index_add(0, t.term, t.weight * p[t.head] * p[t.dim])
-        return t.linear @ dots + dots @ (t.quadratic @ dots) - t.same_gate @ (p * (p - 1))
+        return dots
 
     def _tensors(self, like: torch.Tensor) -> _Terms:
         key = (like.device, like.dtype)

@@ -22,6 +22,7 @@ from .fxutil import input_name, module_device, shape_of
 from .gate import Gate, GateBank
 from .gate_fold import fold, foldable, folds_at_producer
 from .inputs import fresh, normalize_example_inputs
+from .latency import measure as measure_latency
 from .node_info import GateRole, annotate
 from .plan import GATES, Plan
 from .trace import trace
@@ -58,6 +59,8 @@ def instrument(model: nn.Module, example_inputs, *, feature_names=None, config: 
         cost=CostModel(channels),
         flop_cost=CostModel(channels, parameter_flops(gm, channels)),  # before the gates fold into weights
     )
+    if config.target_latency is not None:  # timed on the dense graph, before the gates
+        plan = replace(plan, latency_cost=measure_latency(gm, plan, plan.example_inputs, config.latency_batch))
     _insert_gates(gm, plan, config)
     gm.meta["lumos"] = plan
     if config.budget is not None:

@@ -41,6 +41,7 @@ class Plan:
     config: Config | None = None
     cost: Cost | None = None  # of the prunable parameters
     flop_cost: Cost | None = None  # of the gated layers' FLOPs
+    latency_cost: Cost | None = None  # of the model's latency, with Config(target_latency=...)
     unruled: set[str] = field(default_factory=set)  # nodes with no rule, or whose rule refused them
     example_flops: int = 0  # forward FLOPs of the model on example_inputs
     refined: dict[SpaceKey, list[Space]] = field(default_factory=dict)  # space key -> spaces refining it

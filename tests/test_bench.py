@@ -129,3 +129,15 @@ def test_depgraph_says_why_it_cannot_cut_a_stacked_lstm_or_a_spectral_weight():
     spectral = nn.Module()
     spectral.weight = nn.Parameter(torch.randn(4, 4, 5, dtype=torch.cfloat))
     assert "complex spectral weights" in baselines.depgraph_refuses(spectral)
+
+
+def test_the_latency_budget_benchmark_times_both_budgets_against_dense(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUMOS_FX_LATENCY_CACHE", str(tmp_path / "latency.json"))
+    from models_zoo.bench import latency_budget
+
+    rows = latency_budget.main(["--workloads", "cfd", "--scale", "smoke", "--repeats", "3", "--batch", "64",
+                                "--out", str(tmp_path)])
+    (row,) = rows
+    assert row["batch"] == 64 and row["dense_ms"] > 0 and 0 < row["latency_fraction"] and 0 < row["flops_target"] < 1
+    assert len(row["flops_targets"]) == 2 and (tmp_path / "latency.json").exists()
+    assert "| cfd | R^2 | 64 | 30% |" in (tmp_path / "latency_budget.md").read_text()

@@ -1,0 +1,116 @@
+"""A latency budget against a FLOP budget tuned to the same latency: each workload trained
+with ``Config(target_latency=t, latency_batch=b)``, pruned, and its latency measured against
+the dense model's; then trained with ``Config(target_flops=f)``, ``f`` first the share of
+the gated layers' FLOPs the latency run kept, then that share scaled by the ratio of the two
+cut models' measured latencies, so that the FLOP-budget model runs about as fast.
+
+    python -m models_zoo.bench.latency_budget [--workloads cfd dms stemdl] [--targets 0.3]
+                                              [--batch 256] [--repeats 200] [--out results]
+
+Latency is the median of interleaved runs of the dense model and both cut ones at batch
+``--batch`` on this machine (the device instrument() timed the layers on); the metric is
+the workload's, on its held-out data, after the same training steps (no fine-tuning).
+Writes ``latency_budget.json`` and ``latency_budget.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+import lumos_fx
+from lumos_fx.budget import cost_model
+from lumos_fx.plan import gate_modules, plan_of
+from lumos_fx.report import count_flops
+
+from ..measure import interleaved_latency
+from ..registry import get
+from . import cli, report
+
+
+def _trained(workload, task, scale, seed: int, config: lumos_fx.Config, desc: str):
+    wrapped = lumos_fx.instrument(workload.model(task, scale, seed), task.example, feature_names=task.feature_names,
+                                  config=config)
+    workload.train(wrapped, task, scale.steps, seed=seed, desc=desc)
+    return wrapped, lumos_fx.prune(wrapped).eval()
+
+
+def _gated_flops_kept(wrapped) -> float:
+    """The share of the gated layers' FLOPs the (snapped) eval gates of `wrapped` keep."""
+    cost = cost_model(plan_of(wrapped), "flops")
+    with torch.no_grad():
+        masks = {gid: (g.eval_value() > 0).double() for gid, g in gate_modules(wrapped).items()}
+        return float(cost.expected(masks)) / cost.total
+
+
+def run(name: str, target: float, batch: int, repeats: int, scale_name: str = "cpu", seed: int = 0) -> dict:
+    workload = get(name)
+    scale = workload.scales[scale_name]
+    task = workload.task(scale, seed)
+    base = replace(workload.lumos_config(scale.steps), target_params=None)
+    by_latency = replace(base, target_latency=target, latency_batch=batch)
+    wrapped, latency_cut = _trained(workload, task, scale, seed, by_latency, f"{name} latency {target:g}")
+    expected = plan_of(wrapped).latency_cost
+    dense = workload.model(task, scale, seed).eval()
+    inputs = tuple(task.test.batches(batch)[0][0])
+    # The FLOP budget at the FLOPs the latency run kept, then once more at the FLOP target
+    # that its measured latency says lands on the latency run's.
+    flops = [_gated_flops_kept(wrapped)]
+    _, flop_cut = _trained(workload, task, scale, seed, replace(base, target_flops=_fraction(flops[0])),
+                           f"{name} flops {flops[0]:.3f}")
+    times = interleaved_latency({"dense": dense, "latency": latency_cut, "flops": flop_cut}, inputs, repeats)
+    flops.append(flops[0] * times["latency"] / times["flops"])
+    _, flop_cut = _trained(workload, task, scale, seed, replace(base, target_flops=_fraction(flops[1])),
+                           f"{name} flops {flops[1]:.3f}")
+    times = interleaved_latency({"dense": dense, "latency": latency_cut, "flops": flop_cut}, inputs, repeats)
+    return {"workload": name, "metric": workload.metric, "target": target, "batch": inputs[0].shape[0],
+            "dense_ms": times["dense"] * 1e3, "dense_ms_at_instrument": expected.total * 1e3,
+            "latency_ms": times["latency"] * 1e3, "latency_fraction": times["latency"] / times["dense"],
+            "latency_metric": workload.evaluate(latency_cut, task), "flops_targets": flops,
+            "flops_target": _fraction(flops[1]), "flops_ms": times["flops"] * 1e3,
+            "flops_fraction": times["flops"] / times["dense"], "flops_metric": workload.evaluate(flop_cut, task),
+            "flops_dense": count_flops(dense, task.example), "flops_latency_cut": count_flops(latency_cut, task.example),
+            "flops_flop_cut": count_flops(flop_cut, task.example)}
+
+
+def _fraction(f: float) -> float:
+    return min(max(f, 1e-3), 0.999)
+
+
+def markdown(rows: list[dict]) -> str:
+    return report.md_table(
+        ["workload", "metric", "batch", "target", "dense ms", "latency budget: ms", "of dense", "off target",
+         "metric", "FLOP budget (tuned): target", "ms", "of dense", "metric"],
+        [[r["workload"], r["metric"], r["batch"], f"{r['target']:.0%}", f"{r['dense_ms']:.3f}",
+          f"{r['latency_ms']:.3f}", f"{r['latency_fraction']:.1%}", f"{r['latency_fraction'] / r['target'] - 1:+.1%}",
+          f"{r['latency_metric']:.4f}", f"{r['flops_target']:.1%}", f"{r['flops_ms']:.3f}",
+          f"{r['flops_fraction']:.1%}", f"{r['flops_metric']:.4f}"] for r in rows])
+
+
+def main(argv=None) -> list[dict]:
+    parser = cli.parser("lumos_fx latency budget against a FLOP budget", ["cfd", "dms", "stemdl"])
+    parser.add_argument("--targets", nargs="+", type=float, default=[0.3])
+    parser.add_argument("--batch", type=int, default=256, help="the batch the latency is counted and measured at")
+    parser.add_argument("--repeats", type=int, default=200)
+    args = parser.parse_args(argv)
+    out = cli.out_dir(args.out)
+    rows = []
+    for name in args.workloads:
+        for target in args.targets:
+            rows.append(run(name, target, args.batch, args.repeats, args.scale, args.seed))
+            r = rows[-1]
+            print(f"{name:<8} target {target:.0%}: {r['latency_fraction']:.1%} of dense ({r['metric']} "
+                  f"{r['latency_metric']:.4f}); FLOP budget {r['flops_target']:.1%}: {r['flops_fraction']:.1%} "
+                  f"({r['flops_metric']:.4f})", flush=True)
+    text = markdown(rows)
+    print(text, end="")
+    report.write_table(out, "latency_budget", rows, "Latency budget",
+                       f"Scale `{args.scale}`, seed {args.seed}, {torch.get_num_threads()} CPU threads, torch "
+                       f"{torch.__version__}; latency: medians of {args.repeats} interleaved runs at batch "
+                       f"{args.batch}.", text)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
