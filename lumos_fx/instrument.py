@@ -23,6 +23,7 @@ from .gate import Gate, GateBank
 from .gate_fold import fold, foldable, folds_at_producer
 from .inputs import fresh, normalize_example_inputs
 from .latency import measure as measure_latency
+from .latency_calibration import calibrate as calibrate_latency
 from .node_info import GateRole, annotate
 from .plan import GATES, Plan
 from .trace import trace
@@ -68,6 +69,8 @@ def instrument(model: nn.Module, example_inputs, *, feature_names=None, config: 
     gm.meta["lumos_class_name"] = type(model).__name__
     gm.graph.lint()
     gm.recompile()
+    if config.target_latency is not None:
+        calibrate_latency(gm)
     return gm
 
 

@@ -96,6 +96,7 @@ class LatencyModel:
         self.total = float(dense)
         full = fixed + sum(float(v.sum()) for v in scaling.values()) + sum(t.span for t in layers)
         self.calibration = (dense - floor) / full if full > 0 else 1.0
+        self.savings_scale = 1.0  # set by lumos_fx.latency_calibration from one cut model timed
         self._on: dict = {}
 
     def expected(self, probs: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -115,7 +116,7 @@ class LatencyModel:
             s10, s11 = t.seconds[rows, i + 1, j], t.seconds[rows, i + 1, j + 1]
             per_layer = s00 + a * (s10 - s00) + b * (s01 - s00) + a * b * (s11 - s10 - s01 + s00)
             seconds = seconds + (per_layer - t.seconds[:, 0, 0]).sum()
-        return seconds * self.calibration + self.floor
+        return self.total - self.savings_scale * (self.total - seconds * self.calibration - self.floor)
 
     def _tensors(self, like: torch.Tensor) -> _Grids:
         key = (like.device, like.dtype)
@@ -174,7 +175,7 @@ def _cell(grid: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 def measure(gm: fx.GraphModule, plan: Plan, example_inputs: tuple, batch: int | None) -> LatencyModel:
     """The :class:`LatencyModel` of the traced dense model `gm` (before its gates) on the
     device of its parameters, at `batch` (None: the example inputs' own)."""
-    inputs, factor = _inputs_at(gm, example_inputs, batch)
+    inputs, factor = inputs_at(example_inputs, batch)
     device = next((p.device for p in gm.parameters()), torch.device("cpu"))
     dtype = next((p.dtype for p in gm.parameters() if p.is_floating_point()), torch.float32)
     store = _Store(_cache_path())
@@ -191,7 +192,7 @@ def measure(gm: fx.GraphModule, plan: Plan, example_inputs: tuple, batch: int | 
             dense = _seconds(lambda: gm(*inputs), device)
             timer = _NodeTimer(gm, device)
             profile = timer.profile(inputs)
-            one = _one_sample(gm, example_inputs, inputs)
+            one = _one_sample(example_inputs, inputs)
             floor = _seconds(lambda: gm(*one), device) if one is not None else 0.0
             floors = timer.profile(one) if one is not None else {}
     finally:
@@ -199,22 +200,28 @@ def measure(gm: fx.GraphModule, plan: Plan, example_inputs: tuple, batch: int | 
     scaling, fixed = _scaling(plan, profile, floors, set(layers))
     model = LatencyModel(plan.cost, list(layers.values()), scaling, fixed, floor, dense,
                          inputs[0].shape[0] if inputs else 1)
-    least = float(model.joined(torch.zeros(sum(model.widths_of.sizes), dtype=torch.float64))) / model.total
-    if least > plan.config.target_latency:
-        warnings.warn(f"Config(target_latency={plan.config.target_latency}): at batch {model.batch} on {device}, "
-                      f"{least:.0%} of the dense model's latency is the ops' dispatch and ops no gate narrows, "
-                      "which no cut removes: the cut keeps at least that. A larger latency_batch leaves more to "
-                      "cut.", stacklevel=3)
+    warn_if_out_of_reach(model, plan.config.target_latency)
     return model
 
 
-def _one_sample(gm, example_inputs: tuple, inputs: tuple) -> tuple | None:
+def warn_if_out_of_reach(model: LatencyModel, target: float) -> None:
+    """Warn when even every gate closed keeps more than `target` of the dense latency: the
+    budget's controller would close every gate it can and the cut still miss."""
+    least = float(model.joined(torch.zeros(sum(model.widths_of.sizes), dtype=torch.float64))) / model.total
+    if least > target:
+        warnings.warn(f"Config(target_latency={target}): at batch {model.batch}, {least:.0%} of the dense model's "
+                      "latency is the ops' dispatch and ops no gate narrows, which no cut removes: the cut keeps at "
+                      "least that, and the budget would close every gate it can. A larger latency_batch leaves "
+                      "more to cut.", stacklevel=4)
+
+
+def _one_sample(example_inputs: tuple, inputs: tuple) -> tuple | None:
     """The inputs cut to a batch of one, where the model's time is its ops' dispatch; None
     when they are one already or their dim 0 is not a batch."""
     if not inputs or not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() == 0 or inputs[0].shape[0] == 1:
         return None
     try:
-        return _inputs_at(gm, example_inputs, 1)[0]
+        return inputs_at(example_inputs, 1)[0]
     except InputError:
         return None
 
@@ -267,7 +274,7 @@ class _NodeTimer(fx.Interpreter):
         return out
 
 
-def _inputs_at(gm: fx.GraphModule, example_inputs: tuple, batch: int | None) -> tuple[tuple, float]:
+def inputs_at(example_inputs: tuple, batch: int | None) -> tuple[tuple, float]:
     """The example inputs repeated along dim 0 to `batch`, and the factor by which that
     scales a layer input's dim 0."""
     tensors = [x for x in example_inputs if isinstance(x, torch.Tensor) and x.dim() > 0]

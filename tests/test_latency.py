@@ -33,6 +33,9 @@ def test_the_expected_latency_is_the_dense_latency_when_open_and_falls_as_gates_
     assert model.batch == 1024 and {t.node for t in model.layers} == {"_0", "_2", "_4"}
     table = next(t for t in model.layers if t.node == "_2")
     assert table.out_sizes[-1] == 64 and table.in_sizes[-1] == 96 and len(table.out_sizes) > 3
+    # instrument() timed one cut copy against an uncut one; the model's own gates are as they start
+    assert 0.25 <= model.savings_scale <= 2.0 and model.savings_scale != 1.0
+    assert all((g.log_alpha == 3.0).all() for g in lumos_fx.gates(wrapped).values())
     n = sum(g.n for g in lumos_fx.gates(wrapped).values())
     full = model.joined(torch.ones(n, dtype=torch.float64))
     assert full.item() == pytest.approx(model.total, rel=1e-6)
