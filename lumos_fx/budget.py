@@ -108,7 +108,8 @@ def cost_model(plan, kind: str):
 @dataclass
 class Snap:
     """What :func:`snap_to_budget` found and did, as fractions of what the budget counts
-    (``kind``: ``"params"`` or ``"flops"``)."""
+    (``kind``: ``"params"``, ``"flops"`` or ``"latency"``; ``measured``: a latency budget's
+    cut model timed against the uncut one, see :mod:`lumos_fx.latency_check`)."""
 
     target: float
     from_gates: float
@@ -116,12 +117,14 @@ class Snap:
     closed: int = 0
     reopened: int = 0
     kind: str = "params"
+    measured: float | None = None
 
     def __str__(self) -> str:
         moved = (f"closed {self.closed} more units" if self.closed else
                  f"re-opened {self.reopened} units" if self.reopened else "no snap needed")
+        timed = f" (timed: {self.measured:.1%})" if self.measured is not None else ""
         return (f"budget: keep {self.target:.1%} of {WHAT[self.kind]}; the gates kept {self.from_gates:.1%}, "
-                f"{moved}: {self.after:.1%}")
+                f"{moved}: {self.after:.1%}{timed}")
 
 
 def snap_to_budget(wrapped: fx.GraphModule) -> Snap | None:

@@ -96,7 +96,9 @@ class LatencyModel:
         self.total = float(dense)
         full = fixed + sum(float(v.sum()) for v in scaling.values()) + sum(t.span for t in layers)
         self.calibration = (dense - floor) / full if full > 0 else 1.0
-        self.savings_scale = 1.0  # set by lumos_fx.latency_calibration from one cut model timed
+        # The share of the expected savings that timed cuts realised (lumos_fx.latency_check):
+        # found at instrument and at every prune, kept here, in the plan that copies share.
+        self.savings_scale = 1.0
         self._on: dict = {}
 
     def expected(self, probs: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -408,3 +410,21 @@ class _Store:
             os.replace(partial, self.path)
         except OSError:
             pass  # a read-only home: measured again next time
+
+
+def timed_ratio(cut, whole, inputs: tuple, repeats: int = 30) -> float:
+    """Median seconds of `cut` over `whole`'s, the two taking turns."""
+    device = next((p.device for p in whole.parameters()), torch.device("cpu"))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {"cut": [], "whole": []}
+    with torch.no_grad():
+        for model in (cut, whole):
+            model(*inputs)
+        for _ in range(repeats):
+            for name, model in (("cut", cut), ("whole", whole)):
+                sync()
+                start = time.perf_counter()
+                model(*inputs)
+                sync()
+                times[name].append(time.perf_counter() - start)
+    return statistics.median(times["cut"]) / statistics.median(times["whole"])

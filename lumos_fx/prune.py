@@ -34,6 +34,7 @@ from .errors import GateError, NotInstrumentedError, PruneError
 from .fxutil import copy_instrumented, describe, fetch_attr, free_attr_name, shape_of
 from .gate_fold import unfold
 from .guards import add_guards
+from .latency_check import settle as settle_latency
 from .input_columns import input_columns, kept_features, select, select_in_graph
 from .node_info import GateRole, annotate, info
 from .plan import GATES, Plan, gate_modules, plan_of
@@ -547,6 +548,12 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
     plan = plan_of(wrapped)
     z = eval_gate_values(wrapped)  # non-finite gates are an error before the snap reads them
     snap = snap_to_budget(wrapped)
+    if snap is not None and snap.kind == "latency":
+        def build():
+            now = eval_gate_values(wrapped)
+            return (cut(wrapped, _masks(plan, now), now, False),
+                    cut(wrapped, {gid: np.ones_like(k) for gid, k in _masks(plan, now).items()}, now, False))
+        snap = settle_latency(wrapped, snap, build)
     rounded = round_widths(wrapped)
     if snap is not None and (snap.closed or snap.reopened) or rounded:
         z = eval_gate_values(wrapped)

@@ -1,0 +1,45 @@
+r"""A latency budget's cut, timed: prune() snaps the gates by the latency model, times the
+cut model against the uncut one, and where the clock disagrees rescales the model's savings
+and snaps again.
+
+With :math:`m` the measured fraction of the uncut model's latency and :math:`\pi` the one
+the model expected of that cut, the savings scale :math:`\alpha` of
+:mod:`lumos_fx.latency_calibration` becomes :math:`\alpha (1 - m) / (1 - \pi)`, so that at
+this cut the model says what the clock said; the snap then moves the gates again. At most
+:data:`ROUNDS` times, until :math:`|m - t|` is within ``Config.budget_tolerance`` or 2
+points (timing on a busy machine moves a ratio by about that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import fx
+
+from .budget import Snap, snap_to_budget
+from .latency import inputs_at, timed_ratio
+from .plan import plan_of
+
+ROUNDS = 3
+
+
+def settle(wrapped: fx.GraphModule, snap: Snap, build: Callable[[], tuple[fx.GraphModule, fx.GraphModule]]) -> Snap:
+    """`snap` after timing: `build` gives the model cut at the current gates and the model
+    cut nowhere; returns the last snap with its ``measured`` fraction."""
+    plan = plan_of(wrapped)
+    model = plan.latency_cost
+    inputs, _ = inputs_at(plan.example_inputs, plan.config.latency_batch)
+    close_enough = max(plan.config.budget_tolerance, 0.02)
+    moved_closed, moved_reopened = snap.closed, snap.reopened
+    for _ in range(ROUNDS):
+        cut, whole = build()
+        measured = timed_ratio(cut.eval(), whole.eval(), inputs)
+        snap.measured = measured
+        if abs(measured - snap.target) <= close_enough or snap.after >= 1:
+            break
+        model.savings_scale = min(3.0, max(0.1, model.savings_scale * (1 - measured) / (1 - snap.after)))
+        again = snap_to_budget(wrapped)
+        moved_closed += again.closed
+        moved_reopened += again.reopened
+        snap = Snap(snap.target, snap.from_gates, again.after, moved_closed, moved_reopened, snap.kind)
+    return snap
