@@ -6,7 +6,7 @@ With :math:`m` the measured fraction of the uncut model's latency and :math:`\pi
 the model expected of that cut, the savings scale :math:`\alpha` of
 :mod:`lumos_fx.latency_calibration` becomes :math:`\alpha (1 - m) / (1 - \pi)`, so that at
 this cut the model says what the clock said; the snap then moves the gates again. At most
-:data:`ROUNDS` times, until :math:`|m - t|` is within ``Config.budget_tolerance`` or 2
+:data:`ROUNDS` timings (the last snap is always timed), until :math:`|m - t|` is within ``Config.budget_tolerance`` or 2
 points (timing on a busy machine moves a ratio by about that).
 """
 
@@ -31,12 +31,12 @@ def settle(wrapped: fx.GraphModule, snap: Snap, build: Callable[[], tuple[fx.Gra
     inputs, _ = inputs_at(plan.example_inputs, plan.config.latency_batch)
     close_enough = max(plan.config.budget_tolerance, 0.02)
     moved_closed, moved_reopened = snap.closed, snap.reopened
-    for _ in range(ROUNDS):
+    for round_ in range(ROUNDS):
         cut, whole = build()
         measured = timed_ratio(cut.eval(), whole.eval(), inputs)
         snap.measured = measured
-        if abs(measured - snap.target) <= close_enough or snap.after >= 1:
-            break
+        if abs(measured - snap.target) <= close_enough or snap.after >= 1 or round_ == ROUNDS - 1:
+            break  # the last snap is the one timed
         model.savings_scale = min(3.0, max(0.1, model.savings_scale * (1 - measured) / (1 - snap.after)))
         again = snap_to_budget(wrapped)
         moved_closed += again.closed
