@@ -200,7 +200,7 @@ def parameter_flops(gm: fx.GraphModule, plan: Plan) -> dict[str, float]:
     weights (a graph attention layer's projection and attention vectors) shares its FLOPs
     among them by size. FLOPs between activations (attention scores, message passing)
     belong to no weight and are not counted."""
-    canonical = {alias: name for name, aliases in plan.param_names.items() for alias in aliases}
+    canonical = plan.canonical_names()
     flops: dict[str, float] = {}
     for node in gm.graph.nodes:
         cost = info(node).flops

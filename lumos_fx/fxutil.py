@@ -104,8 +104,9 @@ def fetch_attr(gm: fx.GraphModule, target: str):
 
 def copy_instrumented(gm: fx.GraphModule) -> fx.GraphModule:
     """A deep copy of an instrumented or pruned model that shares its plan (read, never
-    changed, but for a latency model's savings scale, which timing a copy's cut refines). torch's own copy of the pytree specs of a forward taking containers warns of
-    its deprecated LeafSpec: not the user's to act on, so that warning is not shown."""
+    changed, but for a latency model's savings scale, which timing a copy's cut refines).
+    torch's own copy of the pytree specs of a forward taking containers warns of its
+    deprecated LeafSpec: not the user's to act on, so that warning is not shown."""
     plan = gm.meta.get("lumos")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)

@@ -167,11 +167,11 @@ def _insert_gates(gm: fx.GraphModule, plan: Plan, config: Config) -> None:
     folded: set[tuple[str, str]] = set()
     current: dict[tuple[str, str], fx.Node] = {}  # what a consumer reads now in place of an input
     for consumer, group in consumers:
+        if (consumer.node, consumer.input) in folded:
+            continue
         node, inp = nodes[consumer.node], nodes[consumer.input]
         space = plan.spaces[consumer.space]
         on_input = gates_on[consumer.node, consumer.input]
-        if (consumer.node, consumer.input) in folded:
-            continue
         if all(foldable(gm, node, inp, plan.spaces[c.space].dim) for c, _ in on_input):
             # Two gates on one input (a head and its dims) fold as their product.
             with gm.graph.inserting_before(node):
@@ -183,15 +183,8 @@ def _insert_gates(gm: fx.GraphModule, plan: Plan, config: Config) -> None:
         producer = nodes.get(consumer.folds_at)
         if len(on_input) == 1 and producer is not None and \
                 folds_at_producer(gm, producer, [plan.spaces[k].param for k in consumer.fold]):
-            scales, rows = {}, {}
             with gm.graph.inserting_before(producer):
-                for k in consumer.fold:
-                    fold_space = plan.spaces[k]
-                    # the weight's rows and the bias: one scale when they cover the same indices
-                    same = (tuple(fold_space.units), None if fold_space.covers is None else tuple(fold_space.covers))
-                    if same not in rows:
-                        rows[same] = _rows(gm, plan, group.id, gate_value[group.id], fold_space)
-                    scales[fold_space.param.rsplit(".", 1)[1]] = (fold_space.dim, rows[same])
+                scales = _producer_scales(gm, plan, consumer, group.id, gate_value[group.id])
             for added in fold(gm, producer, scales):
                 annotate(added, gate=GateRole.FOLD)
             folded.add((consumer.node, consumer.input))
@@ -217,6 +210,20 @@ def _folded_value(gm, plan, on_input, gate_value: dict[int, fx.Node]) -> fx.Node
             z = gm.graph.call_function(operator.mul, (z, units))
             annotate(z, gate=GateRole.FOLD)
     return z
+
+
+def _producer_scales(gm, plan, consumer, gid: int, z: fx.Node) -> dict[str, tuple[int, fx.Node]]:
+    """For :func:`~lumos_fx.gate_fold.fold` of the producer's weight and bias, the scale of
+    each dim the consumer's gate folds into (one for the weight's rows and the bias when
+    they cover the same indices)."""
+    scales, rows = {}, {}
+    for key in consumer.fold:
+        space = plan.spaces[key]
+        same = (tuple(space.units), None if space.covers is None else tuple(space.covers))
+        if same not in rows:
+            rows[same] = _rows(gm, plan, gid, z, space)
+        scales[space.param.rsplit(".", 1)[1]] = (space.dim, rows[same])
+    return scales
 
 
 def _rows(gm, plan, gid, z: fx.Node, space) -> fx.Node:

@@ -181,9 +181,10 @@ def measure(gm: fx.GraphModule, plan: Plan, example_inputs: tuple, batch: int | 
     device = next((p.device for p in gm.parameters()), torch.device("cpu"))
     dtype = next((p.dtype for p in gm.parameters() if p.is_floating_point()), torch.float32)
     store = _Store(_cache_path())
+    canonical = plan.canonical_names()
     layers = {}
     for node in gm.graph.nodes:
-        layer = _layer(gm, plan, node, factor, device, dtype, store, plan.config.round_to)
+        layer = _layer(gm, plan, canonical, node, factor, device, dtype, store)
         if layer is not None:
             layers[node.name] = layer
     store.save()
@@ -200,10 +201,8 @@ def measure(gm: fx.GraphModule, plan: Plan, example_inputs: tuple, batch: int | 
     finally:
         gm.train(was_training)
     scaling, fixed = _scaling(plan, profile, floors, set(layers))
-    model = LatencyModel(plan.cost, list(layers.values()), scaling, fixed, floor, dense,
-                         inputs[0].shape[0] if inputs else 1)
-    warn_if_out_of_reach(model, plan.config.target_latency)
-    return model
+    return LatencyModel(plan.cost, list(layers.values()), scaling, fixed, floor, dense,
+                        inputs[0].shape[0] if inputs else 1)
 
 
 def warn_if_out_of_reach(model: LatencyModel, target: float) -> None:
@@ -255,7 +254,7 @@ class _NodeTimer(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule, device: torch.device, runs: int = 7) -> None:
         super().__init__(gm)
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.sync = _synchronizer(device)
         self.runs = runs
         self.times: dict[str, list[float]] = {}
 
@@ -297,8 +296,8 @@ def inputs_at(example_inputs: tuple, batch: int | None) -> tuple[tuple, float]:
     return tuple(repeat(x) for x in example_inputs), batch / example_batch
 
 
-def _layer(gm, plan: Plan, node: fx.Node, factor: float, device, dtype, store: _Store,
-           multiple: int) -> LayerTable | None:
+def _layer(gm, plan: Plan, canonical: dict[str, str], node: fx.Node, factor: float, device, dtype,
+           store: _Store) -> LayerTable | None:
     """The table of one layer call a gate narrows, or None for any other node."""
     if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
         return None
@@ -306,7 +305,6 @@ def _layer(gm, plan: Plan, node: fx.Node, factor: float, device, dtype, store: _
     rule = REGISTRY.module_rule(module)
     folded = rule.folded(module) if rule is not None and rule.channels_at is not None else None
     weight = getattr(module, "weight", None)
-    canonical = {alias: name for name, aliases in plan.param_names.items() for alias in aliases}
     name = canonical.get(f"{node.target}.weight")
     dims = plan.cost.dims_of.get(name, {}) if folded is not None else {}
     if not (set(dims) & {0, 1}) or weight is None or weight.dim() < 2:
@@ -316,8 +314,8 @@ def _layer(gm, plan: Plan, node: fx.Node, factor: float, device, dtype, store: _
     shape[0] = max(1, round(shape[0] * factor))
     channel_dim = normalize_dim(rule.channels_at, len(shape))
     out_full, in_full = weight.shape[0], weight.shape[1]
-    out_sizes = _sizes(out_full, multiple) if 0 in dims else (out_full,)
-    in_sizes = _sizes(in_full, multiple) if 1 in dims else (in_full,)
+    out_sizes = _sizes(out_full, plan.config.round_to) if 0 in dims else (out_full,)
+    in_sizes = _sizes(in_full, plan.config.round_to) if 1 in dims else (in_full,)
     key = json.dumps([_device_name(device), str(dtype), type(module).__name__, shape, list(weight.shape),
                       module.bias is not None, repr(rest), out_sizes, in_sizes])
     seconds = store.get(key)
@@ -352,9 +350,14 @@ def _time_layer(function, rest, shape, channel_dim, weight, bias: bool, out_size
         return _seconds(lambda: function(x, w, b, *rest), device)
 
 
+def _synchronizer(device: torch.device):
+    """What makes the clock wait for `device`'s queued work: nothing on a CPU."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
 def _seconds(call, device) -> float:
     """Median seconds of `call`, repeated for about :data:`_POINT_SECONDS` (3 to 50 times)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = _synchronizer(device)
     call()
     sync()
     start = time.perf_counter()
@@ -414,8 +417,7 @@ class _Store:
 
 def timed_ratio(cut, whole, inputs: tuple, repeats: int = 30) -> float:
     """Median seconds of `cut` over `whole`'s, the two taking turns."""
-    device = next((p.device for p in whole.parameters()), torch.device("cpu"))
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = _synchronizer(next((p.device for p in whole.parameters()), torch.device("cpu")))
     times: dict[str, list[float]] = {"cut": [], "whole": []}
     with torch.no_grad():
         for model in (cut, whole):

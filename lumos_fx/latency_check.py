@@ -13,6 +13,7 @@ points (timing on a busy machine moves a ratio by about that).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from torch import fx
 
@@ -41,5 +42,5 @@ def settle(wrapped: fx.GraphModule, snap: Snap, build: Callable[[], tuple[fx.Gra
         again = snap_to_budget(wrapped)
         moved_closed += again.closed
         moved_reopened += again.reopened
-        snap = Snap(snap.target, snap.from_gates, again.after, moved_closed, moved_reopened, snap.kind)
+        snap = replace(snap, after=again.after, closed=moved_closed, reopened=moved_reopened, measured=None)
     return snap

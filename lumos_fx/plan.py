@@ -64,6 +64,10 @@ class Plan:
     def group_of(self, space: Space) -> Group:
         return self.groups[space.group]
 
+    def canonical_names(self) -> dict[str, str]:
+        """Every name a parameter is reachable by -> its canonical name."""
+        return {alias: name for name, aliases in self.param_names.items() for alias in aliases}
+
     def param_spaces(self) -> dict[str, list[Space]]:
         """Canonical parameter name -> its spaces (one per tied dim; refinements apart)."""
         out: dict[str, list[Space]] = {}

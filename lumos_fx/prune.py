@@ -551,8 +551,9 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
     if snap is not None and snap.kind == "latency":
         def build():
             now = eval_gate_values(wrapped)
-            return (cut(wrapped, _masks(plan, now), now, False),
-                    cut(wrapped, {gid: np.ones_like(k) for gid, k in _masks(plan, now).items()}, now, False))
+            masks = _masks(plan, now)
+            return (cut(wrapped, masks, now, False),
+                    cut(wrapped, {gid: np.ones_like(k) for gid, k in masks.items()}, now, False))
         snap = settle_latency(wrapped, snap, build)
     rounded = round_widths(wrapped)
     if snap is not None and (snap.closed or snap.reopened) or rounded:

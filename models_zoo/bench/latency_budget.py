@@ -1,6 +1,7 @@
 """A latency budget against a FLOP budget tuned to the same latency: each workload trained
-with ``Config(target_latency=t, latency_batch=b)``, pruned, and its latency measured against
-the dense model's; then trained with ``Config(target_flops=f)``, ``f`` first the share of
+with ``Config(target_latency=t)`` counted on a training batch of ``--batch`` real samples
+(the example inputs, ``latency_batch=None``), pruned, and its latency measured against the
+dense model's on test samples; then trained with ``Config(target_flops=f)``, ``f`` first the share of
 the gated layers' FLOPs the latency run kept, then that share scaled by the ratio of the two
 cut models' measured latencies, so that the FLOP-budget model runs about as fast.
 
