@@ -60,8 +60,9 @@ class Config:
       together, like the components of a vector, are learnt before noise can hide them).
     * ``anneal_steps``, ``final_beta``, ``final_noise_range`` -- after the warm-up, ``beta``
       and ``noise_range`` move linearly to these over ``anneal_steps`` (0: no annealing).
-    * ``gate_seed`` -- seeds the training gates' noise, drawn per gate and step (see
-      :class:`lumos_fx.Gate`): identical on every process of a distributed run.
+    * ``gate_seed`` -- seeds the training gates' noise, one draw per step for all the gates
+      of a model (see :class:`lumos_fx.gate.GateBank`): identical on every process of a
+      distributed run.
 
     Regulariser: ``lam`` multiplies the expected fraction of prunable parameters still alive
     in :func:`lumos_fx.complexity_loss`; ``gate_lr`` is the default learning rate of the

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .config import Config
+
+# (gates, their log_alpha joined, t_l, t_u) -> the uniform noise of their draw, counted
+Noise = Callable[[list, torch.Tensor, float, float], torch.Tensor]
 
 
 class Gate(nn.Module):
@@ -104,7 +108,7 @@ class Gate(nn.Module):
     def sample(self) -> torch.Tensor:
         """A training sample of ``z``: one noise draw per gate (the deterministic value
         during the warm-up)."""
-        return _draw([self], self.log_alpha)
+        return _draw([self], self.log_alpha, lambda gates, like, t_l, t_u: self.noise(t_l, t_u))
 
     def noise(self, t_l: float, t_u: float) -> torch.Tensor:
         """This draw's uniform noise ``u`` in ``(t_l, t_u)``, one per gate; counts the draw."""
@@ -156,17 +160,38 @@ class GateBank(nn.ModuleDict):
     """The gates of an instrumented model (``wrapped.lumos_gates``), by key, computed together.
 
     One call returns every gate's ``z`` (a tuple in key order) from one pass over all their
-    ``log_alpha`` joined: the same values as calling each :class:`Gate`, noise streams
-    included, for a handful of tensor ops per step instead of a handful per gate, which on
-    a small model is most of what gating costs. The gates share one :class:`Config` and so
-    one schedule; each counts its own draws, as it does alone.
+    ``log_alpha`` joined, for a handful of tensor ops per step instead of a handful per
+    gate, which on a small model is most of what gating costs. The gates share one
+    :class:`Config` and so one schedule; each counts its own draws, as it does alone.
+
+    The noise of the bank's draw :math:`k` is one uniform vector over all its gates, from a
+    generator seeded with ``(Config.gate_seed, k)`` (the global RNG where the gates have no
+    stream): one seeding per step, not one per gate, and still the same on every process
+    of a distributed run and continued by a resumed one. A :class:`Gate` called alone draws
+    from its own stream instead, so its samples are not the bank's.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._generator: torch.Generator | None = None
 
     def forward(self) -> tuple[torch.Tensor, ...]:
         gates = list(self.values())
         joined = torch.cat([g.log_alpha for g in gates])
-        z = _draw(gates, joined) if self.training else gates[0]._deterministic(joined)
+        z = _draw(gates, joined, self._noise) if self.training else gates[0]._deterministic(joined)
         return z.split([g.n for g in gates])
+
+    def _noise(self, gates: list[Gate], like: torch.Tensor, t_l: float, t_u: float) -> torch.Tensor:
+        """This draw's noise for all of `gates` joined (shaped `like`); counts the draw."""
+        first = gates[0]
+        generator = None
+        if first.stream is not None:
+            if self._generator is None or self._generator.device != like.device:
+                self._generator = torch.Generator(device=like.device)
+            generator = self._generator.manual_seed(hash((first.stream[0], first.draws)) & (2 ** 63 - 1))
+        for g in gates:
+            g.draws += 1
+        return torch.empty_like(like).uniform_(t_l, t_u, generator=generator)
 
     def prob_joined(self) -> torch.Tensor:
         """:meth:`Gate.prob_nonzero` of every gate, joined in key order, in one pass."""
@@ -179,15 +204,14 @@ class GateBank(nn.ModuleDict):
         return any(g.held for g in self.values())
 
 
-def _draw(gates: list[Gate], log_alpha: torch.Tensor) -> torch.Tensor:
+def _draw(gates: list[Gate], log_alpha: torch.Tensor, noise: Noise) -> torch.Tensor:
     """One training draw of `gates` (alike in Config, so in schedule and draw count) from
     their `log_alpha` joined: the deterministic value during the warm-up, else the
-    hard-concrete sample on each gate's own noise."""
+    hard-concrete sample on ``noise(gates, log_alpha, t_l, t_u)``, which counts the draw."""
     first = gates[0]
     if first.warming_up:
         for g in gates:
             g.draws += 1
         return first._deterministic(log_alpha)
     beta, (t_l, t_u) = first.schedule()
-    noise = [g.noise(t_l, t_u) for g in gates]
-    return first._concrete(log_alpha, noise[0] if len(noise) == 1 else torch.cat(noise), beta)
+    return first._concrete(log_alpha, noise(gates, log_alpha, t_l, t_u), beta)

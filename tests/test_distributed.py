@@ -30,6 +30,26 @@ def test_gate_noise_is_seeded_per_step_not_by_the_global_rng():
     assert all(torch.equal(g(), h()) for g, h in zip(lumos_fx.gates(resumed).values(), lumos_fx.gates(a).values()))
 
 
+def test_the_gate_bank_draws_one_seeded_noise_vector_per_step():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    a, b = (lumos_fx.instrument(model, (torch.randn(2, 4),)).train() for _ in range(2))
+    torch.manual_seed(0)
+    first = a.lumos_gates()
+    torch.manual_seed(1)
+    assert all(torch.equal(x, y) for x, y in zip(first, b.lumos_gates()))
+    second = a.lumos_gates()
+    assert not any(torch.equal(x, y) for x, y in zip(first, second))
+    assert all(g.draws == 2 for g in lumos_fx.gates(a).values())
+    resumed = lumos_fx.instrument(model, (torch.randn(2, 4),)).train()
+    resumed.load_state_dict(a.state_dict())
+    assert all(torch.equal(x, y) for x, y in zip(resumed.lumos_gates(), a.lumos_gates()))
+    u = torch.empty(sum(g.n for g in lumos_fx.gates(a).values())).uniform_(
+        1e-6, 1 - 1e-6, generator=torch.Generator().manual_seed(hash((0, 3)) & (2 ** 63 - 1)))
+    la = torch.cat([g.log_alpha for g in lumos_fx.gates(a).values()]).detach()
+    want = torch.clamp(torch.sigmoid((torch.logit(u) + la) * 1.5) * 1.2 - 0.1, 0, 1)
+    torch.testing.assert_close(torch.cat(a.lumos_gates()), want)  # draw 3: one vector over all gates
+
+
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None
                     and shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_two_gloo_processes_prune_to_the_model_one_process_trains(tmp_path, monkeypatch):
