@@ -9,6 +9,7 @@ from torch import fx
 
 from .budget import Budget, budget_of, cost_model
 from .errors import GateError, TrainingError
+from .essential_floor import floored_probabilities
 from .plan import GATES, gate_modules, gates, plan_of
 from .rounding import rounded_probabilities
 
@@ -26,7 +27,9 @@ def expected_alive(wrapped: fx.GraphModule) -> tuple[torch.Tensor, int]:
 
 def expected_kept(wrapped: fx.GraphModule) -> torch.Tensor:
     """Expected kept fraction of what the model's budget counts: prunable parameters, or
-    with ``Config(target_flops=...)`` the gated layers' FLOPs. Differentiable in the gates."""
+    with ``Config(target_flops=...)`` the gated layers' FLOPs. Differentiable in the gates.
+    Widths count as prune() makes them: rounded (:mod:`lumos_fx.rounding`), and the one unit
+    it keeps of a group every path runs through free (:mod:`lumos_fx.essential_floor`)."""
     return _kept(wrapped, _counted(wrapped)[2])
 
 
@@ -40,7 +43,8 @@ def _kept(wrapped: fx.GraphModule, cost) -> torch.Tensor:
     if cost.total == 0:
         return torch.ones(())
     # getattr, not get_submodule: every training step asks, and the bank is a direct child
-    return cost.joined(rounded_probabilities(wrapped, getattr(wrapped, GATES).prob_joined())) / cost.total
+    p = floored_probabilities(wrapped, getattr(wrapped, GATES).prob_joined())
+    return cost.joined(rounded_probabilities(wrapped, p)) / cost.total
 
 
 def complexity_loss(wrapped: fx.GraphModule) -> torch.Tensor:

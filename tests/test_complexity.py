@@ -132,3 +132,40 @@ def test_the_expected_count_has_the_gradient_of_its_finite_differences(model, ex
         assert cost.diagonal if model is ResidualMLP else cost.bilinear
         p = torch.rand(sum(cost.sizes), dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(cost.joined, (p,))
+
+
+def test_the_last_unit_of_a_group_every_path_runs_through_is_free_and_not_pressed():
+    # fc_a's 20 channels: a residual branch (closable whole); the chain's hidden layer: essential
+    chain = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
+    wrapped = lumos_fx.instrument(chain, (torch.randn(4, 6),)).train()
+    plan = lumos_fx.plan.plan_of(wrapped)
+    gates = lumos_fx.plan.gate_modules(wrapped)
+    low, high = list(gates)[1], list(gates)[2]
+    assert {low, high} <= plan.essential
+    with torch.no_grad():
+        gates[low].log_alpha.fill_(-6.0)  # expected 16 * 0.012 = 0.2 units: below one
+    lumos_fx.complexity_loss(wrapped).backward()
+    assert torch.equal(gates[low].log_alpha.grad, torch.zeros(16))  # no pressure below one unit
+    assert (gates[high].log_alpha.grad > 0).all()
+    cost = lumos_fx.budget.cost_model(plan, "params")
+    probs = {gid: g.prob_nonzero().detach().double() for gid, g in gates.items()}
+    probs[low] = probs[low] / probs[low].sum()  # counted as the one unit prune() keeps
+    kept = lumos_fx.complexity.expected_kept(wrapped)
+    assert kept.item() == pytest.approx(float(cost.expected(probs)) / cost.total, rel=1e-5)
+    with torch.no_grad():
+        gates[low].log_alpha.fill_(0.0)  # 16 * 0.83 units: counted and pressed as they are
+    for g in gates.values():
+        g.log_alpha.grad = None
+    lumos_fx.complexity_loss(wrapped).backward()
+    assert (gates[low].log_alpha.grad > 0).all()
+
+
+def test_a_residual_branch_may_close_whole():
+    wrapped = lumos_fx.instrument(ResidualMLP(), (torch.randn(4, 5),)).train()
+    plan = lumos_fx.plan.plan_of(wrapped)
+    branch = next(gid for gid, g in plan.gate_keys.items() if "fc_a" in g)
+    assert branch not in plan.essential
+    with torch.no_grad():
+        lumos_fx.plan.gate_modules(wrapped)[branch].log_alpha.fill_(-6.0)
+    lumos_fx.complexity_loss(wrapped).backward()
+    assert (lumos_fx.plan.gate_modules(wrapped)[branch].log_alpha.grad > 0).all()
