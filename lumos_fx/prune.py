@@ -547,6 +547,7 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
     """
     plan = plan_of(wrapped)
     z = eval_gate_values(wrapped)  # non-finite gates are an error before the snap reads them
+    trained = {gid: g.log_alpha.detach().clone() for gid, g in gate_modules(wrapped).items()}  # re-snaps start here
     snap = snap_to_budget(wrapped)
     if snap is not None and snap.kind == "latency":
         def build():
@@ -554,7 +555,7 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
             masks = _masks(plan, now)
             return (cut(wrapped, masks, now, False),
                     cut(wrapped, {gid: np.ones_like(k) for gid, k in masks.items()}, now, False))
-        snap = settle_latency(wrapped, snap, build)
+        snap = settle_latency(wrapped, snap, trained, build)
     rounded = round_widths(wrapped)
     if snap is not None and (snap.closed or snap.reopened) or rounded:
         z = eval_gate_values(wrapped)

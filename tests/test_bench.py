@@ -139,5 +139,5 @@ def test_the_latency_budget_benchmark_times_both_budgets_against_dense(tmp_path,
                                 "--out", str(tmp_path)])
     (row,) = rows
     assert row["batch"] == 64 and row["dense_ms"] > 0 and 0 < row["latency_fraction"] and 0 < row["flops_target"] < 1
-    assert len(row["flops_targets"]) == 2 and (tmp_path / "latency.json").exists()
+    assert 1 <= len(row["flops_targets"]) <= latency_budget.TUNINGS and (tmp_path / "latency.json").exists()
     assert "| cfd | R^2 | 64 | 30% |" in (tmp_path / "latency_budget.md").read_text()

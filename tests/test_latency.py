@@ -106,3 +106,28 @@ def test_one_budget_and_a_latency_batch_that_is_a_batch(tmp_path):
     config = Config(target_latency=0.3, latency_batch=32)
     with pytest.raises(lumos_fx.InputError, match="latency_batch=None"):
         lumos_fx.instrument(TwoInputs(), (torch.randn(5, 4), torch.randn(7, 6)), config=config)
+
+
+def test_every_timed_re_snap_starts_from_the_gates_training_left(tmp_path, monkeypatch):
+    from lumos_fx import latency_check
+
+    wrapped = instrumented(tmp_path)
+    with torch.no_grad():
+        for g in lumos_fx.gates(wrapped).values():
+            g.log_alpha.copy_(torch.linspace(-5.0, 1.0, g.n))  # weak units open, the rest shut
+    trained = [g.log_alpha.clone() for g in lumos_fx.gates(wrapped).values()]
+    clocks = iter([0.9, 0.7, 0.4])  # the first two cuts timed far off the target: two re-snaps
+    monkeypatch.setattr(latency_check, "timed_ratio", lambda *args, **kwargs: next(clocks))
+    seen = []
+    snap = latency_check.snap_to_budget
+
+    def spy(w):
+        seen.append([g.log_alpha.clone() for g in lumos_fx.gates(w).values()])
+        return snap(w)
+
+    monkeypatch.setattr(latency_check, "snap_to_budget", spy)
+    pruned = lumos_fx.prune(wrapped)
+    assert len(seen) == 2 and all(torch.equal(a, b) for s in seen for a, b in zip(s, trained))
+    assert lumos_fx.summary(pruned).budget.measured == 0.4
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(pruned(x), wrapped.eval()(x))
