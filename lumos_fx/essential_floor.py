@@ -35,6 +35,8 @@ def floored_probabilities(wrapped: fx.GraphModule, joined: torch.Tensor) -> torc
     group, count = segments
     with torch.no_grad():
         expected = joined.new_zeros(count + 1).index_add(0, group, joined)[:-1]
+        if not bool((expected < 1).any()):  # the usual step: a dozen ops and a hook saved
+            return joined
         scale = torch.cat([expected.clamp(min=1e-12, max=1.0).reciprocal(), joined.new_ones(1)])[group]
         held = torch.cat([expected < 1, expected.new_zeros(1, dtype=torch.bool)])[group]
     floored = joined + (joined * scale - joined).detach()

@@ -84,6 +84,10 @@ def test_the_budget_and_overhead_benchmarks_run(tmp_path):
     rows = overhead.main(["--workloads", "cfd", "--scale", "smoke", "--repeats", "3", "--batch-factors", "1", "--out", str(tmp_path)])
     assert rows[0]["ratio"] > 0 and 0 < rows[0]["gate_fraction"] < 1
     assert json.loads((tmp_path / "overhead.json").read_text())[0]["workload"] == "cfd"
+    (parts,) = overhead.main(["--workloads", "cfd", "--scale", "smoke", "--repeats", "3", "--parts", "--out",
+                              str(tmp_path)])
+    assert parts["ratio"] > 0 and all(part in parts for part in overhead.PARTS)
+    assert "weights x fixed gates" in (tmp_path / "overhead_parts.md").read_text()
 
 
 def test_the_round_to_benchmark_rounds_the_widths_it_times(tmp_path):
