@@ -250,7 +250,7 @@ def _scaling(plan: Plan, profile: dict[str, float], floors: dict[str, float],
 
 
 class _NodeTimer(fx.Interpreter):
-    """Least seconds of every node of a graph over a few runs (see :func:`_seconds`)."""
+    """Median seconds of every node of a graph over a few runs."""
 
     def __init__(self, gm: fx.GraphModule, device: torch.device, runs: int = 7) -> None:
         super().__init__(gm)
@@ -263,7 +263,7 @@ class _NodeTimer(fx.Interpreter):
         self.times.clear()
         for _ in range(self.runs):
             self.run(*inputs)
-        return {name: min(t) for name, t in self.times.items()}
+        return {name: statistics.median(t) for name, t in self.times.items()}
 
     def run_node(self, n: fx.Node):
         if n.op in ("placeholder", "output", "get_attr"):
@@ -356,23 +356,21 @@ def _synchronizer(device: torch.device):
 
 
 def _seconds(call, device) -> float:
-    """Least seconds of `call` over at least 3 and at most 50 calls, for about
-    :data:`_POINT_SECONDS`: a busy machine slows some runs, never speeds one up, and the
-    tables need the shape of the time over the widths, not its level (the calibration takes
-    that from the dense model). The count does not come from a first call, which a busy
-    machine can slow enough to leave three preempted ones."""
+    """Median seconds of `call`, repeated for about :data:`_POINT_SECONDS` (3 to 50 times)."""
     sync = _synchronizer(device)
     call()
     sync()
-    times: list[float] = []
-    spent = 0.0
-    while len(times) < 3 or (spent < _POINT_SECONDS and len(times) < 50):
+    start = time.perf_counter()
+    call()
+    sync()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(min(50, max(3, int(_POINT_SECONDS / max(first, 1e-6))))):
         start = time.perf_counter()
         call()
         sync()
         times.append(time.perf_counter() - start)
-        spent += times[-1]
-    return min(times)
+    return statistics.median(times)
 
 
 def _device_name(device: torch.device) -> str:
