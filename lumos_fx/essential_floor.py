@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from .plan import GATES, plan_of
+from .plan import plan_of
 
 
 def floored_probabilities(wrapped: fx.GraphModule, joined: torch.Tensor) -> torch.Tensor:
@@ -53,9 +53,5 @@ def _segments(wrapped: fx.GraphModule, device: torch.device) -> tuple[torch.Tens
     if device not in cache:
         plan = plan_of(wrapped)
         essential = [gid for gid in plan.gate_keys if gid in plan.essential]
-        index = {gid: i for i, gid in enumerate(essential)}
-        group = []
-        for gid, gate in zip(plan.gate_keys, getattr(wrapped, GATES).values()):
-            group += [index.get(gid, len(essential))] * gate.n
-        cache[device] = (torch.tensor(group, device=device), len(essential)) if essential else None
+        cache[device] = (plan.segments(essential).to(device), len(essential)) if essential else None
     return cache[device]

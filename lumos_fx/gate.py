@@ -119,11 +119,7 @@ class Gate(nn.Module):
     def _seeded(self) -> torch.Generator | None:
         if self.stream is None:
             return None
-        device = self.log_alpha.device
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device)
-        # hash() of a tuple of ints is the same in every process (only str hashing is salted).
-        self._generator.manual_seed(hash((*self.stream, self.draws)) & (2 ** 63 - 1))
+        self._generator = _reseeded(self._generator, self.log_alpha.device, (*self.stream, self.draws))
         return self._generator
 
     def get_extra_state(self) -> dict:
@@ -186,9 +182,7 @@ class GateBank(nn.ModuleDict):
         first = gates[0]
         generator = None
         if first.stream is not None:
-            if self._generator is None or self._generator.device != like.device:
-                self._generator = torch.Generator(device=like.device)
-            generator = self._generator.manual_seed(hash((first.stream[0], first.draws)) & (2 ** 63 - 1))
+            generator = self._generator = _reseeded(self._generator, like.device, (first.stream[0], first.draws))
         for g in gates:
             g.draws += 1
         return torch.empty_like(like).uniform_(t_l, t_u, generator=generator)
@@ -202,6 +196,14 @@ class GateBank(nn.ModuleDict):
     def held(self) -> bool:
         """:attr:`Gate.held` of the gates (all alike)."""
         return any(g.held for g in self.values())
+
+
+def _reseeded(generator: torch.Generator | None, device: torch.device, key: tuple[int, ...]) -> torch.Generator:
+    """`generator` (a new one where it is None or on another device) seeded from `key`."""
+    if generator is None or generator.device != device:
+        generator = torch.Generator(device=device)
+    # hash() of a tuple of ints is the same in every process (only str hashing is salted).
+    return generator.manual_seed(hash(key) & (2 ** 63 - 1))
 
 
 def _draw(gates: list[Gate], log_alpha: torch.Tensor, noise: Noise) -> torch.Tensor:

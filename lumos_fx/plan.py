@@ -68,6 +68,13 @@ class Plan:
         """Every name a parameter is reachable by -> its canonical name."""
         return {alias: name for name, aliases in self.param_names.items() for alias in aliases}
 
+    def segments(self, gids) -> torch.Tensor:
+        """For the gates' values joined in the bank's order: each unit's index in `gids` (the
+        group it belongs to among them), or ``len(gids)`` for a unit of any other group."""
+        index = {gid: i for i, gid in enumerate(gids)}
+        return torch.tensor([index.get(gid, len(index)) for gid in self.gate_keys
+                             for _ in range(self.groups[gid].n_units)], dtype=torch.long)
+
     def param_spaces(self) -> dict[str, list[Space]]:
         """Canonical parameter name -> its spaces (one per tied dim; refinements apart)."""
         out: dict[str, list[Space]] = {}

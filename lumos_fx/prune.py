@@ -547,7 +547,8 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
     """
     plan = plan_of(wrapped)
     z = eval_gate_values(wrapped)  # non-finite gates are an error before the snap reads them
-    trained = {gid: g.log_alpha.detach().clone() for gid, g in gate_modules(wrapped).items()}  # re-snaps start here
+    trained = ({gid: g.log_alpha.detach().clone() for gid, g in gate_modules(wrapped).items()}  # re-snaps start here
+               if plan.config.target_latency is not None else None)
     snap = snap_to_budget(wrapped)
     if snap is not None and snap.kind == "latency":
         def build():

@@ -24,7 +24,7 @@ from torch import fx
 
 from .channels import HeadDimsKey
 from .config import module_matches
-from .plan import GATES, Plan, gate_modules, plan_of
+from .plan import Plan, gate_modules, plan_of
 
 Masks = dict[int, torch.Tensor]
 
@@ -132,17 +132,9 @@ def _segments(wrapped: fx.GraphModule, device: torch.device) -> tuple[torch.Tens
     cache = wrapped.meta.setdefault("lumos_rounding_segments", {})
     if device not in cache:
         plan, multiples = plan_of(wrapped), unit_multiples(wrapped)
-        offsets, offset = {}, 0
-        for key, gate in wrapped.get_submodule(GATES).items():
-            offsets[key], offset = offset, offset + gate.n
-        group = torch.full((offset,), len(multiples), dtype=torch.long)
-        sizes = []
-        for i, gid in enumerate(multiples):
-            start, n = offsets[plan.gate_keys[gid]], plan.groups[gid].n_units
-            group[start:start + n] = i
-            sizes.append(n)
+        sizes = torch.tensor([float(plan.groups[gid].n_units) for gid in multiples])
         units = torch.tensor([float(u) for u, _, _ in multiples.values()])
-        cache[device] = (group.to(device), units.to(device), torch.tensor(sizes, dtype=torch.float).to(device))
+        cache[device] = (plan.segments(list(multiples)).to(device), units.to(device), sizes.to(device))
     return cache[device]
 
 
