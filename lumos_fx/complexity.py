@@ -10,7 +10,7 @@ from torch import fx
 from .budget import Budget, budget_of, cost_model
 from .errors import GateError, TrainingError
 from .essential_floor import floored_probabilities
-from .plan import GATES, gate_modules, gates, plan_of
+from .plan import GATES, gate_modules, gates, instrumented, plan_of
 from .rounding import rounded_probabilities
 
 
@@ -19,6 +19,7 @@ def expected_alive(wrapped: fx.GraphModule) -> tuple[torch.Tensor, int]:
 
     A weight is alive when every channel it connects is alive (see :mod:`lumos_fx.costs`).
     """
+    wrapped = instrumented(wrapped)
     plan = plan_of(wrapped)
     if not plan.gate_keys:
         return torch.zeros(()), 0
@@ -30,6 +31,7 @@ def expected_kept(wrapped: fx.GraphModule) -> torch.Tensor:
     with ``Config(target_flops=...)`` the gated layers' FLOPs. Differentiable in the gates.
     Widths count as prune() makes them: rounded (:mod:`lumos_fx.rounding`), and the one unit
     it keeps of a group every path runs through free (:mod:`lumos_fx.essential_floor`)."""
+    wrapped = instrumented(wrapped)
     return _kept(wrapped, _counted(wrapped)[2])
 
 
@@ -60,6 +62,7 @@ def complexity_loss(wrapped: fx.GraphModule) -> torch.Tensor:
         GateError: a gate's ``log_alpha`` is NaN or inf (named, with the step).
         TrainingError: the budget's multipliers diverged (lower ``Config.budget_lr``).
     """
+    wrapped = instrumented(wrapped)
     plan, budget, cost = _counted(wrapped)
     if cost.total == 0:
         return torch.zeros(())  # nothing is prunable
@@ -106,6 +109,7 @@ def param_groups(wrapped: fx.GraphModule, lr: float, *, gate_lr: float | None = 
 
     ``torch.optim.Adam(lumos_fx.param_groups(wrapped, lr=1e-3))``
     """
+    wrapped = instrumented(wrapped)
     plan = plan_of(wrapped)
     gate_params = [g.log_alpha for g in gates(wrapped).values()]
     ids = {id(p) for p in gate_params}

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch._dynamo  # noqa: F401  # before symbolic_sizes patches torch: see there
 from torch import fx
 from torch.fx._symbolic_trace import _maybe_revert_all_patches
 from torch.fx.node import map_aggregate
@@ -193,7 +194,13 @@ def _size_wrappers() -> tuple[tuple[object, str, object, object], ...]:
 
 @contextmanager
 def symbolic_sizes():
-    """While tracing: torch's C functions and Tensor methods take traced sizes symbolically."""
+    """While tracing: torch's C functions and Tensor methods take traced sizes symbolically.
+
+    torch._dynamo is imported with this module, not while these are in place: it snapshots
+    ``torch.finfo`` and ``torch.iinfo`` into its constant types on import, and fx's node
+    records import it lazily (through ``torch._inductor``) on the first trace; a snapshot of
+    the wrappers made every later ``torch.compile`` of the instrumented model fail on a
+    guard."""
     wrappers = _size_wrappers()
     for owner, name, _, wrapper in wrappers:
         setattr(owner, name, wrapper)

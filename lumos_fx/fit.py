@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .budget import attach_budget, budget_of
 from .complexity import complexity_loss, expected_kept, param_groups
 from .errors import InputError, TrainingError
-from .plan import plan_of
+from .plan import instrumented, plan_of
 
 BatchFn = Callable[[Any], tuple[Any, Any]]
 
@@ -33,7 +33,9 @@ def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any],
     complexity term, expected kept fraction).
 
     Args:
-        wrapped: a model from :func:`lumos_fx.instrument`.
+        wrapped: a model from :func:`lumos_fx.instrument`, or that model under
+            ``torch.compile``: the steps run the compiled one, checkpoints hold the model's
+            own state dict.
         loader: an iterable of batches ``(x, y)`` or ``(x_1, ..., x_n, y)``: every element
             but the last is a positional input of the model, the last is the target (a
             ``torch.utils.data.DataLoader`` over a ``TensorDataset`` yields these). Inputs
@@ -66,6 +68,7 @@ def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any],
             that step updates anything), naming the epoch and step and what to check.
         GateError: a gate's ``log_alpha`` is NaN or inf (from :func:`lumos_fx.complexity_loss`).
     """
+    forward, wrapped = wrapped, instrumented(wrapped)
     plan = plan_of(wrapped)
     _check_settings(epochs, lr, weight_decay, target, batch_fn)
     per_epoch = _steps_per_epoch(loader, epochs, steps_per_epoch)
@@ -78,7 +81,7 @@ def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any],
     cosine = [(lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))) if g["name"] == "weights"
               else (lambda s: 1.0) for g in opt.param_groups]
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
-    run = _Run(wrapped, loss_fn, batch_fn, opt, schedule, device, lr, epochs, per_epoch, progress)
+    run = _Run(wrapped, forward, loss_fn, batch_fn, opt, schedule, device, lr, epochs, per_epoch, progress)
     history: list[dict] = []
     start = 0
     if checkpoint is not None and Path(checkpoint).exists():
@@ -96,6 +99,7 @@ class _Run:
     """What every step of a :func:`fit` run uses."""
 
     wrapped: fx.GraphModule
+    forward: torch.nn.Module  # wrapped, or wrapped under torch.compile
     loss_fn: Callable[[Any, Any], torch.Tensor]
     batch_fn: BatchFn | None
     opt: torch.optim.Optimizer
@@ -130,7 +134,7 @@ class _Run:
         """Train on one batch, step `i` of `epoch` (both from 1); the task loss and the complexity term."""
         inputs, target = _to(self.device, _split(batch, self.batch_fn, self.wrapped))
         _check_arity(self.wrapped, inputs, batch)
-        loss = self.loss_fn(self.wrapped(*inputs), target)
+        loss = self.loss_fn(self.forward(*inputs), target)
         term = complexity_loss(self.wrapped)  # raises itself at a non-finite gate or multiplier
         value = _scalar(loss)
         if not math.isfinite(value):  # before backward: this step changes nothing

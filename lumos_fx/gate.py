@@ -171,6 +171,10 @@ class GateBank(nn.ModuleDict):
         super().__init__()
         self._generator: torch.Generator | None = None
 
+    # The draw counts and the seeded generator are Python state that moves every step: a
+    # compiled model would guard on them and recompile each step, so the bank runs eagerly
+    # and hands its z to the compiled graph.
+    @torch.compiler.disable
     def forward(self) -> tuple[torch.Tensor, ...]:
         gates = list(self.values())
         joined = torch.cat([g.log_alpha for g in gates])

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from torch import fx
+from torch import fx, nn
+from torch._dynamo.eval_frame import OptimizedModule
 
 from .channels import Group, NodeKey, Space, SpaceKey
 from .config import Config
@@ -93,6 +94,19 @@ class Plan:
         return out
 
 
+def instrumented(module: nn.Module) -> nn.Module:
+    """The model inside `module` where it wraps one for training: under ``torch.compile``
+    (``_orig_mod``) or ``DistributedDataParallel`` / ``DataParallel`` (``module``), which
+    share its parameters and buffers; else `module` itself."""
+    while True:
+        if isinstance(module, OptimizedModule):
+            module = module._orig_mod
+        elif isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            module = module.module
+        else:
+            return module
+
+
 def plan_of(module) -> Plan:
     """The plan of an instrumented module; a clear error for anything else."""
     plan = getattr(module, "meta", {}).get("lumos") if isinstance(module, fx.GraphModule) else None
@@ -107,6 +121,7 @@ def plan_of(module) -> Plan:
 
 def gates(wrapped: fx.GraphModule) -> dict[str, Gate]:
     """Every gate of an instrumented model, by the name of the group it controls."""
+    wrapped = instrumented(wrapped)
     plan = plan_of(wrapped)
     return {plan.groups[gid].name: gate for gid, gate in gate_modules(wrapped).items()}
 

@@ -37,7 +37,7 @@ from .guards import add_guards
 from .latency_check import settle as settle_latency
 from .input_columns import input_columns, kept_features, select, select_in_graph
 from .node_info import GateRole, annotate, info
-from .plan import GATES, Plan, gate_modules, plan_of
+from .plan import GATES, Plan, gate_modules, instrumented, plan_of
 from .report import Summary, build_summary
 from .rules import REGISTRY
 from .rules.api import LIVE, Outcome, Status, run_op
@@ -545,6 +545,7 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
         GateError: a gate holds NaN or inf.
         PruneError: the cut model does not reproduce the gated model (names the groups).
     """
+    wrapped = instrumented(wrapped)
     plan = plan_of(wrapped)
     z = eval_gate_values(wrapped)  # non-finite gates are an error before the snap reads them
     trained = ({gid: g.log_alpha.detach().clone() for gid, g in gate_modules(wrapped).items()}  # re-snaps start here
@@ -602,6 +603,7 @@ def summary(module) -> Summary:
     """Per group channels before -> after, parameters and FLOPs before -> after, and the
     kept input features by name, for an instrumented model (as prune() would cut it now)
     or a pruned one."""
+    module = instrumented(module)
     if isinstance(module, fx.GraphModule) and "lumos_summary" in module.meta:
         return module.meta["lumos_summary"]
     if isinstance(module, fx.GraphModule) and "lumos" in module.meta:
