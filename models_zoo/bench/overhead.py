@@ -2,7 +2,7 @@
 over the original's, and the gates' share of the parameters.
 
     python -m models_zoo.bench.overhead [--workloads cfd dms molhiv] [--repeats 60]
-                                        [--batch-factors 1 8] [--out results]
+                                        [--batch-factors 1 8] [--compile] [--out results]
 
 A step is forward, task loss (plus ``complexity_loss`` for the instrumented model),
 backward and an Adam step, on the same mini-batches. The two models take turns on every
@@ -10,7 +10,8 @@ repeat, in alternating order, and the ratio is of the medians, so drift in the m
 load hits both alike. Each workload runs at its own mini-batch and at `--batch-factors`
 times it: what the gates cost per step hardly grows with the batch (they scale weights,
 not activations; see :mod:`lumos_fx.gate_fold`), so their share falls as it grows.
-Writes ``overhead.json`` and ``overhead.md`` into ``--out``.
+With ``--compile`` both models run under ``torch.compile`` (the gate bank and the complexity
+term stay eager). Writes ``overhead.json`` and ``overhead.md`` (``overhead_compiled.*``) into ``--out``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from . import cli, report
 
 
 def _step(model, opt, loss_fn, inputs, target, gated: bool) -> None:
-    loss = loss_fn(model(*inputs), target)
+    loss = loss_fn(model(*inputs), target)  # model: the instrumented one, or it under torch.compile
     if gated:
         loss = loss + lumos_fx.complexity_loss(model)
     opt.zero_grad(set_to_none=True)
@@ -65,13 +66,14 @@ def _medians(variants: dict, loss_fn, batches, repeats: int, warmup: int) -> dic
 
 
 def run(name: str, scale_name: str = "cpu", repeats: int = 60, warmup: int = 5, seed: int = 0,
-        batch_factor: int = 1) -> dict:
+        batch_factor: int = 1, compiled: bool = False) -> dict:
     workload, scale, task, batches = _setup(name, scale_name, seed, batch_factor)
     plain = workload.model(task, scale, seed).train()
     wrapped = lumos_fx.instrument(workload.model(task, scale, seed), task.example).train()
-    times = _medians({"plain": (plain, torch.optim.Adam(plain.parameters(), lr=1e-4), False),
-                      "lumos": (wrapped, torch.optim.Adam(lumos_fx.param_groups(wrapped, 1e-4)), True)},
-                     workload.loss(task), batches, repeats, warmup)
+    run_plain, run_wrapped = (torch.compile(plain), torch.compile(wrapped)) if compiled else (plain, wrapped)
+    times = _medians({"plain": (run_plain, torch.optim.Adam(plain.parameters(), lr=1e-4), False),
+                      "lumos": (run_wrapped, torch.optim.Adam(lumos_fx.param_groups(wrapped, 1e-4)), True)},
+                     workload.loss(task), batches, repeats, warmup + (3 if compiled else 0))
     gate_params = sum(g.log_alpha.numel() for g in lumos_fx.gates(wrapped).values())
     plain_ms, lumos_ms = (times[k] * 1e3 for k in ("plain", "lumos"))
     return {"workload": name, "family": workload.family, "batch": scale.batch, "step_plain_ms": plain_ms,
@@ -139,6 +141,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--batch-factors", nargs="+", type=int, default=[1, 8],
                         help="also time each workload at these multiples of its mini-batch")
+    parser.add_argument("--compile", action="store_true", help="both models under torch.compile")
     parser.add_argument("--parts", action="store_true",
                         help="instead: what each part of gating adds to a step, at the workloads' own batch")
     args = parser.parse_args(argv)
@@ -152,13 +155,14 @@ def main(argv=None) -> list[dict]:
                            f"medians of {args.repeats} interleaved steps; each part's ms is what it adds to "
                            "the variant before it.", text)
         return rows
-    rows = [run(name, args.scale, args.repeats, seed=args.seed, batch_factor=f)
+    rows = [run(name, args.scale, args.repeats, seed=args.seed, batch_factor=f, compiled=args.compile)
             for name in args.workloads for f in args.batch_factors]
     text = markdown(rows)
     print(text, end="")
-    report.write_table(out, "overhead", rows, "Training-step overhead",
+    under = " under torch.compile" if args.compile else ""
+    report.write_table(out, "overhead_compiled" if args.compile else "overhead", rows, f"Training-step overhead{under}",
                        f"Scale `{args.scale}`, {torch.get_num_threads()} CPU threads, torch {torch.__version__}; "
-                       f"medians of {args.repeats} interleaved steps.", text)
+                       f"medians of {args.repeats} interleaved steps{under}.", text)
     return rows
 
 
