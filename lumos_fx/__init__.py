@@ -30,9 +30,10 @@ from .plan import gates
 from .prune import prune, summary
 from .report import Summary
 from .rules import ModuleRule, Rule, Unsupported, register_rule
+from .tolerance import ToleranceSearch
 
 __all__ = [
-    "Config", "Gate", "Summary", "ModuleRule", "Rule", "Unsupported",
+    "Config", "Gate", "Summary", "ModuleRule", "Rule", "Unsupported", "ToleranceSearch",
     "instrument", "gates", "param_groups", "complexity_loss", "expected_alive", "expected_kept", "fit", "prune", "summary",
     "export", "load", "register_rule",
     "LumosError", "TraceError", "InputError", "NotInstrumentedError", "GateError", "PruneError", "ExportError",

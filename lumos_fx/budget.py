@@ -139,13 +139,9 @@ def snap_to_budget(wrapped: fx.GraphModule) -> Snap | None:
     cost = cost_model(plan, budget.kind)
     gates = gate_modules(wrapped)
     tol = plan.config.budget_tolerance
-    rounded = rounder(wrapped)  # prune() rounds the widths after the snap: count them as they will be
+    kept = _kept_counter(wrapped, cost)
     with torch.no_grad():
-        open_now = {gid: (g.eval_value() > 0) for gid, g in gates.items()}
-
-        def kept(masks) -> float:
-            return float(cost.expected({g: m.to(torch.float64) for g, m in rounded(masks).items()})) / cost.total
-
+        open_now = _open_now(gates)
         if cost.total == 0:
             return Snap(budget.target, 1.0, 1.0, kind=budget.kind)
         now = kept(open_now)
@@ -191,6 +187,30 @@ def snap_to_budget(wrapped: fx.GraphModule) -> Snap | None:
         else:
             snap.reopened = len(chosen)
     return snap
+
+
+def eval_kept(wrapped: fx.GraphModule) -> float:
+    """The fraction of what the budget of `wrapped` counts that its eval gates keep, widths
+    rounded as prune() rounds them: the snap's starting point (1.0 when nothing is prunable)."""
+    budget = budget_of(wrapped)
+    cost = cost_model(plan_of(wrapped), budget.kind if budget is not None else "params")
+    if cost.total == 0:
+        return 1.0
+    with torch.no_grad():
+        return _kept_counter(wrapped, cost)(_open_now(gate_modules(wrapped)))
+
+
+def _open_now(gates: dict) -> dict[int, torch.Tensor]:
+    return {gid: (g.eval_value() > 0) for gid, g in gates.items()}
+
+
+def _kept_counter(wrapped: fx.GraphModule, cost):
+    """masks -> the fraction of `cost` they keep, with the widths prune() rounds them to."""
+    rounded = rounder(wrapped)
+
+    def kept(masks) -> float:
+        return float(cost.expected({g: m.to(torch.float64) for g, m in rounded(masks).items()})) / cost.total
+    return kept
 
 
 def _take(left: dict[int, int], gid: int) -> bool:

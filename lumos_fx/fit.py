@@ -20,6 +20,7 @@ from .budget import attach_budget, budget_of
 from .complexity import complexity_loss, expected_kept, param_groups
 from .errors import InputError, TrainingError
 from .plan import instrumented, plan_of
+from .tolerance import ToleranceSearch
 
 BatchFn = Callable[[Any], tuple[Any, Any]]
 
@@ -27,7 +28,8 @@ BatchFn = Callable[[Any], tuple[Any, Any]]
 def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any], torch.Tensor], *,
         epochs: int = 1, lr: float = 1e-3, weight_decay: float = 0.0, target: float | None = None, device=None,
         checkpoint=None, progress: bool = True, batch_fn: BatchFn | None = None,
-        steps_per_epoch: int | None = None) -> list[dict]:
+        steps_per_epoch: int | None = None, validate: Callable[[torch.nn.Module], float] | None = None,
+        tolerance: float | None = None, validate_every: int | None = None) -> list[dict]:
     """Train `wrapped` on `loader` with Adam, the complexity term (or a budget) added to
     ``loss_fn(wrapped(*inputs), target)``; returns one record per epoch (mean task loss,
     complexity term, expected kept fraction).
@@ -60,6 +62,18 @@ def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any],
             input); for dict batches, e.g. ``batch_fn=lambda b: ((b["x"], b["t"]), b["y"])``.
         steps_per_epoch: the batches one pass over `loader` yields, which the schedules
             need; default ``len(loader)``, required for a loader without ``len()``.
+        validate, tolerance: a size found instead of given
+            (:class:`lumos_fx.tolerance.ToleranceSearch`): ``validate(model) -> float``
+            (higher is better, e.g. accuracy or R^2 on held-out data) is called every
+            `validate_every` steps; the first call, before any pressure to prune, is the
+            reference, and the budget's target keeps falling while the metric stays within
+            `tolerance` of it and backs off when it does not. At the end the smallest
+            model that stayed within is loaded into `wrapped`, for prune() to cut as it is.
+            Excludes `target`; a budget the model was instrumented with gives the kind
+            (parameters or FLOPs), not the size. Each epoch's record then also holds its
+            validations, the last one's the model chosen (``"chosen"``).
+        validate_every: steps between validations (default: one epoch); the first
+            validation ends the dense phase, so give it the steps the model needs to learn.
 
     Raises:
         InputError: a setting out of range, a batch fit cannot split into inputs and target,
@@ -73,6 +87,7 @@ def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any],
     _check_settings(epochs, lr, weight_decay, target, batch_fn)
     per_epoch = _steps_per_epoch(loader, epochs, steps_per_epoch)
     steps = epochs * per_epoch
+    search = _search_for(wrapped, target, validate, tolerance, validate_every, steps)
     if target is not None:
         _budget_for(wrapped, plan, target, steps)
     device = torch.device(device) if device is not None else next(wrapped.parameters()).device
@@ -81,15 +96,18 @@ def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any],
     cosine = [(lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))) if g["name"] == "weights"
               else (lambda s: 1.0) for g in opt.param_groups]
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
-    run = _Run(wrapped, forward, loss_fn, batch_fn, opt, schedule, device, lr, epochs, per_epoch, progress)
+    run = _Run(wrapped, forward, loss_fn, batch_fn, opt, schedule, device, lr, epochs, per_epoch, progress,
+               search, validate_every or per_epoch)
     history: list[dict] = []
     start = 0
     if checkpoint is not None and Path(checkpoint).exists():
-        start, history = _resume(Path(checkpoint), wrapped, opt, schedule)
+        start, history = _resume(Path(checkpoint), wrapped, opt, schedule, search)
     for epoch in range(start, epochs):
         history.append({"epoch": epoch + 1, **run.epoch(loader, epoch)})
+        if search is not None and epoch + 1 == epochs:
+            history[-1]["chosen"] = search.finish()
         if checkpoint is not None:
-            _save(Path(checkpoint), epoch + 1, history, wrapped, opt, schedule)
+            _save(Path(checkpoint), epoch + 1, history, wrapped, opt, schedule, search)
     wrapped.eval()
     return history
 
@@ -109,11 +127,14 @@ class _Run:
     epochs: int
     per_epoch: int
     progress: bool
+    search: ToleranceSearch | None
+    validate_every: int
 
     def epoch(self, loader: Iterable, epoch: int) -> dict:
         """One pass over `loader`: the means of the task loss and of the complexity term,
         and the expected kept fraction at its end."""
         sums = {"loss": 0.0, "complexity": 0.0}
+        validations = []
         # A bar updated by hand, not tqdm(loader): tqdm.auto's tqdm calls iter(loader) in its
         # constructor and again to iterate, which would start a DataLoader's workers (and
         # draw its seed) twice an epoch.
@@ -122,13 +143,17 @@ class _Run:
             done = 0
             for done, batch in enumerate(loader, start=1):
                 loss, term = self.step(batch, epoch + 1, done)
+                last = epoch + 1 == self.epochs and done == self.per_epoch
+                if self.search is not None and (self.schedule.last_epoch % self.validate_every == 0 or last):
+                    validations.append(self.search.validated())
                 sums["loss"] += loss
                 sums["complexity"] += term
                 if self.progress:  # the kept fraction costs a pass over the cost model
                     bar.set_postfix(loss=f"{loss:.4g}", complexity=f"{term:.3g}",
                                     kept=f"{_kept(self.wrapped):.1%}", refresh=False)
                 bar.update()  # redraws, at most every tqdm's mininterval
-        return {**{k: v / max(1, done) for k, v in sums.items()}, "kept": _kept(self.wrapped)}
+        record = {**{k: v / max(1, done) for k, v in sums.items()}, "kept": _kept(self.wrapped)}
+        return record if self.search is None else {**record, "validations": validations}
 
     def step(self, batch: Any, epoch: int, i: int) -> tuple[float, float]:
         """Train on one batch, step `i` of `epoch` (both from 1); the task loss and the complexity term."""
@@ -313,9 +338,28 @@ def _budget_for(wrapped, plan, target: float, steps: int) -> None:
                                    budget_warmup=min(plan.config.budget_warmup, max(1, steps // 4))))
 
 
-def _save(path: Path, epoch: int, history, wrapped, opt, schedule) -> None:
+def _search_for(wrapped, target, validate, tolerance, validate_every, steps: int) -> ToleranceSearch | None:
+    """fit(tolerance=...)'s search, or None; refuses half of one and one with a target."""
+    if validate is None and tolerance is None:
+        if validate_every is not None:
+            raise InputError("fit(validate_every=...) times the validations of a tolerance: pass validate= and "
+                             "tolerance= too")
+        return None
+    if validate is None or tolerance is None:
+        raise InputError("fit(validate=..., tolerance=...) go together: a function model -> metric (higher is "
+                         "better) and how far the metric may fall below its dense-phase value")
+    if target is not None:
+        raise InputError(f"fit(target={target}) gives the size, tolerance= finds it: pass one of them")
+    if validate_every is not None and not (_is_int(validate_every) and 1 <= validate_every < steps):
+        raise InputError(f"fit(validate_every={validate_every!r}): steps between validations, an int from 1 "
+                         f"to fewer than the run's {steps} steps")
+    return ToleranceSearch(wrapped, validate, tolerance)
+
+
+def _save(path: Path, epoch: int, history, wrapped, opt, schedule, search) -> None:
     state = {"epoch": epoch, "history": history, "model": wrapped.state_dict(), "optimizer": opt.state_dict(),
              "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
+             "tolerance": search.state_dict() if search is not None else None,
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
@@ -323,9 +367,11 @@ def _save(path: Path, epoch: int, history, wrapped, opt, schedule) -> None:
     os.replace(tmp, path)  # a run killed while saving keeps the previous checkpoint
 
 
-def _resume(path: Path, wrapped, opt, schedule) -> tuple[int, list[dict]]:
+def _resume(path: Path, wrapped, opt, schedule, search) -> tuple[int, list[dict]]:
     state = torch.load(path, weights_only=True)
     wrapped.load_state_dict(state["model"])
+    if search is not None:
+        search.load_state_dict(state["tolerance"])
     opt.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     torch.set_rng_state(state["rng"])
