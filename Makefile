@@ -1,6 +1,7 @@
 # Two entry points: `make demo` and `make test`. Both create .venv on first use.
 # `make bench` runs the CPU benchmark into results/ (with the optional DepGraph baseline),
-# every workload at its budget, then the parameter and FLOP budgets and the training-step overhead;
+# every workload at its budget, then the parameter and FLOP budgets, the training-step overhead,
+# the round_to widths and every workload with a tolerance instead of a budget;
 # `make bench-smoke` runs every workload end to end at a tiny scale in under a minute.
 PYTHON ?= python3
 # The CPU wheel of torch 2.13.0 lies on the build machines' disk; a bare `torch`
@@ -32,6 +33,7 @@ bench: $(STAMP)
 	$(PY) -m models_zoo.bench.budget --kind flops --workloads dms stemdl --targets 0.5 0.2 --out results
 	$(PY) -m models_zoo.bench.overhead --out results
 	$(PY) -m models_zoo.bench.round_to --out results
+	$(PY) -m models_zoo.bench.tolerance --out results
 
 bench-smoke: $(STAMP)
 	$(PY) -m models_zoo.bench --scale smoke --out out/bench-smoke

@@ -1,13 +1,16 @@
 """The zoo from the command line (also installed as ``lumos-fx``).
 
     python -m models_zoo list
-    python -m models_zoo train WORKLOAD [--scale cpu] [--steps N] [--target 0.2 | --lam L | --dense]
+    python -m models_zoo train WORKLOAD [--scale cpu] [--steps N]
+                                        [--target 0.2 | --tolerance 0.01 | --lam L | --dense]
                                         [--seed 0] [--out out/WORKLOAD]
     torchrun --nproc_per_node N -m models_zoo train WORKLOAD ...   # data-parallel, any workload
 
 ``train`` trains the workload's model instrumented (to the workload's budget, or to
-``--target``, the fraction of prunable parameters to keep; ``--lam`` trains with that lam
-and no budget), prunes it, prints the summary
+``--target``, the fraction of prunable parameters to keep; ``--tolerance`` finds the
+smallest model whose validation metric stays within that much of the best it reached: an
+absolute drop of R^2 or accuracy, a relative rise of an MSE, validated on the last 10% of
+the training data; ``--lam`` trains with that lam and no budget), prunes it, prints the summary
 and the metric, and exports the pruned model to ``--out``; ``--dense`` trains the plain
 model instead. Under torchrun every rank trains its share of each batch and rank 0
 prunes and exports.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch.distributed as dist
@@ -26,6 +30,7 @@ from lumos_fx.report import count_params
 
 from . import distributed
 from .registry import NAMES, get
+from .workload import held_out
 
 
 def train(args) -> dict:
@@ -41,8 +46,14 @@ def train(args) -> dict:
         result["metric_value"] = workload.evaluate(model, task)
         return result
     config = workload.lam_config(steps, args.lam) if args.lam is not None else workload.lumos_config(steps, args.target)
+    search = None
+    if args.tolerance is not None:
+        task, validation = held_out(task)
+        config = replace(config, target_params=None)
     wrapped = lumos_fx.instrument(model, task.example, feature_names=task.feature_names, config=config)
-    workload.train(wrapped, task, steps, seed=args.seed, desc=f"{workload.name} lumos")
+    if args.tolerance is not None:
+        search = workload.tolerance_search(wrapped, validation, args.tolerance)
+    workload.train(wrapped, task, steps, seed=args.seed, desc=f"{workload.name} lumos", search=search)
     if rank > 0:
         return result
     pruned = lumos_fx.prune(wrapped)
@@ -52,6 +63,8 @@ def train(args) -> dict:
     lumos_fx.export(pruned, out / "model", overwrite=True)
     result.update(params_pruned=count_params(pruned), metric_value=workload.evaluate(pruned, task),
                   kept_features={k: v[0] for k, v in summary.features.items()})
+    if search is not None:
+        result.update(tolerance=args.tolerance, chosen=search.chosen)
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -67,6 +80,9 @@ def main(argv=None) -> dict | None:
     how = t.add_mutually_exclusive_group()
     how.add_argument("--target", type=float, default=None,
                      help="fraction of prunable parameters to keep (default: the workload's budget)")
+    how.add_argument("--tolerance", type=float, default=None,
+                     help="no size: the smallest model within this much of its best validation metric "
+                          "(R^2, accuracy: an absolute drop; MSE: a relative rise, 0.1 for 10%%)")
     how.add_argument("--lam", type=float, default=None, help="no budget: train with this Config.lam")
     how.add_argument("--dense", action="store_true", help="train the plain model, no gates")
     t.add_argument("--seed", type=int, default=0)

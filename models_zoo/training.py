@@ -13,6 +13,9 @@ import lumos_fx
 
 from . import distributed
 
+DENSE = 0.2  # of a tolerance run's steps, trained with every gate open before the first validation
+VALIDATIONS = 20  # after it
+
 
 def column_stats(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and standard deviation (1 for constant columns, which then map to 0)."""
@@ -34,7 +37,7 @@ def r2_score(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 def fit(model: torch.nn.Module, draw: Callable[[torch.Generator], tuple[tuple, torch.Tensor]], *, steps: int,
         lr: float = 2e-3, seed: int = 0, loss_fn=torch.nn.functional.mse_loss, desc: str = "train",
-        device: str = "cpu") -> list[float]:
+        device: str = "cpu", search: lumos_fx.ToleranceSearch | None = None) -> list[float]:
     """Adam with a cosine schedule on ``loss_fn(model(*inputs), target)`` for ``(inputs, target)
     = draw(generator)``. An instrumented model (from lumos_fx.instrument) also gets the
     complexity term and its gate parameter group, and nothing else changes. With a `device`
@@ -43,7 +46,11 @@ def fit(model: torch.nn.Module, draw: Callable[[torch.Generator], tuple[tuple, t
     Under ``torch.distributed`` (e.g. ``torchrun``) the model trains as
     DistributedDataParallel: every rank draws the same global batch and trains on its share
     (see :func:`shard`), so N ranks compute the step a single process computes on the whole
-    batch, gate samples included (they are seeded per step, see lumos_fx.Gate)."""
+    batch, gate samples included (they are seeded per step, see lumos_fx.Gate).
+
+    With a `search` (a tolerance instead of a budget), the model is validated at the end of
+    a dense phase of :data:`DENSE` of the steps, then :data:`VALIDATIONS` times evenly over
+    the rest, and the search's choice is loaded at the end."""
     if not any(p.requires_grad for p in model.parameters()):
         return []  # cut down to a constant: nothing left to train
     gated = isinstance(model, torch.fx.GraphModule) and "lumos" in model.meta
@@ -55,6 +62,7 @@ def fit(model: torch.nn.Module, draw: Callable[[torch.Generator], tuple[tuple, t
     rank, world = distributed.rank_and_world()
     net = distributed.wrap(model, device)
     losses = []
+    validated_at = {round(steps * (DENSE + (1 - DENSE) * k / VALIDATIONS)) for k in range(VALIDATIONS + 1)}
     for step in tqdm(range(steps), desc=desc, mininterval=1.0, leave=False, disable=rank > 0):
         inputs, target = distributed.shard(draw, gen, rank, world)
         if device != "cpu":
@@ -68,6 +76,10 @@ def fit(model: torch.nn.Module, draw: Callable[[torch.Generator], tuple[tuple, t
         for group, lr0 in zip(opt.param_groups, base):
             group["lr"] = lr0 * (scale if group.get("name") != "gates" else 1.0)
         losses.append(loss.detach())
+        if search is not None and step + 1 in validated_at:
+            search.validated()
+    if search is not None:
+        search.finish()
     model.cpu().eval()
     return [float(v) for v in losses]
 

@@ -8,8 +8,9 @@ model for it. The benchmark, the CLI and the tests find workloads by name in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -134,13 +135,27 @@ class Workload:
         return lumos_fx.Config(gate_warmup=int(self.warmup * steps), **({} if lam is None else {"lam": lam}))
 
     def train(self, model: nn.Module, task: Task, steps: int, *, seed: int = 0, loss=None, desc: str = "",
-              device: str = "cpu") -> list[float]:
+              device: str = "cpu", search: lumos_fx.ToleranceSearch | None = None) -> list[float]:
         """Train `model` (dense, instrumented or pruned) on the task for `steps` steps on
-        `device`; `loss`, if given, wraps the task loss (a baseline's extra penalty)."""
+        `device`; `loss`, if given, wraps the task loss (a baseline's extra penalty); a
+        `search` (:meth:`tolerance_search`) finds the budget instead of the workload's."""
         base = self.loss(task)
         loss_fn = base if loss is None else (lambda pred, target: loss(base(pred, target)))
         return fit(model, task.train, steps=steps, lr=self.lr, seed=seed, loss_fn=loss_fn,
-                   desc=desc or f"{self.name}", device=device)
+                   desc=desc or f"{self.name}", device=device, search=search)
+
+    def tolerance_search(self, wrapped: nn.Module, validation: Rows | Collated,
+                         tolerance: float) -> lumos_fx.ToleranceSearch:
+        """The search for the smallest model within `tolerance` of the best validation metric
+        on `validation`: an absolute drop of R^2 or accuracy, a relative rise of an MSE
+        (0.1: 10% above; the search holds -log MSE within log(1 + tolerance))."""
+        compute, higher_is_better = METRICS[self.metric]
+
+        def validate(model) -> float:
+            pred = torch.cat([model(*inputs) for inputs, _ in validation.batches(256)])
+            value = compute(pred, torch.cat([target for _, target in validation.batches(256)]))
+            return value if higher_is_better else -math.log(value)
+        return lumos_fx.ToleranceSearch(wrapped, validate, tolerance if higher_is_better else math.log1p(tolerance))
 
     def predict(self, model: nn.Module, task: Task, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()
@@ -151,6 +166,20 @@ class Workload:
     def evaluate(self, model: nn.Module, task: Task) -> float:
         """The workload's metric of `model` on the held-out data."""
         return METRICS[self.metric][0](*self.predict(model, task))
+
+
+def held_out(task: Task, fraction: float = 0.1) -> tuple[Task, Rows | Collated]:
+    """`task` with the last `fraction` of its training data set aside, and that part: the
+    validation data of a tolerance run (the test data stay for the reported metric)."""
+    if isinstance(task.train, Collated):
+        cut = len(task.train.items) - max(1, int(fraction * len(task.train.items)))
+        train, validation = Collated(task.train.items[:cut]), Collated(task.train.items[cut:])
+    else:
+        rows = task.train
+        cut = len(rows.target) - max(1, int(fraction * len(rows.target)))
+        train = Rows(tuple(t[:cut] for t in rows.inputs), rows.target[:cut], rows.batch)
+        validation = Rows(tuple(t[cut:] for t in rows.inputs), rows.target[cut:], rows.batch)
+    return replace(task, train=train), validation
 
 
 def split_rows(x: np.ndarray, y: np.ndarray, batch: int, test_fraction: float = 0.2) -> tuple[Rows, Rows]:

@@ -1,7 +1,9 @@
 """The benchmark harness: `make bench-smoke` end to end (every workload, every baseline), and
 the baselines' cut to a parameter budget."""
 
+import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from lumos_fx.plan import gate_modules
 from models_zoo.bench import baselines
 from models_zoo.bench.__main__ import main
 from models_zoo.lorenz96.workload import LSTMForecaster
-from models_zoo.registry import NAMES
+from models_zoo.registry import NAMES, get
 
 FIELDS = ("workload", "metric", "metric_dense", "metric_lumos", "params_dense", "params_lumos", "flops_dense",
           "flops_lumos", "latency_b1_dense_ms", "latency_b1_lumos_ms", "latency_large_dense_ms",
@@ -145,3 +147,30 @@ def test_the_latency_budget_benchmark_times_both_budgets_against_dense(tmp_path,
     assert row["batch"] == 64 and row["dense_ms"] > 0 and 0 < row["latency_fraction"] and 0 < row["flops_target"] < 1
     assert 1 <= len(row["flops_targets"]) <= latency_budget.TUNINGS and (tmp_path / "latency.json").exists()
     assert "| cfd | R^2 | 64 | 30% |" in (tmp_path / "latency_budget.md").read_text()
+
+
+def test_a_tolerance_run_validates_on_held_out_training_data_and_reports_its_choice(tmp_path, monkeypatch):
+    from models_zoo.__main__ import main as zoo
+    from models_zoo.bench import tolerance
+    from models_zoo.workload import Collated, Rows, held_out
+
+    monkeypatch.setenv("LUMOS_DATA", str(tmp_path / "data"))
+    workload = get("synthetic")
+    task = workload.task("smoke", 0)
+    rest, validation = held_out(task)
+    n = len(task.train.target)
+    assert isinstance(validation, Rows) and len(validation.target) == n // 10
+    assert torch.equal(torch.cat([rest.train.target, validation.target]), task.train.target)
+    graphs = get("molhiv").task("smoke", 0)
+    rest, graph_validation = held_out(graphs)
+    assert isinstance(graph_validation, Collated) and rest.train.items + graph_validation.items == graphs.train.items
+    wrapped = lumos_fx.instrument(workload.model(task, "smoke"), task.example)
+    as_mse = dataclasses.replace(workload, metric="MSE")
+    assert as_mse.tolerance_search(wrapped, validation, 0.2).tolerance == pytest.approx(math.log1p(0.2))
+
+    result = zoo(["train", "synthetic", "--scale", "smoke", "--steps", "40", "--tolerance", "0.05",
+                  "--out", str(tmp_path / "syn")])
+    assert result["chosen"]["metric"] >= result["chosen"]["reference"] - 0.05
+    (row,) = tolerance.main(["--workloads", "emdenoise", "--scale", "smoke", "--rise", "0.2", "--out", str(tmp_path)])
+    assert row["metric"] == "MSE" and row["tolerance"] == 0.2  # the search holds -log MSE within log 1.2
+    assert "| emdenoise | MSE | 0.2 (rel.) |" in (tmp_path / "tolerance.md").read_text()
