@@ -65,10 +65,11 @@ def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any],
         validate, tolerance: a size found instead of given
             (:class:`lumos_fx.tolerance.ToleranceSearch`): ``validate(model) -> float``
             (higher is better, e.g. accuracy or R^2 on held-out data) is called every
-            `validate_every` steps; the first call, before any pressure to prune, is the
-            reference, and the budget's target keeps falling while the metric stays within
-            `tolerance` of it and backs off when it does not. At the end the smallest
-            model that stayed within is loaded into `wrapped`, for prune() to cut as it is.
+            `validate_every` steps and at the end; the first call, before any pressure to
+            prune, ends the dense phase, and the budget's target keeps falling while the
+            metric stays within `tolerance` of the best any validation has shown and backs
+            off when it does not. At the end the smallest model within the tolerance of the
+            final best is loaded into `wrapped`, for prune() to cut as it is.
             Excludes `target`; a budget the model was instrumented with gives the kind
             (parameters or FLOPs), not the size. Each epoch's record then also holds its
             validations, the last one's the model chosen (``"chosen"``).

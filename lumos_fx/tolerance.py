@@ -104,11 +104,11 @@ class ToleranceSearch:
                 self.budget.lambda_2.zero_()
         self.reference = metric if self.reference is None else max(self.reference, metric)
         held = metric >= self.reference - self.tolerance
-        if warming_up:
+        if held or warming_up:
             self._keep(kept, metric)
+        if warming_up:
             target = self.budget.target
         elif held:
-            self._keep(kept, metric)
             self.holds, self.misses = self.holds + 1, 0
             if self.holds % 2 == 0:
                 self.step = min(self.first_step, 2 * self.step)

@@ -152,20 +152,24 @@ class Workload:
         compute, higher_is_better = METRICS[self.metric]
 
         def validate(model) -> float:
-            pred = torch.cat([model(*inputs) for inputs, _ in validation.batches(256)])
-            value = compute(pred, torch.cat([target for _, target in validation.batches(256)]))
+            value = compute(*_predictions(model, validation))
             return value if higher_is_better else -math.log(value)
         return lumos_fx.ToleranceSearch(wrapped, validate, tolerance if higher_is_better else math.log1p(tolerance))
 
     def predict(self, model: nn.Module, task: Task, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()
         with torch.no_grad():
-            parts = [(model(*inputs), target) for inputs, target in task.test.batches(batch)]
-        return torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])
+            return _predictions(model, task.test, batch)
 
     def evaluate(self, model: nn.Module, task: Task) -> float:
         """The workload's metric of `model` on the held-out data."""
         return METRICS[self.metric][0](*self.predict(model, task))
+
+
+def _predictions(model: nn.Module, data: Rows | Collated, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """`model`'s outputs on every batch of `data`, and the targets, each joined."""
+    parts = [(model(*inputs), target) for inputs, target in data.batches(batch)]
+    return torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])
 
 
 def held_out(task: Task, fraction: float = 0.1) -> tuple[Task, Rows | Collated]:
