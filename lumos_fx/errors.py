@@ -37,7 +37,7 @@ class TrainingError(LumosError):
 
 
 class ExportError(LumosError):
-    """A module of the pruned model cannot be written as Python source."""
+    """The pruned model cannot be written as Python source, or in a format export() was asked for."""
 
 
 # With the separator: torch_geometric's files are not torch's.

@@ -26,6 +26,7 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from .errors import ExportError
+from .export_formats import load_format, write_formats
 from .fxutil import describe
 from .leaf_code import FunctionCall, graph_values, is_flag, received, traced, with_flag
 from .modes import mode_graphs
@@ -295,8 +296,16 @@ class _Writer:
             new.target = flat
 
 
-def export(pruned: fx.GraphModule, path, *, overwrite: bool = False) -> Path:
+def export(pruned: fx.GraphModule, path, *, overwrite: bool = False, formats=()) -> Path:
     """Write ``model.py`` and ``weights.pt`` into the folder `path`; returns the folder.
+
+    `formats` adds files other runtimes load (:mod:`lumos_fx.export_formats`), each checked
+    against the pruned model at the example's and at another batch size: ``"pt2"``
+    (``model.pt2``, a ``torch.export`` program: ``torch.export.load``), ``"onnx"``
+    (``model.onnx``, checked with onnxruntime) and ``"aoti"`` (``model_aoti.pt2``, an
+    AOTInductor package that C++ loads with ``torch::inductor::AOTIModelPackageLoader``).
+    ``formats.json`` lists their dynamic dims. A format that cannot be written is named in an
+    ExportError raised once the others are written.
 
     ``lumos_fx.load(path)`` (or ``import model; model.load()`` with only torch installed,
     and torch_geometric for a GNN) rebuilds the module. A folder that already holds a
@@ -313,9 +322,15 @@ def export(pruned: fx.GraphModule, path, *, overwrite: bool = False) -> Path:
         raise ExportError(f"{folder} already holds a model (model.py); pass overwrite=True to replace it, "
                           "or export into another folder")
 
+    if isinstance(formats, str):
+        formats = (formats,)
+    example = pruned.meta.get("lumos_example_inputs")
+    if formats and example is None:
+        raise ExportError("export formats need the pruned model's example inputs: export the model "
+                          "lumos_fx.prune() returned")
     writer = _Writer()
     class_name = re.sub(r"\W", "_", pruned.meta.get("lumos_class_name", "PrunedModel"))
-    class_name, state = writer.write(class_name, mode_graphs(pruned), pruned.meta.get("lumos_example_inputs"), "")
+    class_name, state = writer.write(class_name, mode_graphs(pruned), example, "")
     kept = pprint.pformat(getattr(pruned, "kept_features", {}), width=100, compact=True)
     kept_idx = pprint.pformat(getattr(pruned, "kept_feature_indices", {}), width=100, compact=True)
     imports = writer.imports
@@ -352,12 +367,18 @@ def load(weights=None, map_location="cpu"):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.py").write_text(source)
     torch.save({k: v.detach().cpu() for k, v in state.items()}, folder / "weights.pt")
+    if formats:
+        write_formats(pruned, folder, tuple(formats), example)
     return folder
 
 
-def load(path) -> nn.Module:
-    """Rebuild an exported model from its folder (imports its ``model.py``)."""
+def load(path, format: str | None = None):
+    """Rebuild an exported model from its folder (imports its ``model.py``); with `format`
+    (``"pt2"``, ``"onnx"``, ``"aoti"``), the file export(formats=...) wrote, as a callable
+    (:func:`lumos_fx.export_formats.load_format`)."""
     folder = Path(path)
+    if format is not None:
+        return load_format(folder, format)
     source = folder / "model.py"
     if not source.exists():
         raise FileNotFoundError(f"{source} not found: pass the folder lumos_fx.export() wrote")

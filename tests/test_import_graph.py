@@ -49,7 +49,7 @@ def _graph() -> tuple[nx.DiGraph, dict[str, Path]]:
 
 
 # The model libraries lumos_fx has rules for and loads only once the user's code has.
-OPTIONAL = {"torch_geometric", "neuralop", "physicsnemo"}
+OPTIONAL = {"torch_geometric", "neuralop", "physicsnemo", "onnxruntime", "onnxscript"}
 
 
 def _imports_an_optional_library(path: Path) -> bool:

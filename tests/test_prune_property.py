@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import lumos_fx
 from support import GATE_SETTINGS, ProgramMLP, assert_equivalent, count_params, expected_params_after, programs, set_gates
 
-EXAMPLES = int(os.environ.get("LUMOS_EXAMPLES", "250"))
+EXAMPLES = int(os.environ.get("LUMOS_EXAMPLES", "150"))  # LUMOS_EXAMPLES=2000 for a long run
 
 
 def _build(program, seed, sink_all=False):
