@@ -11,7 +11,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-smoke coverage clean
+.PHONY: demo cpp-demo test bench bench-smoke deploy coverage clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,20 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m models_zoo.cfd --out out/cfd
+
+# `make cpp-demo` builds examples/cpp's driver against the libtorch inside the torch wheel and runs
+# the demo's AOTInductor package from C++ on the demo's test faces (run `make demo` first).
+CPP_BUILD ?= build/cpp
+
+cpp-demo: $(STAMP)
+	@test -f out/cfd/model/model_aoti.pt2 || (echo "out/cfd/model/model_aoti.pt2 is missing: run make demo first"; exit 1)
+	cmake -S examples/cpp -B $(CPP_BUILD) $(if $(shell command -v ninja),-G Ninja) -DCMAKE_BUILD_TYPE=Release \
+		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake --build $(CPP_BUILD)
+	$(CPP_BUILD)/flux --repeat 1000 out/cfd/model/model_aoti.pt2 out/cfd/faces.bin out/cfd/fluxes.bin
+	$(PY) -c "from models_zoo.tensor_file import read_tensor as r; \
+		d = (r('out/cfd/fluxes.bin') - r('out/cfd/fluxes_python.bin')).abs().max().item(); \
+		print(f'fluxes from C++ vs Python: max |diff| {d:.2e}'); assert d < 1e-4"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -34,6 +48,11 @@ bench: $(STAMP)
 	$(PY) -m models_zoo.bench.overhead --out results
 	$(PY) -m models_zoo.bench.round_to --out results
 	$(PY) -m models_zoo.bench.tolerance --out results
+
+# Latency of dense and pruned CFD and DMS models in every runtime (eager, torch.compile,
+# AOTInductor from Python and from C++, onnxruntime) at batch 1, 64 and 4096.
+deploy: $(STAMP)
+	$(PY) -m benchmarks.deploy --out results
 
 bench-smoke: $(STAMP)
 	$(PY) -m models_zoo.bench --scale smoke --out out/bench-smoke
@@ -57,4 +76,4 @@ coverage: $(COV_STAMP)
 	$(COV_VENV)/bin/python -m benchmarks.coverage --out results $(ARGS)
 
 clean:
-	rm -rf $(VENV) out .cache .pytest_cache .hypothesis
+	rm -rf $(VENV) out build .cache .pytest_cache .hypothesis

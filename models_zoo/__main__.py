@@ -3,7 +3,7 @@
     python -m models_zoo list
     python -m models_zoo train WORKLOAD [--scale cpu] [--steps N]
                                         [--target 0.2 | --tolerance 0.01 | --lam L | --dense]
-                                        [--seed 0] [--out out/WORKLOAD]
+                                        [--seed 0] [--out out/WORKLOAD] [--formats pt2 onnx aoti]
     torchrun --nproc_per_node N -m models_zoo train WORKLOAD ...   # data-parallel, any workload
 
 ``train`` trains the workload's model instrumented (to the workload's budget, or to
@@ -11,7 +11,8 @@
 smallest model whose validation metric stays within that much of the best it reached: an
 absolute drop of R^2 or accuracy, a relative rise of an MSE, validated on the last 10% of
 the training data; ``--lam`` trains with that lam and no budget), prunes it, prints the summary
-and the metric, and exports the pruned model to ``--out``; ``--dense`` trains the plain
+and the metric, and exports the pruned model to ``--out`` (``--formats``: also as a
+torch.export program, ONNX, an AOTInductor package); ``--dense`` trains the plain
 model instead. Under torchrun every rank trains its share of each batch and rank 0
 prunes and exports.
 """
@@ -60,7 +61,7 @@ def train(args) -> dict:
     summary = lumos_fx.summary(pruned)
     print(summary)
     out = Path(args.out or f"out/{workload.name}")
-    lumos_fx.export(pruned, out / "model", overwrite=True)
+    lumos_fx.export(pruned, out / "model", overwrite=True, formats=args.formats)
     result.update(params_pruned=count_params(pruned), metric_value=workload.evaluate(pruned, task),
                   kept_features={k: v[0] for k, v in summary.features.items()})
     if search is not None:
@@ -87,6 +88,8 @@ def main(argv=None) -> dict | None:
     how.add_argument("--dense", action="store_true", help="train the plain model, no gates")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default=None, help="where the pruned model goes (default out/WORKLOAD)")
+    t.add_argument("--formats", nargs="*", default=(), choices=("pt2", "onnx", "aoti"),
+                   help="files for other runtimes beside model.py (lumos_fx.export's formats)")
     args = parser.parse_args(argv)
     if args.command == "list":
         for name in NAMES:

@@ -5,6 +5,7 @@ import json
 import numpy as np
 
 from models_zoo.cfd import data
+from models_zoo.tensor_file import read_tensor
 from models_zoo.cfd.flux import conserved, hll_flux, physical_flux
 
 
@@ -61,8 +62,11 @@ def test_the_demo_job_runs_end_to_end(tmp_path, monkeypatch):
     from models_zoo.cfd.__main__ import main
 
     monkeypatch.setenv("LUMOS_DATA", str(tmp_path / "data"))
-    results = main(["--out", str(tmp_path / "out"), "--samples", "3000", "--steps", "300"])
+    # the AOTInductor package the demo writes for examples/cpp is tested in test_cpp_driver.py
+    results = main(["--out", str(tmp_path / "out"), "--samples", "3000", "--steps", "300", "--formats"])
     assert (tmp_path / "out" / "model" / "model.py").exists()
+    faces, fluxes = read_tensor(tmp_path / "out" / "faces.bin"), read_tensor(tmp_path / "out" / "fluxes_python.bin")
+    assert faces.shape[1] == 15 and fluxes.shape == (faces.shape[0], 4)
     assert json.loads((tmp_path / "out" / "results.json").read_text())["params"] == results["params"]
     assert results["max_abs_diff_pruned_vs_gated"] < 1e-3
     assert 0 < results["params"]["pruned"] < results["params"]["dense"]

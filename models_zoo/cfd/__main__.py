@@ -13,10 +13,12 @@ from pathlib import Path
 import torch
 
 import lumos_fx
+from lumos_fx.export_formats import FILES
 from lumos_fx.report import count_flops
 
 from ..measure import interleaved_latency
 from ..surrogates import fit_pair, split
+from ..tensor_file import write_tensor
 from ..training import r2_score
 from . import data
 from .workload import WORKLOAD
@@ -35,6 +37,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--lam", type=float, default=WORKLOAD.lam, help="the benchmark's lam (see workload.py)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--formats", nargs="*", default=["aoti"], choices=("pt2", "onnx", "aoti"),
+                        help="files for other runtimes beside model.py (aoti: the C++ driver's, examples/cpp)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,7 +62,11 @@ def main(argv=None) -> dict:
         4096: interleaved_latency({"dense": dense, "pruned": pruned}, (x_test[:4096],), repeats=40),
     }
     kept = set(report.features["x"][0])
-    folder = lumos_fx.export(pruned, out / "model", overwrite=True)
+    folder = lumos_fx.export(pruned, out / "model", overwrite=True, formats=args.formats)
+    # The C++ driver's input (examples/cpp): the test faces, and what Python computes of them.
+    write_tensor(out / "faces.bin", x_test)
+    with torch.no_grad():
+        write_tensor(out / "fluxes_python.bin", pruned(x_test))
 
     print(f"\nR^2 on test faces     dense {r2_dense:.4f}   lumos-pruned {r2_pruned:.4f}"
           f"   (pruned vs gated model: max |diff| {gated_error:.2e})")
@@ -79,7 +87,8 @@ def main(argv=None) -> dict:
     print(f"informative kept: {len(informative_kept)}/{len(data.INFORMATIVE)} (rho_L counts when its copy is kept); "
           f"uninformative kept: {len(junk_kept)}/{len(data.UNINFORMATIVE)}; "
           f"rho_L and its copy both kept: {'rho_L' in kept and data.DUPLICATE in kept}")
-    print(f"\nexported pruned model: {folder / 'model.py'} (weights: {folder / 'weights.pt'})")
+    print(f"\nexported pruned model: {folder / 'model.py'} (weights: {folder / 'weights.pt'}"
+          + "".join(f", {FILES[f]}" for f in args.formats) + f"); test faces for examples/cpp: {out / 'faces.bin'}")
 
     results = {
         "r2": {"dense": r2_dense, "pruned": r2_pruned}, "params": params, "flops_per_sample": flops,
