@@ -35,6 +35,7 @@ tolerance of :math:`\log 1.1` then allows an MSE up to 10% above the reference's
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -167,5 +168,6 @@ class ToleranceSearch:
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) or (
+    """A finite real (a numpy scalar counts: numbers.Real) or a one-element finite tensor."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) or (
         isinstance(v, torch.Tensor) and v.numel() == 1 and bool(torch.isfinite(v)))

@@ -3,6 +3,7 @@ smallest model that held is the one prune() cuts."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -61,6 +62,12 @@ def test_the_target_falls_while_the_metric_holds_and_backs_off_with_a_halved_ste
     low = 0.7 * math.sqrt(0.7)
     assert targets == pytest.approx([0.7, 0.49, 0.49, 0.7, low, low * 0.7, low * 0.7, low * 0.7 * 0.7])
     assert [r["held"] for r in search.log] == [True, True, False, False, True, True, False, True]
+
+
+@pytest.mark.parametrize("kind", [np.float32, np.float64, torch.tensor])
+def test_a_metric_may_be_a_numpy_scalar_or_a_one_element_tensor(kind):
+    search = ToleranceSearch(_tiny(), lambda m: kind(0.9), tolerance=np.float32(0.01))
+    assert search.validated()["metric"] == pytest.approx(0.9)
 
 
 def test_the_target_waits_for_the_gates_warm_up():
