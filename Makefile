@@ -1,6 +1,7 @@
 # Two entry points: `make demo` and `make test`. Both create .venv on first use.
 # `make bench` runs the CPU benchmark into results/ (with the optional DepGraph baseline),
-# every workload at its budget, then the parameter and FLOP budgets, the training-step overhead,
+# every workload at its budget with 3 seeds (means ± std; about 75 minutes on 2 cores), then the
+# parameter and FLOP budgets, the training-step overhead,
 # the round_to widths and every workload with a tolerance instead of a budget;
 # `make bench-smoke` runs every workload end to end at a tiny scale in under a minute.
 PYTHON ?= python3
@@ -42,7 +43,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[baselines]"
-	$(PY) -m models_zoo.bench --scale cpu --out results
+	$(PY) -m models_zoo.bench --scale cpu --seeds 0 1 2 --out results
 	$(PY) -m models_zoo.bench.budget --out results
 	$(PY) -m models_zoo.bench.budget --kind flops --workloads dms stemdl --targets 0.5 0.2 --out results
 	$(PY) -m models_zoo.bench.overhead --out results

@@ -4,6 +4,8 @@ the baselines' cut to a parameter budget."""
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -174,3 +176,45 @@ def test_a_tolerance_run_validates_on_held_out_training_data_and_reports_its_cho
     (row,) = tolerance.main(["--workloads", "emdenoise", "--scale", "smoke", "--rise", "0.2", "--out", str(tmp_path)])
     assert row["metric"] == "MSE" and row["tolerance"] == 0.2  # the search holds -log MSE within log 1.2
     assert "| emdenoise | MSE | 0.2 (rel.) |" in (tmp_path / "tolerance.md").read_text()
+
+
+# What a run measures of the machine, not of the models: times, and the speedups from them.
+_TIMED = ("latency", "train_time", "time_s")
+
+
+def _untimed(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not any(t in k for t in _TIMED)} for r in rows]
+
+
+def test_the_same_command_and_seed_give_the_same_numbers_in_another_process(tmp_path):
+    """A GNN (scatter in every message passing) and a CNN, trained, pruned and measured in two
+    processes: every number but the times agrees exactly."""
+    runs = []
+    for run in ("a", "b"):
+        done = subprocess.run([sys.executable, "-m", "models_zoo.bench", "--scale", "smoke", "--workloads", "ppa",
+                               "dms", "--no-baselines", "--repeats", "1", "--out", str(tmp_path / run)],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(json.loads((tmp_path / run / "bench.json").read_text()))
+    assert _untimed(runs[0]) == _untimed(runs[1])
+    assert all(r["params_lumos"] < r["params_dense"] for r in runs[0])
+
+
+def test_several_seeds_are_one_row_of_means_and_sample_deviations(tmp_path):
+    from models_zoo.bench.seeds import combined, pm
+
+    rows = [{"workload": "a", "metric": "R^2", "x": 1.0, "ok": True, "kept": ["u"], "seed": 0},
+            {"workload": "a", "metric": "R^2", "x": 3.0, "ok": False, "kept": ["u", "v"], "seed": 1},
+            {"workload": "b", "metric": "R^2", "x": 5.0, "ok": True, "kept": [], "seed": 0}]
+    a, b = combined(rows)
+    assert a["x"] == 2.0 and a["x_std"] == pytest.approx(math.sqrt(2)) and a["seeds"] == [0, 1]
+    assert a["ok"] is False and a["kept_by_seed"] == [["u"], ["u", "v"]]
+    assert b["x_std"] == 0.0 and pm(a, "x", ".2f") == "2.00 ± 1.41" and pm(b, "x", ".2f") == "5.00"
+
+    main(["--scale", "smoke", "--workloads", "cfd", "--seeds", "0", "1", "--no-baselines", "--repeats", "1",
+          "--out", str(tmp_path)])
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["seed"] for r in bench] == [0, 1] and bench[0]["metric_lumos"] != bench[1]["metric_lumos"]
+    table = (tmp_path / "bench.md").read_text()
+    assert "seeds 0, 1" in table and "Means ± sample standard deviations over seeds 0, 1" in table
+    assert table.count(" ± ") >= 6

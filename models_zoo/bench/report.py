@@ -7,6 +7,8 @@ import json
 import statistics
 from pathlib import Path
 
+from .seeds import combined, pm
+
 
 def write_json(path: Path, rows: list[dict]) -> None:
     path.write_text(json.dumps(rows, indent=2) + "\n")
@@ -36,7 +38,18 @@ def _budget(row: dict) -> str:
     return f"lam {row['lam']:g}" if row.get("lam") is not None else "lam 1"
 
 
+def with_ratios(row: dict) -> dict:
+    """`row` with the ratios the tables show: parameters and FLOPs cut, CPU speedups."""
+    return row | {"params_cut": 1 - row["params_lumos"] / row["params_dense"],
+                  "flops_cut": 1 - row["flops_lumos"] / row["flops_dense"],
+                  "speedup_b1": _ratio(row["latency_b1_dense_ms"], row["latency_b1_lumos_ms"]),
+                  "speedup_large": _ratio(row["latency_large_dense_ms"], row["latency_large_lumos_ms"])}
+
+
 def markdown(rows: list[dict], baselines: list[dict], header: str) -> str:
+    """The tables of the benchmark; a workload run with several seeds is one row of means ± std."""
+    rows = combined([with_ratios(r) for r in rows])
+    baselines = combined(baselines, ("workload", "method"))
     lines = [f"# lumos_fx benchmark\n\n{header}\n", "## Dense vs Lumos-pruned\n",
              ("| workload | model | metric | dense | lumos | budget | params dense | params lumos | params cut "
               "| FLOPs cut | CPU speedup b1 | CPU speedup large | peak mem dense MB | peak mem lumos MB "
@@ -44,21 +57,23 @@ def markdown(rows: list[dict], baselines: list[dict], header: str) -> str:
              "|---" * 17 + "|"]
     for r in rows:
         lines.append(
-            f"| {r['workload']} | {r['family']} | {r['metric']} | {r['metric_dense']:.4f} | {r['metric_lumos']:.4f} "
-            f"| {_budget(r)} | {r['params_dense']:,} | {r['params_lumos']:,} | {1 - r['params_lumos'] / r['params_dense']:.1%} "
-            f"| {1 - r['flops_lumos'] / r['flops_dense']:.1%} "
-            f"| {_ratio(r['latency_b1_dense_ms'], r['latency_b1_lumos_ms']):.2f}x "
-            f"| {_ratio(r['latency_large_dense_ms'], r['latency_large_lumos_ms']):.2f}x (batch {r['large_batch']}) "
+            f"| {r['workload']} | {r['family']} | {r['metric']} | {pm(r, 'metric_dense', '.4f')} "
+            f"| {pm(r, 'metric_lumos', '.4f')} | {_budget(r)} | {r['params_dense']:,.0f} | {pm(r, 'params_lumos', ',.0f')} "
+            f"| {pm(r, 'params_cut', '.1f', 100, '%')} | {pm(r, 'flops_cut', '.1f', 100, '%')} "
+            f"| {pm(r, 'speedup_b1', '.2f', suffix='x')} "
+            f"| {pm(r, 'speedup_large', '.2f', suffix='x')} (batch {r['large_batch']:.0f}) "
             f"| {r['peak_memory_dense_mb']:.1f} | {r['peak_memory_lumos_mb']:.1f} "
             f"| {r['train_time_dense_s']:.0f} | {r['train_time_lumos_s']:.0f} "
-            f"| {r['features_kept']}/{r['features_total']} |")
+            f"| {pm(r, 'features_kept', '.3g')}/{r['features_total']:.0f} |")
     if rows:
         lines.append("\nAverages over workloads: parameter reduction "
-                     f"{statistics.mean(1 - r['params_lumos'] / r['params_dense'] for r in rows):.1%}, FLOPs reduction "
-                     f"{statistics.mean(1 - r['flops_lumos'] / r['flops_dense'] for r in rows):.1%}, CPU speedup batch 1 "
-                     f"{statistics.mean(_ratio(r['latency_b1_dense_ms'], r['latency_b1_lumos_ms']) for r in rows):.2f}x, "
-                     "large batch "
-                     f"{statistics.mean(_ratio(r['latency_large_dense_ms'], r['latency_large_lumos_ms']) for r in rows):.2f}x.")
+                     f"{statistics.mean(r['params_cut'] for r in rows):.1%}, FLOPs reduction "
+                     f"{statistics.mean(r['flops_cut'] for r in rows):.1%}, CPU speedup batch 1 "
+                     f"{statistics.mean(r['speedup_b1'] for r in rows):.2f}x, large batch "
+                     f"{statistics.mean(r['speedup_large'] for r in rows):.2f}x.")
+        if any(len(r["seeds"]) > 1 for r in rows):
+            lines.append(f"Means ± sample standard deviations over seeds {', '.join(map(str, rows[0]['seeds']))}: "
+                         "every seed draws its own data, initial weights, batch order and gate noise.")
     if rows:
         lines += ["\n## How much of the FLOP cut the hardware realised\n", _realised(rows)]
     if baselines:
@@ -69,7 +84,7 @@ def markdown(rows: list[dict], baselines: list[dict], header: str) -> str:
             for method in METHODS:
                 b = next((b for b in baselines if b["workload"] == name and b["method"] == method), None)
                 cells.append("n/a" if b is None else f"skipped ({b['skipped'][:60]})" if "skipped" in b
-                             else f"{b['metric_value']:.4f} ({b['params']:,}{'' if b['within_budget'] else ' †'})")
+                             else f"{pm(b, 'metric_value', '.4f')} ({b['params']:,.0f}{'' if b['within_budget'] else ' †'})")
             metric = next(b["metric"] for b in baselines if b["workload"] == name and "metric" in b)
             lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
         lines.append("\nParameters in brackets. `lumos`: straight out of one training run; `lumos+ft` and the "
@@ -80,8 +95,13 @@ def markdown(rows: list[dict], baselines: list[dict], header: str) -> str:
         lines += ["\n## Feature selection\n", "| workload | inputs | kept | informative kept | uninformative kept |",
                   "|---|---|---|---|---|"]
         for r in surrogate:
-            lines.append(f"| {r['workload']} | {r['features_total']} | {r['features_kept']} "
-                         f"| {len(r['informative_kept'])} | {', '.join(r['uninformative_kept']) or 'none'} |")
+            informative = [len(k) for k in r.get("informative_kept_by_seed", [r["informative_kept"]])]
+            junk = r.get("uninformative_kept_by_seed", [r["uninformative_kept"]])
+            lines.append(f"| {r['workload']} | {r['features_total']:.0f} | {pm(r, 'features_kept', '.3g')} "
+                         f"| {', '.join(map(str, informative))} | "
+                         f"{'; '.join(', '.join(j) or 'none' for j in junk)} |")
+        if any(len(r["seeds"]) > 1 for r in surrogate):
+            lines.append("\nInformative and uninformative kept: one entry per seed.")
     return "\n".join(lines) + "\n"
 
 
@@ -92,10 +112,10 @@ def _realised(rows: list[dict]) -> str:
     cells = []
     for r in rows:
         flop_ratio = _ratio(r["flops_dense"], r["flops_lumos"])
-        b1 = _ratio(r["latency_b1_dense_ms"], r["latency_b1_lumos_ms"])
-        large = _ratio(r["latency_large_dense_ms"], r["latency_large_lumos_ms"])
-        cells.append([r["workload"], f"{flop_ratio:.2f}x", f"{b1:.2f}x", f"{b1 / flop_ratio:.0%}",
-                      f"{large:.2f}x (batch {r['large_batch']})", f"{large / flop_ratio:.0%}"])
+        cells.append([r["workload"], f"{flop_ratio:.2f}x", pm(r, "speedup_b1", ".2f", suffix="x"),
+                      f"{r['speedup_b1'] / flop_ratio:.0%}",
+                      f"{pm(r, 'speedup_large', '.2f', suffix='x')} (batch {r['large_batch']:.0f})",
+                      f"{r['speedup_large'] / flop_ratio:.0%}"])
     return md_table(["workload", "FLOP ratio", "CPU speedup b1", "realised b1", "CPU speedup large", "realised large"],
                     cells).rstrip("\n")
 
@@ -104,13 +124,15 @@ METHODS = ("lumos", "lumos+ft", "l1", "slimming", "depgraph")
 
 
 def fig9(rows: list[dict], path: Path) -> None:
-    """Per workload, dense vs Lumos: CPU latency (batch 1), the metric, parameters, FLOPs."""
+    """Per workload, dense vs Lumos: CPU latency (batch 1), the metric, parameters, FLOPs;
+    with several seeds, their means with error bars of one standard deviation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    rows = combined(rows)
     names = [r["workload"] for r in rows]
     panels = [("CPU latency, batch 1 (ms)", "latency_b1_{}_ms", True), ("metric", "metric_{}", False),
               ("parameters", "params_{}", True), ("FLOPs per sample", "flops_{}", True)]
@@ -118,7 +140,8 @@ def fig9(rows: list[dict], path: Path) -> None:
     x = np.arange(len(rows))
     for ax, (title, key, log) in zip(axes.flat, panels):
         for k, (which, colour) in enumerate((("dense", "#999999"), ("lumos", "#d62728"))):
-            ax.bar(x + (k - 0.5) * 0.4, [r[key.format(which)] for r in rows], 0.4, label=which, color=colour)
+            ax.bar(x + (k - 0.5) * 0.4, [r[key.format(which)] for r in rows], 0.4, label=which, color=colour,
+                   yerr=[r[key.format(which) + "_std"] for r in rows], capsize=2)
         ax.set_title(title)
         ax.set_xticks(x, [f"{n}\n({r['metric']})" if title == "metric" else n for n, r in zip(names, rows)],
                       rotation=45, ha="right", fontsize=8)
@@ -132,13 +155,13 @@ def fig9(rows: list[dict], path: Path) -> None:
 
 def fig10(rows: list[dict], correlations: dict[str, dict[str, list[float]]], feature_names: dict, path: Path) -> None:
     """Per input feature of every workload with named features: its largest |Pearson r| with
-    the outputs, kept (filled) or removed (hollow) by Lumos."""
+    the outputs, kept (filled) or removed (hollow) by Lumos (the first seed's run)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [r for r in rows if correlations.get(r["workload"])]
+    shown = [r for r in combined(rows) if correlations.get(r["workload"])]
     if not shown:
         return
     fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.6), squeeze=False)

@@ -73,7 +73,9 @@ def main(argv=None) -> list[dict]:
     out = cli.out_dir(args.out)
     rows = [run(name, args.drop, args.rise, args.scale, args.seed) for name in args.workloads]
     bench_file = Path(args.out) / "bench.json"
-    bench = {r["workload"]: r for r in json.loads(bench_file.read_text())} if bench_file.exists() else {}
+    # the bench's run of the same seed (bench.json holds one row per workload and seed)
+    bench = ({r["workload"]: r for r in json.loads(bench_file.read_text()) if r.get("seed", 0) == args.seed}
+             if bench_file.exists() else {})
     text = markdown(rows, bench)
     print(text, end="")
     report.write_table(out, "tolerance", rows, "A tolerance instead of a size",
