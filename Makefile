@@ -2,7 +2,8 @@
 # `make bench` runs the CPU benchmark into results/ (with the optional DepGraph baseline),
 # every workload at its budget with 3 seeds (means ± std; about 75 minutes on 2 cores), then the
 # parameter and FLOP budgets, the training-step overhead,
-# the round_to widths and every workload with a tolerance instead of a budget;
+# the round_to widths, every workload with a tolerance instead of a budget, and feature selection
+# against LassoNet, STG and permutation importance;
 # `make bench-smoke` runs every workload end to end at a tiny scale in under a minute.
 PYTHON ?= python3
 # The CPU wheel of torch 2.13.0 lies on the build machines' disk; a bare `torch`
@@ -42,13 +43,14 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[baselines]"
+	$(PY) -m pip install --quiet -e ".[baselines,featsel]"
 	$(PY) -m models_zoo.bench --scale cpu --seeds 0 1 2 --out results
 	$(PY) -m models_zoo.bench.budget --out results
 	$(PY) -m models_zoo.bench.budget --kind flops --workloads dms stemdl --targets 0.5 0.2 --out results
 	$(PY) -m models_zoo.bench.overhead --out results
 	$(PY) -m models_zoo.bench.round_to --out results
 	$(PY) -m models_zoo.bench.tolerance --out results
+	$(PY) -m models_zoo.bench.feature_selection --out results
 
 # Latency of dense and pruned CFD and DMS models in every runtime (eager, torch.compile,
 # AOTInductor from Python and from C++, onnxruntime) at batch 1, 64 and 4096.

@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -218,3 +219,25 @@ def test_several_seeds_are_one_row_of_means_and_sample_deviations(tmp_path):
     table = (tmp_path / "bench.md").read_text()
     assert "seeds 0, 1" in table and "Means ± sample standard deviations over seeds 0, 1" in table
     assert table.count(" ± ") >= 6
+
+
+def test_feature_selection_masks_with_the_training_mean_and_permutes_one_feature_at_a_time():
+    from models_zoo.bench import feature_selection as fs
+    from models_zoo.workload import Rows, Task
+
+    gen = torch.Generator().manual_seed(0)
+    x, x_test = torch.randn(200, 3, generator=gen) + 5, torch.randn(100, 3, generator=gen)
+    task = Task(train=Rows((x,), x[:, :1] * 2, 32), test=Rows((x_test,), x_test[:, :1] * 2, 32),
+                example=(x[:4],), feature_names={"x": ["a", "b", "c"]})
+    masked = fs.masked(task, 0, -1, [0, 2])
+    assert torch.equal(masked.train.inputs[0][:, [0, 2]], x[:, [0, 2]])
+    assert torch.allclose(masked.test.inputs[0][:, 1], x[:, 1].mean().expand(100))  # the training mean
+
+    class ReadsA(nn.Module):
+        def forward(self, x):
+            return x[:, :1] * 2
+
+    workload = get("synthetic")
+    scores = fs.permutation_scores(workload, ReadsA(), task, 0, -1, seed=0)
+    assert scores[0] > 1 and scores[1] == scores[2] == 0
+    assert fs._top(np.array([0.1, 3.0, 0.2, 2.0]), 2) == [1, 3]
