@@ -31,8 +31,6 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-import lumos_fx
-
 from ..registry import get
 from ..workload import Collated, Rows, Task, Workload
 from . import cli, report
