@@ -20,7 +20,7 @@ first failure and prints a table of the failure classes with the smallest progra
 (``--source``: as a standalone script), the outcomes per feature, and the outcome of each
 per-feature example; ``--exclude sig:args,count,...`` leaves features out, to look past a
 failure that masks the others; ``--seed S`` makes a random run instead of the derandomized one.
-LUMOS_HOSTILE_EXAMPLES sets the property test's example count (default 300).
+LUMOS_HOSTILE_EXAMPLES sets the property test's example count (default 200).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from hostile_programs import (  # noqa: E402
 )
 from support import GATE_SETTINGS, set_gates  # noqa: E402
 
-EXAMPLES = int(os.environ.get("LUMOS_HOSTILE_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("LUMOS_HOSTILE_EXAMPLES", "200"))
 # The tests deep-copy models with a dict input; torch's copy of their pytree specs warns of its own LeafSpec.
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*isinstance\(treespec, LeafSpec\):FutureWarning")
 FRESH_BATCH = 13

@@ -11,7 +11,7 @@ import lumos_fx
 from cnn_programs import build, cnn_programs, count_flops, expected_flops
 from support import GATE_SETTINGS, count_params, expected_params_after, max_rel_error, set_gates
 
-EXAMPLES = int(os.environ.get("LUMOS_CNN_EXAMPLES", os.environ.get("LUMOS_EXAMPLES", "250")))
+EXAMPLES = int(os.environ.get("LUMOS_CNN_EXAMPLES", os.environ.get("LUMOS_EXAMPLES", "150")))
 
 
 @settings(max_examples=EXAMPLES)
