@@ -28,17 +28,12 @@ import lumos_fx
 from lumos_fx.export_formats import load_format
 from lumos_fx.report import count_flops
 from models_zoo.bench import report
+from models_zoo.bench.round_to import close_at_random
 from models_zoo.measure import interleaved_latency
 from models_zoo.registry import get
 from models_zoo.tensor_file import write_tensor
 
 from . import cpp_driver
-
-
-def _open_all(wrapped) -> None:
-    with torch.no_grad():
-        for gate in lumos_fx.gates(wrapped).values():
-            gate.log_alpha.fill_(6.0)
 
 
 def models(name: str, steps: int | None, seed: int = 0):
@@ -51,7 +46,7 @@ def models(name: str, steps: int | None, seed: int = 0):
                                   config=workload.lumos_config(steps))
     workload.train(wrapped, task, steps, seed=seed, desc=f"{name} lumos")
     dense = lumos_fx.instrument(workload.model(task, scale, seed), task.example)
-    _open_all(dense)
+    close_at_random(dense, 0.0, seed)  # every gate open
     return task, {"dense": lumos_fx.prune(dense).eval(), "pruned": lumos_fx.prune(wrapped).eval()}
 
 

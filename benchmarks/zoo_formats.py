@@ -19,16 +19,10 @@ import torch
 import lumos_fx
 from lumos_fx.export_formats import MANIFEST
 from models_zoo.bench import report
+from models_zoo.bench.round_to import close_at_random
 from models_zoo.registry import NAMES, get
 
 FORMATS = ("pt2", "onnx", "aoti")
-
-
-def _close_half(wrapped, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for gate in lumos_fx.gates(wrapped).values():
-            gate.log_alpha.copy_(torch.where(torch.rand(gate.n, generator=gen) < 0.5, -6.0, 6.0))
 
 
 def run(name: str, folder: Path, seed: int = 0) -> dict:
@@ -36,7 +30,7 @@ def run(name: str, folder: Path, seed: int = 0) -> dict:
     scale = workload.scales["smoke"]
     task = workload.task(scale, seed)
     wrapped = lumos_fx.instrument(workload.model(task, scale, seed), task.example)
-    _close_half(wrapped, seed)
+    close_at_random(wrapped, 0.5, seed)
     pruned = lumos_fx.prune(wrapped)
     try:
         lumos_fx.export(pruned, folder, formats=FORMATS)

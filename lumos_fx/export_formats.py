@@ -125,9 +125,13 @@ def _runs(pruned: fx.GraphModule, inputs: tuple):
             return None
 
 
+def _plain(exc: BaseException) -> str:
+    """`exc`'s message without terminal colours (the ONNX exporter colours its messages)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+
+
 def _first_line(exc: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # the ONNX exporter colours its messages
-    return (text.splitlines() or [type(exc).__name__])[0]
+    return (_plain(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _failing_op(exc: BaseException) -> str:
@@ -200,7 +204,7 @@ def _write_onnx(program, path: Path) -> None:
 
 def _onnx_cause(exc: BaseException) -> str:
     """The exporter's own summary of a failure: the exception and the aten op it ran."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    text = _plain(exc)
     cause = re.search(r"^<class '[\w.]+'>: (.+)$", text, re.M)
     op = re.search(r"While executing %\w+ : .*?target=([\w.]+)", text)
     if cause is None:

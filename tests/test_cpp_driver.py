@@ -52,15 +52,11 @@ def pruned_package(build, tmp_path_factory):
     return pruned, folder / "model_aoti.pt2"
 
 
-def run_flux(flux, *args):
-    return cpp_driver.run(flux, *args)
-
-
 def test_flux_from_cpp_matches_the_pruned_model_at_another_batch_size(pruned_package, flux, tmp_path):
     pruned, package = pruned_package
     faces = torch.randn(37, N_IN) * 3  # not the example's 64 rows
     write_tensor(tmp_path / "faces.bin", faces)
-    done = run_flux(flux, "--repeat", 5, package, tmp_path / "faces.bin", tmp_path / "fluxes.bin")
+    done = cpp_driver.run(flux, "--repeat", 5, package, tmp_path / "faces.bin", tmp_path / "fluxes.bin")
     assert done.returncode == 0, done.stderr
     assert "median_us=" in done.stdout and "batch=37" in done.stdout
     with torch.no_grad():
@@ -72,25 +68,25 @@ def test_flux_from_cpp_matches_the_pruned_model_at_another_batch_size(pruned_pac
 def test_a_batch_of_the_wrong_width_is_refused_not_read_past_its_end(pruned_package, flux, tmp_path):
     _, package = pruned_package
     write_tensor(tmp_path / "faces.bin", np.zeros((8, N_IN - 1)))
-    done = run_flux(flux, package, tmp_path / "faces.bin", tmp_path / "fluxes.bin")
+    done = cpp_driver.run(flux, package, tmp_path / "faces.bin", tmp_path / "fluxes.bin")
     assert done.returncode != 0 and f"expected: {N_IN}, but got: {N_IN - 1}" in done.stderr
     assert not (tmp_path / "fluxes.bin").exists()
 
 
 def test_missing_or_malformed_files_give_a_message_and_a_nonzero_exit(flux, tmp_path):
     faces, fluxes, package = tmp_path / "faces.bin", tmp_path / "fluxes.bin", tmp_path / "model_aoti.pt2"
-    done = run_flux(flux, package, faces, fluxes)
+    done = cpp_driver.run(flux, package, faces, fluxes)
     assert done.returncode == 1 and f"flux: cannot open {faces}" in done.stderr
 
     write_tensor(faces, np.zeros((4, N_IN)))
-    done = run_flux(flux, package, faces, fluxes)
+    done = cpp_driver.run(flux, package, faces, fluxes)
     assert done.returncode == 1 and f"flux: cannot open {package}" in done.stderr
 
     faces.write_bytes(faces.read_bytes()[:-4])
-    done = run_flux(flux, package, faces, fluxes)
+    done = cpp_driver.run(flux, package, faces, fluxes)
     assert done.returncode == 1 and "header says 4 x 15 float32 but 236 bytes follow it" in done.stderr
 
-    done = run_flux(flux, package, faces)
+    done = cpp_driver.run(flux, package, faces)
     assert done.returncode == 2 and "usage: flux" in done.stderr
     assert not fluxes.exists()
 
@@ -99,7 +95,7 @@ def test_a_single_face_runs_with_the_packages_input_checks_on(pruned_package, fl
     pruned, package = pruned_package
     faces = torch.randn(1, N_IN)
     write_tensor(tmp_path / "face.bin", faces)
-    done = run_flux(flux, package, tmp_path / "face.bin", tmp_path / "flux.bin")
+    done = cpp_driver.run(flux, package, tmp_path / "face.bin", tmp_path / "flux.bin")
     assert done.returncode == 0, done.stderr
     with torch.no_grad():
         torch.testing.assert_close(read_tensor(tmp_path / "flux.bin"), pruned(faces), rtol=1e-5, atol=1e-5)

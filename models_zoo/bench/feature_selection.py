@@ -34,7 +34,7 @@ import torch
 from ..registry import get
 from ..workload import Collated, Rows, Task, Workload
 from . import cli, report
-from .run import run_workload
+from .run import copy_kept, run_workload
 
 METHODS = ("lumos", "permutation", "lassonet", "stg")
 TABULAR_ROWS = 4000  # what LassoNet and STG fit on: their paths and epochs cost per row
@@ -168,7 +168,7 @@ def run(name: str, scale_name: str, seed: int) -> list[dict]:
         workload.train(retrained, subset, scale.steps, seed=seed, desc=f"{name} on {method}'s features")
         out.append(entry | {"kept": chosen, "metric_retrained": workload.evaluate(retrained, subset),
                             "informative_kept": [f for f in workload.informative if f in chosen
-                                                 or f"{f}_copy" in chosen],
+                                                 or copy_kept(f, set(chosen))],
                             "uninformative_kept": [f for f in workload.uninformative if f in chosen]})
         if method == "lumos":
             out[-1]["metric_pruned"] = row["metric_lumos"]
@@ -206,7 +206,7 @@ def figure(rows: list[dict], path) -> None:
         features = list(get(name).informative) + list(get(name).uninformative)
         for y, r in enumerate(shown):
             for x, f in enumerate(features):
-                on = f in r["kept"] or f"{f}_copy" in r["kept"]
+                on = f in r["kept"] or copy_kept(f, set(r["kept"]))
                 ax.scatter(x, y, s=40, facecolors="#d62728" if on else "none",
                            edgecolors="#d62728" if on else "#555555")
         ax.set_yticks(range(len(shown)), [r["method"] for r in shown])

@@ -28,7 +28,7 @@ from ..registry import get
 from . import cli, report
 
 
-def _close_at_random(wrapped, fraction: float, seed: int) -> None:
+def close_at_random(wrapped, fraction: float, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for gate in lumos_fx.gates(wrapped).values():
@@ -47,7 +47,7 @@ def run(name: str, multiples: list[int], closed: float, target: float, repeats: 
     for r in multiples:
         wrapped = lumos_fx.instrument(workload.model(task, scale, seed), task.example,
                                       config=lumos_fx.Config(round_to=r, target_flops=target))
-        _close_at_random(wrapped, closed, seed)
+        close_at_random(wrapped, closed, seed)
         models[f"r{r}"] = lumos_fx.prune(wrapped).eval()
         params[f"r{r}"] = count_params(models[f"r{r}"])
         flops[f"r{r}"] = count_flops(models[f"r{r}"], task.example)

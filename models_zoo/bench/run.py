@@ -84,14 +84,14 @@ def run_workload(workload: Workload, scale: Scale, *, seed: int = 0, repeats: in
     }
     if workload.informative or workload.uninformative:
         names = set(kept_names)
-        row["informative_kept"] = [f for f in workload.informative if f in names or _copy_kept(f, names)]
+        row["informative_kept"] = [f for f in workload.informative if f in names or copy_kept(f, names)]
         row["uninformative_kept"] = [f for f in workload.uninformative if f in names]
     if torch.cuda.is_available():
         row.update(gpu_measurements(models, one, large, repeats))
     return row, {"task": task, "dense": dense, "pruned": pruned}
 
 
-def _copy_kept(feature: str, kept: set[str]) -> bool:
+def copy_kept(feature: str, kept: set[str]) -> bool:
     """CFD's rho_L counts as kept when its exact copy is."""
     return f"{feature}_copy" in kept
 
