@@ -76,6 +76,30 @@ def test_a_batch_of_one_is_exported_dynamic_and_checked_at_one(tmp_path):
     assert torch.allclose(program(x), pruned(x), atol=1e-6)
 
 
+def test_a_program_whose_guards_assume_a_batch_above_one_is_exported_from_two(tmp_path, monkeypatch):
+    from lumos_fx import export_formats
+
+    class AboveOne(nn.Module):  # the guard torch.export keeps in timm's convnext_atto: x.size()[0] > 1
+        def __init__(self, pruned):
+            super().__init__()
+            self.pruned = pruned
+
+        def forward(self, x):
+            torch._check(x.shape[0] > 1)
+            return self.pruned(x)
+
+    export = export_formats._export
+
+    def guarded(pruned, example, columns, dynamic, batch=None):
+        return export(pruned if batch is None else AboveOne(pruned), example, columns, dynamic, batch)
+
+    monkeypatch.setattr(export_formats, "_export", guarded)
+    _, pruned = pruned_mlp(shrink=False)
+    written = manifest(lumos_fx.export(pruned, tmp_path, formats="pt2"))
+    assert written["batch"] == "dynamic, 2 or more" and written["inputs"][0]["dynamic"] == [0]
+    assert written["formats"]["pt2"]["batch_sizes"] == [8, 11]
+
+
 def test_the_feature_dim_is_static_in_the_program(tmp_path):
     _, pruned = pruned_mlp(shrink=False)  # the pruned model picks its columns out of all 10
     lumos_fx.export(pruned, tmp_path, formats="pt2")
