@@ -12,6 +12,8 @@ model, verified to compute the same function, as readable Python::
 
 from .complexity import complexity_loss, expected_alive, expected_kept, param_groups
 from .config import Config
+from .distill import Distill
+from .distill_loss import distill_loss
 from .errors import (
     ExportError,
     GateError,
@@ -23,6 +25,7 @@ from .errors import (
     TrainingError,
 )
 from .export import export, load
+from .finetune import freeze_gates
 from .fit import fit
 from .gate import Gate
 from .instrument import instrument
@@ -33,8 +36,9 @@ from .rules import ModuleRule, Rule, Unsupported, register_rule
 from .tolerance import ToleranceSearch
 
 __all__ = [
-    "Config", "Gate", "Summary", "ModuleRule", "Rule", "Unsupported", "ToleranceSearch",
-    "instrument", "gates", "param_groups", "complexity_loss", "expected_alive", "expected_kept", "fit", "prune", "summary",
+    "Config", "Distill", "Gate", "Summary", "ModuleRule", "Rule", "Unsupported", "ToleranceSearch",
+    "instrument", "gates", "param_groups", "complexity_loss", "expected_alive", "expected_kept",
+    "distill_loss", "freeze_gates", "fit", "prune", "summary",
     "export", "load", "register_rule",
     "LumosError", "TraceError", "InputError", "NotInstrumentedError", "GateError", "PruneError", "ExportError",
     "TrainingError",

@@ -45,7 +45,8 @@ def _kept(wrapped: fx.GraphModule, cost) -> torch.Tensor:
     if cost.total == 0:
         return torch.ones(())
     # getattr, not get_submodule: every training step asks, and the bank is a direct child
-    p = floored_probabilities(wrapped, getattr(wrapped, GATES).prob_joined())
+    bank = getattr(wrapped, GATES)
+    p = floored_probabilities(wrapped, bank.open_joined() if bank.frozen else bank.prob_joined())
     return cost.joined(rounded_probabilities(wrapped, p)) / cost.total
 
 
@@ -53,7 +54,8 @@ def complexity_loss(wrapped: fx.GraphModule) -> torch.Tensor:
     """``lam`` times the expected fraction of prunable parameters still alive (Lumos eq. 4-5);
     with ``Config(target_params=t)`` or ``Config(target_flops=t)``, the budget controller's
     term instead (see :mod:`lumos_fx.budget`), which advances the controller by one step in
-    training mode. Zero during the gates' warm-up (``Config.gate_warmup``).
+    training mode. Zero during the gates' warm-up (``Config.gate_warmup``) and once
+    :func:`lumos_fx.freeze_gates` has frozen them.
 
     Add it to the task loss: ``loss = task_loss + lumos_fx.complexity_loss(wrapped)``.
 
@@ -66,6 +68,8 @@ def complexity_loss(wrapped: fx.GraphModule) -> torch.Tensor:
     plan, budget, cost = _counted(wrapped)
     if cost.total == 0:
         return torch.zeros(())  # nothing is prunable
+    if getattr(wrapped, GATES).frozen:
+        return torch.zeros(())  # freeze_gates fixed the size: the budget has done its work
     kept = _kept(wrapped, cost)
     if getattr(wrapped, GATES).held:
         term = kept * 0.0  # the gates' warm-up: no pressure yet, and the budget waits

@@ -11,6 +11,7 @@ from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import torch
 
+from .distill import Distill
 from .errors import InputError
 
 LeafSpec = Union[str, type, Callable[[torch.nn.Module, str], bool]]
@@ -94,6 +95,10 @@ class Config:
     are (``requires_grad=False`` in the instrumented model, so :func:`lumos_fx.param_groups`
     leaves them out); their gates still train and prune() cuts them like any others.
 
+    Distillation: ``distill`` (a :class:`lumos_fx.Distill`) gives the model a teacher whose
+    outputs it learns as well as the targets (:func:`lumos_fx.distill_loss`); by default the
+    teacher is the model as instrumented, frozen.
+
     Every field is checked when a Config is made (and by ``dataclasses.replace``): a value
     of the wrong type raises TypeError, one out of range ValueError, each naming the field,
     the value given and what is allowed.
@@ -123,6 +128,7 @@ class Config:
     auto_leaves: bool = True
     round_to: int = 1
     round_to_modules: Mapping[LeafSpec, int] = field(default_factory=dict)
+    distill: Distill | None = None
 
     def __post_init__(self) -> None:
         """Check every field, so that a bad setting fails here, naming itself, and not as a
@@ -140,6 +146,9 @@ class Config:
         if not isinstance(self.auto_leaves, bool):
             raise TypeError(f"Config.auto_leaves must be True or False, got {self.auto_leaves!r}")
         _check_multiples(self.round_to_modules)
+        if self.distill is not None and not isinstance(self.distill, Distill):
+            raise TypeError(f"Config.distill must be None or a lumos_fx.Distill(teacher=..., weight=..., loss=...); "
+                            f"got {self.distill!r}")
 
     @property
     def budget(self) -> tuple[str, float] | None:

@@ -18,7 +18,9 @@ from tqdm.auto import tqdm
 
 from .budget import attach_budget, budget_of
 from .complexity import complexity_loss, expected_kept, param_groups
+from .distill_loss import distill_loss
 from .errors import InputError, TrainingError
+from .finetune import freeze_gates
 from .plan import instrumented, plan_of
 from .tolerance import ToleranceSearch
 
@@ -29,10 +31,11 @@ def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any],
         epochs: int = 1, lr: float = 1e-3, weight_decay: float = 0.0, target: float | None = None, device=None,
         checkpoint=None, progress: bool = True, batch_fn: BatchFn | None = None,
         steps_per_epoch: int | None = None, validate: Callable[[torch.nn.Module], float] | None = None,
-        tolerance: float | None = None, validate_every: int | None = None) -> list[dict]:
+        tolerance: float | None = None, validate_every: int | None = None, finetune: float = 0.0) -> list[dict]:
     """Train `wrapped` on `loader` with Adam, the complexity term (or a budget) added to
-    ``loss_fn(wrapped(*inputs), target)``; returns one record per epoch (mean task loss,
-    complexity term, expected kept fraction).
+    ``loss_fn(wrapped(*inputs), target)``, and :func:`lumos_fx.distill_loss` where the model
+    has a teacher (``Config(distill=...)``); returns one record per epoch (mean task loss,
+    the complexity term with the distillation term, expected kept fraction).
 
     Args:
         wrapped: a model from :func:`lumos_fx.instrument`, or that model under
@@ -75,6 +78,10 @@ def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any],
             validations, the last one's the model chosen (``"chosen"``).
         validate_every: steps between validations (default: one epoch); the first
             validation ends the dense phase, so give it the steps the model needs to learn.
+        finetune: the fraction of the run's steps, at its end, that fine-tune the weights of
+            the cut model: at its start the gates are settled and frozen
+            (:func:`lumos_fx.freeze_gates`; a tolerance search chooses its model first), and
+            the complexity term stops. 0 (the default): the gates train to the end.
 
     Raises:
         InputError: a setting out of range, a batch fit cannot split into inputs and target,
@@ -85,9 +92,10 @@ def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any],
     """
     forward, wrapped = wrapped, instrumented(wrapped)
     plan = plan_of(wrapped)
-    _check_settings(epochs, lr, weight_decay, target, batch_fn)
+    _check_settings(epochs, lr, weight_decay, target, batch_fn, finetune)
     per_epoch = _steps_per_epoch(loader, epochs, steps_per_epoch)
     steps = epochs * per_epoch
+    tuned = round(finetune * steps)
     search = _search_for(wrapped, target, validate, tolerance, validate_every, steps)
     if target is not None:
         _budget_for(wrapped, plan, target, steps)
@@ -98,7 +106,7 @@ def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any],
               else (lambda s: 1.0) for g in opt.param_groups]
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     run = _Run(wrapped, forward, loss_fn, batch_fn, opt, schedule, device, lr, epochs, per_epoch, progress,
-               search, validate_every or per_epoch)
+               search, validate_every or per_epoch, steps - tuned if tuned else None)
     history: list[dict] = []
     start = 0
     if checkpoint is not None and Path(checkpoint).exists():
@@ -106,7 +114,7 @@ def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any],
     for epoch in range(start, epochs):
         history.append({"epoch": epoch + 1, **run.epoch(loader, epoch)})
         if search is not None and epoch + 1 == epochs:
-            history[-1]["chosen"] = search.finish()
+            history[-1]["chosen"] = search.chosen or search.finish()
         if checkpoint is not None:
             _save(Path(checkpoint), epoch + 1, history, wrapped, opt, schedule, search)
     wrapped.eval()
@@ -130,6 +138,7 @@ class _Run:
     progress: bool
     search: ToleranceSearch | None
     validate_every: int
+    freeze_at: int | None  # steps of the run after which freeze_gates() fixes the gates
 
     def epoch(self, loader: Iterable, epoch: int) -> dict:
         """One pass over `loader`: the means of the task loss and of the complexity term,
@@ -145,7 +154,8 @@ class _Run:
             for done, batch in enumerate(loader, start=1):
                 loss, term = self.step(batch, epoch + 1, done)
                 last = epoch + 1 == self.epochs and done == self.per_epoch
-                if self.search is not None and (self.schedule.last_epoch % self.validate_every == 0 or last):
+                searching = self.search is not None and self.search.chosen is None
+                if searching and (self.schedule.last_epoch % self.validate_every == 0 or last):
                     validations.append(self.search.validated())
                 sums["loss"] += loss
                 sums["complexity"] += term
@@ -158,10 +168,17 @@ class _Run:
 
     def step(self, batch: Any, epoch: int, i: int) -> tuple[float, float]:
         """Train on one batch, step `i` of `epoch` (both from 1); the task loss and the complexity term."""
+        if self.schedule.last_epoch == self.freeze_at:
+            if self.search is not None and self.search.chosen is None:
+                self.search.finish()
+            freeze_gates(self.wrapped)
         inputs, target = _to(self.device, _split(batch, self.batch_fn, self.wrapped))
         _check_arity(self.wrapped, inputs, batch)
-        loss = self.loss_fn(self.forward(*inputs), target)
+        output = self.forward(*inputs)
+        loss = self.loss_fn(output, target)
         term = complexity_loss(self.wrapped)  # raises itself at a non-finite gate or multiplier
+        if plan_of(self.wrapped).config.distill is not None:
+            term = term + distill_loss(self.wrapped, inputs, output)
         value = _scalar(loss)
         if not math.isfinite(value):  # before backward: this step changes nothing
             where = (f"epoch {epoch}/{self.epochs}, step {i} of {self.per_epoch} "
@@ -182,7 +199,7 @@ def _scalar(loss: Any) -> float:
     return loss.item()
 
 
-def _check_settings(epochs: Any, lr: Any, weight_decay: Any, target: Any, batch_fn: Any) -> None:
+def _check_settings(epochs: Any, lr: Any, weight_decay: Any, target: Any, batch_fn: Any, finetune: Any) -> None:
     """Refuse a setting out of range before anything runs (``epochs=0`` would divide by zero steps)."""
     if not _is_int(epochs) or epochs < 1:
         raise InputError(f"fit(epochs={epochs!r}): epochs is the number of passes over the loader, an int >= 1")
@@ -192,6 +209,9 @@ def _check_settings(epochs: Any, lr: Any, weight_decay: Any, target: Any, batch_
         raise InputError(f"fit(weight_decay={weight_decay!r}): the weights' decay must be a finite number >= 0")
     if target is not None and not (_is_finite_number(target) and 0 < target < 1):
         raise InputError(f"fit(target={target!r}): the fraction of prunable parameters to keep, 0 < target < 1")
+    if not (_is_finite_number(finetune) and 0 <= finetune < 1):
+        raise InputError(f"fit(finetune={finetune!r}): the fraction of the steps that fine-tune the cut model at "
+                         "the end, 0 <= finetune < 1")
     if batch_fn is not None and not callable(batch_fn):
         raise InputError(f"fit(batch_fn={batch_fn!r}): batch_fn must be a function batch -> (inputs, target)")
 

@@ -31,7 +31,8 @@ class Gate(nn.Module):
     (0.5, 0.5) turns the gates semi-stochastic, then deterministic (the paper's
     semi-stochastic gating).
 
-    Evaluation (deterministic):
+    Evaluation, and training once :func:`lumos_fx.freeze_gates` has frozen the gate
+    (``frozen``: no noise, no draw counted, ``log_alpha`` takes no gradient):
 
     .. math::
         z = \min(1, \max(0, \sigma(\log\alpha)(\zeta - \gamma) + \gamma))
@@ -70,6 +71,7 @@ class Gate(nn.Module):
         self.group = group
         self.stream = None if stream is None else (int(config.gate_seed), int(stream))
         self.draws = 0
+        self.frozen = False
         self._generator: torch.Generator | None = None
 
     @property
@@ -123,10 +125,11 @@ class Gate(nn.Module):
         return self._generator
 
     def get_extra_state(self) -> dict:
-        return {"draws": self.draws}
+        return {"draws": self.draws, "frozen": self.frozen}
 
     def set_extra_state(self, state: dict) -> None:
         self.draws = int(state["draws"])
+        self.frozen = bool(state.get("frozen", False))  # states saved before freezing existed have no flag
 
     def eval_value(self) -> torch.Tensor:
         """The deterministic gate used in eval mode and folded into weights by prune()."""
@@ -146,6 +149,8 @@ class Gate(nn.Module):
         return torch.sigmoid(log_alpha - self.schedule()[0] * math.log(-self.gamma / self.zeta))
 
     def forward(self) -> torch.Tensor:
+        if self.frozen:
+            return self._deterministic(self.log_alpha.detach())
         return self.sample() if self.training else self.eval_value()
 
     def extra_repr(self) -> str:
@@ -178,7 +183,10 @@ class GateBank(nn.ModuleDict):
     def forward(self) -> tuple[torch.Tensor, ...]:
         gates = list(self.values())
         joined = torch.cat([g.log_alpha for g in gates])
-        z = _draw(gates, joined, self._noise) if self.training else gates[0]._deterministic(joined)
+        if gates[0].frozen:
+            z = gates[0]._deterministic(joined.detach())
+        else:
+            z = _draw(gates, joined, self._noise) if self.training else gates[0]._deterministic(joined)
         return z.split([g.n for g in gates])
 
     def _noise(self, gates: list[Gate], like: torch.Tensor, t_l: float, t_u: float) -> torch.Tensor:
@@ -191,6 +199,12 @@ class GateBank(nn.ModuleDict):
             g.draws += 1
         return torch.empty_like(like).uniform_(t_l, t_u, generator=generator)
 
+    def open_joined(self) -> torch.Tensor:
+        """1 where a gate's eval value is open, else 0, joined in key order: what frozen
+        gates (:func:`lumos_fx.freeze_gates`) keep, in place of :meth:`prob_joined`."""
+        gates = list(self.values())
+        return (gates[0]._deterministic(torch.cat([g.log_alpha for g in gates]).detach()) > 0).to(gates[0].log_alpha)
+
     def prob_joined(self) -> torch.Tensor:
         """:meth:`Gate.prob_nonzero` of every gate, joined in key order, in one pass."""
         gates = list(self.values())
@@ -200,6 +214,11 @@ class GateBank(nn.ModuleDict):
     def held(self) -> bool:
         """:attr:`Gate.held` of the gates (all alike)."""
         return any(g.held for g in self.values())
+
+    @property
+    def frozen(self) -> bool:
+        """Whether :func:`lumos_fx.freeze_gates` froze the gates (all alike)."""
+        return any(g.frozen for g in self.values())
 
 
 def _reseeded(generator: torch.Generator | None, device: torch.device, key: tuple[int, ...]) -> torch.Generator:

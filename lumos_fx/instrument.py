@@ -46,6 +46,8 @@ def instrument(model: nn.Module, example_inputs, *, feature_names=None, config: 
     """
     _refuse_instrumented(model)
     config = config or Config()
+    if config.distill is not None:  # a frozen copy, before anything else could touch the weights
+        config = replace(config, distill=config.distill.with_teacher_of(model))
     gm = trace(model, example_inputs, config)
     freeze(gm, model, config.frozen)
     channels = analyze(gm)

@@ -27,8 +27,8 @@ from torch.fx.graph_module import _USER_PRESERVED_ATTRIBUTES_KEY
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
-from .budget import budget_of, snap_to_budget
-from .rounding import round_widths
+from .budget import Snap, budget_of, snap_to_budget
+from .rounding import Rounded, round_widths
 from .channels import HeadDimsKey, PartKey, Space
 from .errors import GateError, NotInstrumentedError, PruneError
 from .fxutil import copy_instrumented, describe, fetch_attr, free_attr_name, shape_of
@@ -523,6 +523,36 @@ def _train_mode_error(wrapped: fx.GraphModule, pruned: fx.GraphModule,
     return None
 
 
+SETTLED = "lumos_settled"  # wrapped.meta: what freeze_gates' settle() did, for prune()'s summary
+
+
+def settle(wrapped: fx.GraphModule) -> tuple[Snap | None, list[Rounded]]:
+    """Move the gates of `wrapped`, in place, to what prune() cuts: snapped to the budget
+    (a latency budget's snap timed and settled, see :mod:`lumos_fx.latency_check`), then
+    widths rounded (:mod:`lumos_fx.rounding`). Gates that :func:`lumos_fx.freeze_gates`
+    froze were settled then and do not move again: the weights trained since are the cut
+    model's. Returns the snap (None without a budget) and the rounded groups.
+
+    Raises:
+        GateError: a gate holds NaN or inf (before the snap reads it).
+    """
+    plan = plan_of(wrapped)
+    eval_gate_values(wrapped)  # non-finite gates are an error before the snap reads them
+    if getattr(wrapped, GATES).frozen:
+        return wrapped.meta.get(SETTLED, (None, []))
+    trained = ({gid: g.log_alpha.detach().clone() for gid, g in gate_modules(wrapped).items()}  # re-snaps start here
+               if plan.config.target_latency is not None else None)
+    snap = snap_to_budget(wrapped)
+    if snap is not None and snap.kind == "latency":
+        def build():
+            now = eval_gate_values(wrapped)
+            masks = _masks(plan, now)
+            return (cut(wrapped, masks, now, False),
+                    cut(wrapped, {gid: np.ones_like(k) for gid, k in masks.items()}, now, False))
+        snap = settle_latency(wrapped, snap, trained, build)
+    return snap, round_widths(wrapped)
+
+
 def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphModule:
     """The compact model: every closed channel physically removed, verified on example_inputs.
 
@@ -547,20 +577,8 @@ def prune(wrapped: fx.GraphModule, *, shrink_inputs: bool = False) -> fx.GraphMo
     """
     wrapped = instrumented(wrapped)
     plan = plan_of(wrapped)
-    z = eval_gate_values(wrapped)  # non-finite gates are an error before the snap reads them
-    trained = ({gid: g.log_alpha.detach().clone() for gid, g in gate_modules(wrapped).items()}  # re-snaps start here
-               if plan.config.target_latency is not None else None)
-    snap = snap_to_budget(wrapped)
-    if snap is not None and snap.kind == "latency":
-        def build():
-            now = eval_gate_values(wrapped)
-            masks = _masks(plan, now)
-            return (cut(wrapped, masks, now, False),
-                    cut(wrapped, {gid: np.ones_like(k) for gid, k in masks.items()}, now, False))
-        snap = settle_latency(wrapped, snap, trained, build)
-    rounded = round_widths(wrapped)
-    if snap is not None and (snap.closed or snap.reopened) or rounded:
-        z = eval_gate_values(wrapped)
+    snap, rounded = settle(wrapped)
+    z = eval_gate_values(wrapped)
     keep = _masks(plan, z)
     pruned = cut(wrapped, keep, z, shrink_inputs)
     fixed_size = pruned.meta.pop("lumos_fixed_size")

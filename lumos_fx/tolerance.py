@@ -146,12 +146,13 @@ class ToleranceSearch:
 
     def state_dict(self) -> dict:
         return {"target": self.budget.target, "step": self.step, "holds": self.holds, "misses": self.misses,
-                "reference": self.reference, "kept_states": self.kept_states, "log": self.log}
+                "reference": self.reference, "kept_states": self.kept_states, "log": self.log, "chosen": self.chosen}
 
     def load_state_dict(self, state: dict) -> None:
         self.budget.target, self.step = state["target"], state["step"]
         self.holds, self.misses = state["holds"], state["misses"]
         self.reference, self.kept_states, self.log = state["reference"], state["kept_states"], state["log"]
+        self.chosen = state.get("chosen")  # made by a fit(finetune=...) before its fine-tune
 
     def _metric(self) -> float:
         was_training = self.wrapped.training
