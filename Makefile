@@ -1,5 +1,5 @@
 # Two entry points: `make demo` and `make test`. Both create .venv on first use.
-# `make bench` runs the CPU benchmark into results/ (with the optional DepGraph baseline),
+# `make bench` runs the CPU benchmark into results/ (with the optional DepGraph and OTO baselines),
 # every workload at its budget with 3 seeds (means ± std; about 75 minutes on 2 cores), then the
 # parameter and FLOP budgets, the training-step overhead,
 # the round_to widths, every workload with a tolerance instead of a budget, and feature selection
@@ -43,8 +43,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[baselines,featsel]"
-	$(PY) -m models_zoo.bench --scale cpu --seeds 0 1 2 --out results
+	$(PY) -m pip install --quiet -e ".[baselines,oto,featsel]"
+	$(PY) -m models_zoo.bench --scale cpu --seeds 0 1 2 --finetune 0.3 --out results
 	$(PY) -m models_zoo.bench.budget --out results
 	$(PY) -m models_zoo.bench.budget --kind flops --workloads dms stemdl --targets 0.5 0.2 --out results
 	$(PY) -m models_zoo.bench.overhead --out results

@@ -37,7 +37,7 @@ def r2_score(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 def fit(model: torch.nn.Module, draw: Callable[[torch.Generator], tuple[tuple, torch.Tensor]], *, steps: int,
         lr: float = 2e-3, seed: int = 0, loss_fn=torch.nn.functional.mse_loss, desc: str = "train",
-        device: str = "cpu", search: lumos_fx.ToleranceSearch | None = None) -> list[float]:
+        device: str = "cpu", search: lumos_fx.ToleranceSearch | None = None, finetune: float = 0.0) -> list[float]:
     """Adam with a cosine schedule on ``loss_fn(model(*inputs), target)`` for ``(inputs, target)
     = draw(generator)``. An instrumented model (from lumos_fx.instrument) also gets the
     complexity term and its gate parameter group, and nothing else changes. With a `device`
@@ -50,7 +50,11 @@ def fit(model: torch.nn.Module, draw: Callable[[torch.Generator], tuple[tuple, t
 
     With a `search` (a tolerance instead of a budget), the model is validated at the end of
     a dense phase of :data:`DENSE` of the steps, then :data:`VALIDATIONS` times evenly over
-    the rest, and the search's choice is loaded at the end."""
+    the rest, and the search's choice is loaded at the end.
+
+    With `finetune`, the last fraction of the steps fine-tunes the cut model: the gates are
+    frozen there (``lumos_fx.freeze_gates``; a search chooses first). A model instrumented
+    with a teacher (``Config(distill=...)``) adds ``lumos_fx.distill_loss``."""
     if not any(p.requires_grad for p in model.parameters()):
         return []  # cut down to a constant: nothing left to train
     gated = isinstance(model, torch.fx.GraphModule) and "lumos" in model.meta
@@ -62,13 +66,23 @@ def fit(model: torch.nn.Module, draw: Callable[[torch.Generator], tuple[tuple, t
     rank, world = distributed.rank_and_world()
     net = distributed.wrap(model, device)
     losses = []
-    validated_at = {round(steps * (DENSE + (1 - DENSE) * k / VALIDATIONS)) for k in range(VALIDATIONS + 1)}
+    frozen_at = steps - round(finetune * steps) if gated and finetune else None
+    searched = steps if frozen_at is None else frozen_at
+    validated_at = {round(searched * (DENSE + (1 - DENSE) * k / VALIDATIONS)) for k in range(VALIDATIONS + 1)}
+    distill = gated and model.meta["lumos"].config.distill is not None
     for step in tqdm(range(steps), desc=desc, mininterval=1.0, leave=False, disable=rank > 0):
+        if step == frozen_at:
+            if search is not None:
+                search.finish()
+            lumos_fx.freeze_gates(model)
         inputs, target = distributed.shard(draw, gen, rank, world)
         if device != "cpu":
             inputs, target = tuple(t.to(device, non_blocking=True) for t in inputs), target.to(device)
-        loss = loss_fn(net(*inputs), target)
+        output = net(*inputs)
+        loss = loss_fn(output, target)
         total = loss + lumos_fx.complexity_loss(model) if gated else loss
+        if distill:
+            total = total + lumos_fx.distill_loss(model, inputs, output)
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
@@ -78,7 +92,7 @@ def fit(model: torch.nn.Module, draw: Callable[[torch.Generator], tuple[tuple, t
         losses.append(loss.detach())
         if search is not None and step + 1 in validated_at:
             search.validated()
-    if search is not None:
+    if search is not None and search.chosen is None:
         search.finish()
     model.cpu().eval()
     return [float(v) for v in losses]

@@ -135,14 +135,16 @@ class Workload:
         return lumos_fx.Config(gate_warmup=int(self.warmup * steps), **({} if lam is None else {"lam": lam}))
 
     def train(self, model: nn.Module, task: Task, steps: int, *, seed: int = 0, loss=None, desc: str = "",
-              device: str = "cpu", search: lumos_fx.ToleranceSearch | None = None) -> list[float]:
+              device: str = "cpu", search: lumos_fx.ToleranceSearch | None = None,
+              finetune: float = 0.0) -> list[float]:
         """Train `model` (dense, instrumented or pruned) on the task for `steps` steps on
         `device`; `loss`, if given, wraps the task loss (a baseline's extra penalty); a
-        `search` (:meth:`tolerance_search`) finds the budget instead of the workload's."""
+        `search` (:meth:`tolerance_search`) finds the budget instead of the workload's; the last
+        `finetune` of the steps train an instrumented model's weights with its gates frozen."""
         base = self.loss(task)
         loss_fn = base if loss is None else (lambda pred, target: loss(base(pred, target)))
         return fit(model, task.train, steps=steps, lr=self.lr, seed=seed, loss_fn=loss_fn,
-                   desc=desc or f"{self.name}", device=device, search=search)
+                   desc=desc or f"{self.name}", device=device, search=search, finetune=finetune)
 
     def tolerance_search(self, wrapped: nn.Module, validation: Rows | Collated,
                          tolerance: float) -> lumos_fx.ToleranceSearch:

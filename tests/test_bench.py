@@ -35,9 +35,10 @@ def test_the_smoke_benchmark_runs_every_workload_and_writes_every_result(tmp_pat
     base = json.loads((tmp_path / "baselines.json").read_text())
     for name in NAMES:
         methods = {b["method"]: b for b in base if b["workload"] == name}
-        assert set(methods) == {"lumos", "lumos+ft", "l1", "slimming", "depgraph"}, name
+        assert set(methods) == {"lumos", "lumos+ft", "lumos+kd", "l1", "slimming", "depgraph", "oto"}, name
         assert "metric_value" in methods["l1"], methods["l1"]  # L1 cuts every model
         assert "metric_value" in methods["lumos+ft"], methods["lumos+ft"]
+        assert "metric_value" in methods["lumos+kd"], methods["lumos+kd"]  # it gates every model Lumos gates
         for b in methods.values():
             assert "skipped" in b or b["params"] <= b["params_dense"]
     text = (tmp_path / "bench.md").read_text()

@@ -40,6 +40,9 @@ def main(argv=None) -> tuple[list[dict], list[dict]]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where models train (default: the GPU when there is one)")
     parser.add_argument("--repeats", type=int, default=None, help="latency repeats (default 50, smoke 5)")
+    parser.add_argument("--finetune", type=float, default=0.0,
+                        help="the last fraction of the Lumos run's steps trains with its gates frozen "
+                             "(fit(finetune=...)); 0: the gates train to the end")
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--target", type=float, default=None,
                      help="train every Lumos model to this budget (fraction of prunable parameters kept) "
@@ -59,7 +62,7 @@ def main(argv=None) -> tuple[list[dict], list[dict]]:
         for seed in args.seeds:
             t0 = time.perf_counter()
             row, trained = run_workload(workload, scale, seed=seed, repeats=repeats, device=args.device,
-                                        target=args.target, lam=args.lam)
+                                        target=args.target, lam=args.lam, finetune=args.finetune)
             rows.append(row | {"seed": seed})
             if seed == args.seeds[0]:  # Fig. 10 shows the first seed's run
                 correlations[name] = feature_correlations(trained["task"])

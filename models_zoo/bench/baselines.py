@@ -19,6 +19,7 @@ lumos_fx.prune, so the cut is exact and identical in kind to Lumos's.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -128,14 +129,21 @@ def cut_to_budget(wrapped, scores: dict[int, np.ndarray], params: int) -> int:
                 gates[gid].log_alpha[u] = CLOSED
             return fixed + float(lumos_fx.expected_alive(wrapped)[0])
 
-    lo, hi = 0, len(candidates)
+    k = fewest(close, len(candidates), params)
+    close(k)
+    return k
+
+
+def fewest(count: Callable[[int], float], most: int, budget: float) -> int:
+    """The smallest k in [0, most] with ``count(k) <= budget``, by bisection, for a count
+    that falls as k grows (`most` where none is small enough)."""
+    lo, hi = 0, most
     while lo < hi:
         mid = (lo + hi) // 2
-        if close(mid) <= params:
+        if count(mid) <= budget:
             hi = mid
         else:
             lo = mid + 1
-    close(lo)
     return lo
 
 

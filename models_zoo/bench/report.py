@@ -7,6 +7,7 @@ import json
 import statistics
 from pathlib import Path
 
+from .run import KD_FINETUNE
 from .seeds import combined, pm
 
 
@@ -87,9 +88,13 @@ def markdown(rows: list[dict], baselines: list[dict], header: str) -> str:
                              else f"{pm(b, 'metric_value', '.4f')} ({b['params']:,.0f}{'' if b['within_budget'] else ' †'})")
             metric = next(b["metric"] for b in baselines if b["workload"] == name and "metric" in b)
             lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
-        lines.append("\nParameters in brackets. `lumos`: straight out of one training run; `lumos+ft` and the "
-                     "baselines: fine-tuned for half the training steps after the cut, so all four had the same "
-                     "training budget. † the method could not cut the model to within 5% of Lumos's count.")
+        lines.append("\nParameters in brackets. `lumos`: straight out of one training run. Every other method had "
+                     "the same training budget, 1.5 times the steps of one run: `lumos+ft` is the Lumos-pruned model "
+                     "fine-tuned for half the steps; the baselines are the dense model, trained for the steps, cut "
+                     "and fine-tuned for half of them; `lumos+kd` is that dense model gated to the Lumos budget and "
+                     f"trained for half the steps with the dense model as its teacher (its last {KD_FINETUNE:.0%} "
+                     "with the gates frozen); `oto` spends them on HESSO training from the dense model. † the "
+                     "method could not cut the model to within 5% of Lumos's count.")
     surrogate = [r for r in rows if "informative_kept" in r]
     if surrogate:
         lines += ["\n## Feature selection\n", "| workload | inputs | kept | informative kept | uninformative kept |",
@@ -120,7 +125,7 @@ def _realised(rows: list[dict]) -> str:
                     cells).rstrip("\n")
 
 
-METHODS = ("lumos", "lumos+ft", "l1", "slimming", "depgraph")
+METHODS = ("lumos", "lumos+ft", "lumos+kd", "l1", "slimming", "depgraph", "oto")
 
 
 def fig9(rows: list[dict], path: Path) -> None:

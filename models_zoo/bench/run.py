@@ -19,7 +19,7 @@ from ..measure import (
     peak_inference_bytes,
 )
 from ..workload import Collated, Scale, Task, Workload
-from . import baselines
+from . import baselines, oto
 
 LARGE_BATCH = {"MLP": 4096}  # rows of the large-batch latency; images and graphs use 256
 
@@ -46,11 +46,13 @@ def features(summary: lumos_fx.Summary, task: Task) -> tuple[int, int, list[str]
 
 
 def run_workload(workload: Workload, scale: Scale, *, seed: int = 0, repeats: int = 50,
-                 device: str = "cpu", target: float | None = None, lam: bool = False) -> tuple[dict, dict]:
+                 device: str = "cpu", target: float | None = None, lam: bool = False,
+                 finetune: float = 0.0) -> tuple[dict, dict]:
     """The benchmark row of `workload` (see results/bench.json) and the models and task the
     baselines need. Training runs on `device`; pruning and the CPU measurements on the CPU.
     The Lumos model trains to the workload's budget, or to `target`; with `lam`, to no
-    budget but with the workload's lam (the runs before budgets)."""
+    budget but with the workload's lam (the runs before budgets); its last `finetune` of
+    the steps with its gates frozen."""
     task = workload.task(scale, seed)
     dense = workload.model(task, scale, seed)
     config = workload.lam_config(scale.steps) if lam else workload.lumos_config(scale.steps, target)
@@ -59,7 +61,7 @@ def run_workload(workload: Workload, scale: Scale, *, seed: int = 0, repeats: in
     train_dense = _timed_training(workload, dense, task, scale.steps, seed=seed, desc=f"{workload.name} dense",
                                   device=device)
     train_lumos = _timed_training(workload, wrapped, task, scale.steps, seed=seed, desc=f"{workload.name} lumos",
-                                  device=device)
+                                  device=device, finetune=finetune)
     pruned = lumos_fx.prune(wrapped)
     summary = lumos_fx.summary(pruned)
     one, large = latency_inputs(workload, task)
@@ -81,6 +83,7 @@ def run_workload(workload: Workload, scale: Scale, *, seed: int = 0, repeats: in
         "train_time_dense_s": train_dense, "train_time_lumos_s": train_lumos,
         "features_total": total, "features_kept": kept, "features_kept_names": kept_names,
         "scale": vars(scale), "target": config.target_params, "lam": config.lam if lam else None,
+        "finetune": finetune,
     }
     if workload.informative or workload.uninformative:
         names = set(kept_names)
@@ -116,11 +119,16 @@ def gpu_measurements(models: dict, one: tuple, large: tuple, repeats: int) -> di
 
 
 def run_baselines(workload: Workload, scale: Scale, row: dict, trained: dict, *, seed: int = 0,
-                  methods: tuple[str, ...] = ("lumos+ft", "l1", "slimming", "depgraph"),
+                  methods: tuple[str, ...] = ("lumos+ft", "lumos+kd", "l1", "slimming", "depgraph", "oto"),
                   device: str = "cpu") -> list[dict]:
     """Each baseline cut to the Lumos model's parameter count, fine-tuned for half the
     training steps, measured on the held-out data. ``lumos+ft`` fine-tunes the Lumos-pruned
-    model for the same steps, so that every method has had the same training budget."""
+    model for the same steps, so that every method has had the same training budget.
+    ``lumos+kd`` spends those steps as the baselines do, on the trained dense model: it is
+    instrumented with the Lumos budget and the dense model as its teacher, and trains its
+    gates and weights for half the steps, the last :data:`KD_FINETUNE` of them with the
+    gates frozen (:func:`lumos_fx.freeze_gates`). ``oto`` spends them on OTO's HESSO
+    training from the trained dense model (:mod:`models_zoo.bench.oto`)."""
     task = trained["task"]
     budget = row["params_lumos"]
     finetune = max(1, scale.steps // 2)
@@ -141,8 +149,9 @@ def run_baselines(workload: Workload, scale: Scale, row: dict, trained: dict, *,
         if model is None:
             rows.append({"workload": workload.name, "method": method, "skipped": note})
             continue
-        workload.train(model, task, finetune, seed=seed + 1, desc=f"{workload.name} {method} fine-tune",
-                       device=device)
+        if method not in TRAIN_THEMSELVES:
+            workload.train(model, task, finetune, seed=seed + 1, desc=f"{workload.name} {method} fine-tune",
+                           device=device)
         params = count_params(model)
         rows.append({"workload": workload.name, "method": method, "metric": workload.metric,
                      "metric_value": workload.evaluate(model, task), "params": params,
@@ -155,6 +164,8 @@ def run_baselines(workload: Workload, scale: Scale, row: dict, trained: dict, *,
 
 
 BUDGET_SLACK = 1.05  # a cut this close to Lumos's count is at equal compression; above it, flagged
+TRAIN_THEMSELVES = {"lumos+kd", "oto"}  # their half of the steps is their own training, not a fine-tune after the cut
+KD_FINETUNE = 0.3  # of lumos+kd's steps, with its gates frozen
 
 
 def _baseline(method: str, workload: Workload, scale: Scale, task: Task, trained: dict, budget: int, seed: int,
@@ -162,6 +173,9 @@ def _baseline(method: str, workload: Workload, scale: Scale, task: Task, trained
     dense = trained["dense"]
     if method == "lumos+ft":
         return copy.deepcopy(trained["pruned"]), "the Lumos-pruned model, fine-tuned like the baselines"
+    if method == "lumos+kd":
+        return _distilled_from_dense(workload, scale, task, trained, seed, device), \
+            f"the trained dense model gated to the Lumos budget, distilled from it, last {KD_FINETUNE:.0%} frozen"
     if method == "l1":
         return _cut_with_lumos(copy.deepcopy(dense), task, baselines.l1_scores, budget), "L1 norm of producing weights"
     if method == "slimming":
@@ -178,7 +192,29 @@ def _baseline(method: str, workload: Workload, scale: Scale, task: Task, trained
         model = copy.deepcopy(dense)
         return baselines.depgraph_prune(model, task.example, budget, baselines.output_layer(model)), \
             "torch-pruning GroupMagnitudeImportance, global"
+    if method == "oto":
+        return oto.oto_baseline(workload, task, dense, budget, max(1, scale.steps // 2), seed=seed, device=device)
     raise ValueError(f"unknown baseline {method!r}")
+
+
+def _distilled_from_dense(workload: Workload, scale: Scale, task: Task, trained: dict, seed: int, device: str):
+    """``lumos+kd``: the dense model instrumented with the Lumos run's budget and itself as
+    the teacher (the softened class probabilities for a classifier, the task loss on the
+    teacher's outputs otherwise), trained for half the steps, then pruned."""
+    steps = max(1, scale.steps // 2)
+    loss = "kl" if workload.metric == "accuracy" else workload.loss(task)
+    budget = lumos_fx.summary(trained["pruned"]).budget
+    if budget is None:
+        raise ValueError("the Lumos run had no budget to match (a lam run)")
+    # the fraction the Lumos cut kept, to 2% of itself: Config's default tolerance of 0.01 of
+    # the prunable parameters is a third of a model that keeps 3%
+    config = lumos_fx.Config(target_params=budget.after, budget_tolerance=0.02 * budget.after,
+                             budget_warmup=max(1, steps // 4), distill=lumos_fx.Distill(loss=loss))
+    wrapped = lumos_fx.instrument(copy.deepcopy(trained["dense"]), task.example, feature_names=task.feature_names,
+                                  config=config)
+    workload.train(wrapped, task, steps, seed=seed + 1, desc=f"{workload.name} lumos+kd", device=device,
+                   finetune=KD_FINETUNE)
+    return lumos_fx.prune(wrapped)
 
 
 def _cut_with_lumos(model, task: Task, score, budget: int):
