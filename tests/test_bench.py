@@ -25,9 +25,10 @@ FIELDS = ("workload", "metric", "metric_dense", "metric_lumos", "params_dense", 
 
 
 def test_the_smoke_benchmark_runs_every_workload_and_writes_every_result(tmp_path):
-    main(["--scale", "smoke", "--out", str(tmp_path), "--repeats", "2"])
+    main(["--scale", "smoke", "--out", str(tmp_path), "--repeats", "2", "--finetune", "0.3"])
     rows = json.loads((tmp_path / "bench.json").read_text())
     assert [r["workload"] for r in rows] == list(NAMES)
+    assert all(r["finetune"] == 0.3 for r in rows)
     for r in rows:
         assert all(k in r for k in FIELDS), r["workload"]
         assert 0 <= r["params_lumos"] <= r["params_dense"] and r["flops_lumos"] <= r["flops_dense"]
