@@ -39,8 +39,12 @@ cpp-demo: $(STAMP)
 		d = (r('out/cfd/fluxes.bin') - r('out/cfd/fluxes_python.bin')).abs().max().item(); \
 		print(f'fluxes from C++ vs Python: max |diff| {d:.2e}'); assert d < 1e-4"
 
+# One pytest-xdist worker per core of the CI machine; a file's tests stay in one worker, so a
+# module's fixtures (the C++ driver's build, a trained zoo model) are made once.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[baselines,oto,featsel]"
