@@ -288,7 +288,9 @@ class LumosTracer(ShapeConcrete, fx.Tracer):
         self._qualnames = {id(m): name for name, m in root.named_modules(remove_duplicate=False)}
         self._stateful_ids = {id(t) for name, t in root.named_buffers() if name in self.stateful}
         with self._patched(root), _flat_forward(root):
-            return super().trace(root, concrete_args)
+            graph = super().trace(root, concrete_args)
+        _self_named_self(graph, root)
+        return graph
 
     @contextmanager
     def _patched(self, root: nn.Module):
@@ -367,3 +369,12 @@ class LumosTracer(ShapeConcrete, fx.Tracer):
             return True
         self.assignments[(qualname, name)] = frame
         return False
+
+
+def _self_named_self(graph: fx.Graph, root: nn.Module) -> None:
+    """fx's pytree codegen (container inputs) takes the forward's first argument for ``self``
+    only where it is so named: a ``forward(this, d)`` would come out as ``forward(self, this,
+    d)`` and flatten ``this`` with the inputs. The traced code's own name is ``self``."""
+    info = getattr(graph._codegen, "pytree_info", None)
+    if isinstance(root, nn.Module) and info is not None and info.orig_args and info.orig_args[0] != "self":
+        graph._codegen.pytree_info = info._replace(orig_args=["self", *info.orig_args[1:]])

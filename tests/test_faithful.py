@@ -350,9 +350,15 @@ class DictBatch(nn.Module):
         return {"y": self.b(torch.relu(self.a(batch["x"])) * batch["t"])}
 
 
+class DictBatchThis(DictBatch):
+    def forward(this, batch):  # noqa: N805 - fx's pytree codegen took `this` for an input
+        return {"y": this.b(torch.relu(this.a(batch["x"])) * batch["t"])}
+
+
 @pytest.mark.parametrize("shrink", [False, True])
-def test_dict_inputs_are_flattened_as_fx_does_for_pytrees(shrink, tmp_path):
-    model = DictBatch()
+@pytest.mark.parametrize("model_class", [DictBatch, DictBatchThis])
+def test_dict_inputs_are_flattened_as_fx_does_for_pytrees(shrink, model_class, tmp_path):
+    model = model_class()
     example = ({"x": torch.randn(5, 4), "t": torch.randn(5, 1)},)
     wrapped = lumos_fx.instrument(model, example, feature_names={"batch['x']": ["a", "b", "c", "d"]})
     assert "batch['x']" in lumos_fx.gates(wrapped)
