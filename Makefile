@@ -2,7 +2,8 @@
 # `make bench` runs the CPU benchmark into results/ (with the optional DepGraph and OTO baselines),
 # every workload at its budget with 3 seeds (means ± std; about 80 minutes on 2 cores), then the
 # parameter and FLOP budgets, the training-step overhead,
-# the round_to widths, every workload with a tolerance instead of a budget, and feature selection
+# the round_to widths, the latency budget against a FLOP budget tuned to the same latency,
+# every workload with a tolerance instead of a budget, and feature selection
 # against LassoNet, STG and permutation importance;
 # `make bench-smoke` runs every workload end to end at a tiny scale in under a minute.
 PYTHON ?= python3
@@ -53,6 +54,7 @@ bench: $(STAMP)
 	$(PY) -m models_zoo.bench.budget --kind flops --workloads dms stemdl --targets 0.5 0.2 --out results
 	$(PY) -m models_zoo.bench.overhead --out results
 	$(PY) -m models_zoo.bench.round_to --out results
+	$(PY) -m models_zoo.bench.latency_budget --out results
 	$(PY) -m models_zoo.bench.tolerance --out results
 	$(PY) -m models_zoo.bench.feature_selection --out results
 
