@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import weakref
+
+import torch
 from torch import fx
 
 from .plan import GATES, gate_modules, instrumented
 from .prune import SETTLED, settle
 
 
-def freeze_gates(wrapped: fx.GraphModule) -> None:
+def freeze_gates(wrapped: fx.GraphModule, optimizer: torch.optim.Optimizer | None = None) -> None:
     """Fix the gates of `wrapped` at what :func:`lumos_fx.prune` will cut, so that the
     training that follows fine-tunes the weights of the cut model and nothing else.
 
@@ -20,11 +23,39 @@ def freeze_gates(wrapped: fx.GraphModule) -> None:
     training, so the weights adapt to the cut model; prune() moves no gate and its summary
     reports the snap done here. The flag is part of each gate's state dict.
 
-    Idempotent: a second call changes nothing.
+    With the `optimizer` that trains the model, ``log_alpha`` instead stays in the autograd
+    graph with a zero gradient, and the optimizer drops the gates' gradients before each
+    step (a step pre-hook), so they still do not move. That is what a model under
+    ``DistributedDataParallel`` needs: DDP (without ``find_unused_parameters=True``) waits
+    for a gradient of every parameter it was given, and fails the step after one got none.
+    :func:`lumos_fx.fit` passes its own.
+
+    Idempotent: a second call changes nothing, but for hooking an optimizer not given before.
     """
     wrapped = instrumented(wrapped)
-    if getattr(wrapped, GATES).frozen:
+    bank = getattr(wrapped, GATES)
+    if not bank.frozen:
+        wrapped.meta[SETTLED] = settle(wrapped)
+        for gate in gate_modules(wrapped).values():
+            gate.frozen = True
+    if optimizer is not None:
+        bank.frozen_in_graph = True
+        _drop_gate_grads_before_steps(optimizer, bank)
+
+
+_HOOKED = weakref.WeakKeyDictionary()  # optimizer -> the gate banks whose gradients it drops
+
+
+def _drop_gate_grads_before_steps(optimizer: torch.optim.Optimizer, bank: torch.nn.Module) -> None:
+    hooked = _HOOKED.setdefault(optimizer, weakref.WeakSet())
+    if bank in hooked:
         return
-    wrapped.meta[SETTLED] = settle(wrapped)
-    for gate in gate_modules(wrapped).values():
-        gate.frozen = True
+    hooked.add(bank)
+    gates = weakref.ref(bank)  # the hook must not keep a model alive
+
+    def drop(opt, args, kwargs):
+        live = gates()
+        if live is not None and live.frozen:  # an Adam step on a zero gradient still moves by momentum
+            for gate in live.values():
+                gate.log_alpha.grad = None
+    optimizer.register_step_pre_hook(drop)

@@ -21,7 +21,7 @@ from .complexity import complexity_loss, expected_kept, param_groups
 from .distill_loss import distill_loss
 from .errors import InputError, TrainingError
 from .finetune import freeze_gates
-from .plan import instrumented, plan_of
+from .plan import GATES, instrumented, plan_of
 from .tolerance import ToleranceSearch
 
 BatchFn = Callable[[Any], tuple[Any, Any]]
@@ -111,6 +111,8 @@ def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any],
     start = 0
     if checkpoint is not None and Path(checkpoint).exists():
         start, history = _resume(Path(checkpoint), wrapped, opt, schedule, search)
+        if getattr(wrapped, GATES).frozen:  # resumed inside the fine-tune: this optimizer must skip the gates
+            freeze_gates(wrapped, opt)
     for epoch in range(start, epochs):
         history.append({"epoch": epoch + 1, **run.epoch(loader, epoch)})
         if search is not None and epoch + 1 == epochs:
@@ -171,7 +173,7 @@ class _Run:
         if self.schedule.last_epoch == self.freeze_at:
             if self.search is not None and self.search.chosen is None:
                 self.search.finish()
-            freeze_gates(self.wrapped)
+            freeze_gates(self.wrapped, self.opt)
         inputs, target = _to(self.device, _split(batch, self.batch_fn, self.wrapped))
         _check_arity(self.wrapped, inputs, batch)
         output = self.forward(*inputs)

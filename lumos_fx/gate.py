@@ -175,6 +175,9 @@ class GateBank(nn.ModuleDict):
     def __init__(self) -> None:
         super().__init__()
         self._generator: torch.Generator | None = None
+        # Set by freeze_gates(wrapped, optimizer): frozen gates still hand log_alpha a zero
+        # gradient, since DistributedDataParallel waits for one from every parameter it reduces.
+        self.frozen_in_graph = False
 
     # The draw counts and the seeded generator are Python state that moves every step: a
     # compiled model would guard on them and recompile each step, so the bank runs eagerly
@@ -185,6 +188,8 @@ class GateBank(nn.ModuleDict):
         joined = torch.cat([g.log_alpha for g in gates])
         if gates[0].frozen:
             z = gates[0]._deterministic(joined.detach())
+            if self.frozen_in_graph:
+                z = z + joined * 0.0
         else:
             z = _draw(gates, joined, self._noise) if self.training else gates[0]._deterministic(joined)
         return z.split([g.n for g in gates])

@@ -54,7 +54,8 @@ def train(args) -> dict:
     wrapped = lumos_fx.instrument(model, task.example, feature_names=task.feature_names, config=config)
     if args.tolerance is not None:
         search = workload.tolerance_search(wrapped, validation, args.tolerance)
-    workload.train(wrapped, task, steps, seed=args.seed, desc=f"{workload.name} lumos", search=search)
+    workload.train(wrapped, task, steps, seed=args.seed, desc=f"{workload.name} lumos", search=search,
+                   finetune=args.finetune)
     if rank > 0:
         return result
     pruned = lumos_fx.prune(wrapped)
@@ -86,6 +87,9 @@ def main(argv=None) -> dict | None:
                           "(R^2, accuracy: an absolute drop; MSE: a relative rise, 0.1 for 10%%)")
     how.add_argument("--lam", type=float, default=None, help="no budget: train with this Config.lam")
     how.add_argument("--dense", action="store_true", help="train the plain model, no gates")
+    t.add_argument("--finetune", type=float, default=0.0,
+                   help="the last fraction of the steps trains the weights with the gates frozen "
+                        "(lumos_fx.freeze_gates); 0: the gates train to the end")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default=None, help="where the pruned model goes (default out/WORKLOAD)")
     t.add_argument("--formats", nargs="*", default=(), choices=("pt2", "onnx", "aoti"),

@@ -74,7 +74,7 @@ def fit(model: torch.nn.Module, draw: Callable[[torch.Generator], tuple[tuple, t
         if step == frozen_at:
             if search is not None:
                 search.finish()
-            lumos_fx.freeze_gates(model)
+            lumos_fx.freeze_gates(model, opt)
         inputs, target = distributed.shard(draw, gen, rank, world)
         if device != "cpu":
             inputs, target = tuple(t.to(device, non_blocking=True) for t in inputs), target.to(device)

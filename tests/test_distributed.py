@@ -1,6 +1,7 @@
 """Data-parallel training: `torchrun --nproc_per_node 2` (gloo, CPU) trains an instrumented
-zoo model to the same pruned model as one process on the whole batch, and the gate noise is
-the same on every rank."""
+zoo model to the same pruned model as one process on the whole batch, its last steps with the
+gates frozen (which DDP, waiting for a gradient of every parameter, must still get), and the
+gate noise is the same on every rank."""
 
 import os
 import shutil
@@ -13,7 +14,7 @@ import torch
 import lumos_fx
 from models_zoo.__main__ import main
 
-ARGS = ["train", "cfd", "--scale", "smoke", "--steps", "40", "--seed", "3", "--target", "0.3"]
+ARGS = ["train", "cfd", "--scale", "smoke", "--steps", "40", "--seed", "3", "--target", "0.3", "--finetune", "0.25"]
 
 
 def test_gate_noise_is_seeded_per_step_not_by_the_global_rng():

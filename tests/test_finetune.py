@@ -133,3 +133,29 @@ def test_a_finetune_fraction_out_of_range_is_refused_by_name(bad):
     wrapped = lumos_fx.instrument(model, (x[:4],))
     with pytest.raises(InputError, match=r"fit\(finetune="):
         lumos_fx.fit(wrapped, loader, nn.functional.mse_loss, finetune=bad, progress=False)
+
+
+def test_with_its_optimizer_a_frozen_gate_gets_a_zero_gradient_and_does_not_move():
+    wrapped, loader, x, y = _trained(epochs=2)
+    opt = torch.optim.Adam(lumos_fx.param_groups(wrapped, 1e-2))
+    wrapped.train()
+    for xb, yb in list(loader)[:3]:  # Adam's moments of the gates: non-zero before the freeze
+        loss = nn.functional.mse_loss(wrapped(xb), yb) + lumos_fx.complexity_loss(wrapped)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    lumos_fx.freeze_gates(wrapped, opt)
+    lumos_fx.freeze_gates(wrapped, opt)  # hooks the optimizer once
+    settled = _log_alphas(wrapped)
+    for xb, yb in loader:
+        loss = nn.functional.mse_loss(wrapped(xb), yb) + lumos_fx.complexity_loss(wrapped)
+        opt.zero_grad()
+        loss.backward()
+        # in the graph, for DistributedDataParallel, with nothing to say
+        assert all(torch.equal(g.log_alpha.grad, torch.zeros_like(g.log_alpha)) for g in lumos_fx.gates(wrapped).values())
+        opt.step()
+        assert all(g.log_alpha.grad is None for g in lumos_fx.gates(wrapped).values())
+    assert all(torch.equal(settled[k], g.log_alpha) for k, g in lumos_fx.gates(wrapped).items())
+    assert len(opt._optimizer_step_pre_hooks) == 1
+    pruned = lumos_fx.prune(wrapped)
+    assert torch.allclose(pruned(x[:11]), wrapped.eval()(x[:11]), atol=1e-5)

@@ -35,32 +35,37 @@ def test_fit_with_a_target_reaches_the_budget():
     assert lumos_fx.summary(lumos_fx.prune(wrapped)).budget.after == pytest.approx(0.3, abs=0.011)
 
 
-def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
+@pytest.mark.parametrize("finetune", [0.0, 0.5])
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, finetune):
     model, loader, x = problem()
+    epochs = 4
     whole = lumos_fx.instrument(model, (x[:4],))
     torch.manual_seed(7)  # the loader shuffles with the global RNG
-    lumos_fx.fit(whole, loader, nn.functional.mse_loss, epochs=3, target=0.5, checkpoint=tmp_path / "a.pt",
-                 progress=False)
+    lumos_fx.fit(whole, loader, nn.functional.mse_loss, epochs=epochs, target=0.5, checkpoint=tmp_path / "a.pt",
+                 progress=False, finetune=finetune)
 
     calls = {"n": 0}
 
     def crashing(pred, y):
         calls["n"] += 1
-        if calls["n"] == len(loader) + 3:  # in the second epoch
+        if calls["n"] == 3 * len(loader) + 3:  # in the last epoch, inside the fine-tune
             raise KeyboardInterrupt
         return nn.functional.mse_loss(pred, y)
 
     first = lumos_fx.instrument(model, (x[:4],))
     torch.manual_seed(7)
     with pytest.raises(KeyboardInterrupt):
-        lumos_fx.fit(first, loader, crashing, epochs=3, target=0.5, checkpoint=tmp_path / "b.pt", progress=False)
+        lumos_fx.fit(first, loader, crashing, epochs=epochs, target=0.5, checkpoint=tmp_path / "b.pt",
+                     progress=False, finetune=finetune)
     torch.manual_seed(123)  # a new process: another global RNG state, fresh gates
     again = lumos_fx.instrument(model, (x[:4],))
-    history = lumos_fx.fit(again, loader, nn.functional.mse_loss, epochs=3, target=0.5,
-                           checkpoint=tmp_path / "b.pt", progress=False)
-    assert len(history) == 3
+    history = lumos_fx.fit(again, loader, nn.functional.mse_loss, epochs=epochs, target=0.5,
+                           checkpoint=tmp_path / "b.pt", progress=False, finetune=finetune)
+    assert len(history) == epochs
     for (name, a), b in zip(whole.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, name
+    # resumed frozen, the gates stay in the graph for DDP as the uninterrupted run's do
+    assert again.lumos_gates.frozen_in_graph == whole.lumos_gates.frozen_in_graph == (finetune > 0)
 
 
 class TwoInputs(nn.Module):
