@@ -468,3 +468,38 @@ def test_pna_is_written_out_and_its_towers_are_cut(edge_dim, setting):
     if setting == "half":
         assert pruned.get_submodule("c1.post_nns.0.0").weight.shape[0] < 16
         assert count_params(pruned) < count_params(wrapped)
+
+
+LOCAL_IMPORT = '''
+import sys
+import torch
+from torch import nn
+import lumos_fx
+
+class Pooled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.out = nn.Linear(4, 8), nn.Linear(8, 1)
+
+    def forward(self, x, batch):
+        from torch_geometric.nn import global_mean_pool  # the first import of PyG in the process
+        return self.out(global_mean_pool(torch.relu(self.a(x)), batch))
+
+assert "torch_geometric" not in sys.modules
+x, batch = torch.randn(7, 4), torch.tensor([0, 0, 0, 1, 1, 2, 2])
+wrapped = lumos_fx.instrument(Pooled(), (x, batch))
+with torch.no_grad():
+    lumos_fx.gates(wrapped)["a"].log_alpha[:4] = -10.0
+pruned = lumos_fx.prune(wrapped)
+x, batch = torch.randn(10, 4), torch.tensor([0, 0, 1, 1, 1, 1, 2, 3, 3, 3])
+assert pruned.a.out_features == 4 and pruned(x, batch).shape == (4, 1)
+assert torch.allclose(pruned(x, batch), wrapped.eval()(x, batch), atol=1e-6)
+'''
+
+
+def test_a_forward_that_imports_pyg_itself_is_traced_with_pyg_s_rules():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", LOCAL_IMPORT], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
