@@ -296,7 +296,7 @@ class _Writer:
             new.target = flat
 
 
-def export(pruned: fx.GraphModule, path, *, overwrite: bool = False, formats=()) -> Path:
+def export(pruned: fx.GraphModule, path, *, overwrite: bool = False, formats=(), inductor_configs=None) -> Path:
     """Write ``model.py`` and ``weights.pt`` into the folder `path`; returns the folder.
 
     `formats` adds files other runtimes load (:mod:`lumos_fx.export_formats`), each checked
@@ -305,7 +305,10 @@ def export(pruned: fx.GraphModule, path, *, overwrite: bool = False, formats=())
     (``model.onnx``, checked with onnxruntime) and ``"aoti"`` (``model_aoti.pt2``, an
     AOTInductor package that C++ loads with ``torch::inductor::AOTIModelPackageLoader``).
     ``formats.json`` lists their dynamic dims. A format that cannot be written is named in an
-    ExportError raised once the others are written.
+    ExportError raised once the others are written. `inductor_configs` go to
+    ``torch._inductor.aoti_compile_and_package`` for ``"aoti"``: Inductor compiles for the
+    exporting CPU (``-march=native``) unless told otherwise, so a package for other machines
+    takes, say, ``inductor_configs={"cpp.march": "x86-64-v2"}``.
 
     ``lumos_fx.load(path)`` (or ``import model; model.load()`` with only torch installed,
     and torch_geometric for a GNN) rebuilds the module. A folder that already holds a
@@ -325,6 +328,11 @@ def export(pruned: fx.GraphModule, path, *, overwrite: bool = False, formats=())
     if isinstance(formats, str):
         formats = (formats,)
     example = pruned.meta.get("lumos_example_inputs")
+    if inductor_configs is not None and "aoti" not in formats:
+        raise ExportError("export(inductor_configs=...) configures the AOTInductor package: add 'aoti' to formats")
+    if inductor_configs is not None and not isinstance(inductor_configs, dict):
+        raise ExportError(f"export(inductor_configs=...) takes a dict of Inductor settings such as "
+                          f"{{'cpp.march': 'x86-64-v2'}}; got {type(inductor_configs).__name__}")
     if formats and example is None:
         raise ExportError("export formats need the pruned model's example inputs: export the model "
                           "lumos_fx.prune() returned")
@@ -368,7 +376,7 @@ def load(weights=None, map_location="cpu"):
     (folder / "model.py").write_text(source)
     torch.save({k: v.detach().cpu() for k, v in state.items()}, folder / "weights.pt")
     if formats:
-        write_formats(pruned, folder, tuple(formats), example)
+        write_formats(pruned, folder, tuple(formats), example, inductor_configs)
     return folder
 
 

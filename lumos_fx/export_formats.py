@@ -28,6 +28,7 @@ batch sizes it was checked at and its largest difference, or why it could not be
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -184,9 +185,9 @@ def _write_pt2(program, path: Path) -> None:
     torch.export.save(program, path)
 
 
-def _write_aoti(program, path: Path) -> None:
+def _write_aoti(program, path: Path, inductor_configs=None) -> None:
     with _quiet("torch._inductor"):
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=inductor_configs)
 
 
 def _write_onnx(program, path: Path) -> None:
@@ -321,12 +322,14 @@ def _programs(pruned: fx.GraphModule, example: tuple, columns) -> tuple[torch.ex
     return program, [(example, run_quietly(pruned, example))], why
 
 
-def write_formats(pruned: fx.GraphModule, folder: Path, formats, example: tuple) -> None:
-    """Write every format of `formats` into `folder` and ``formats.json`` beside them. A format
-    that cannot be written is listed in one ExportError raised after the others are written."""
+def write_formats(pruned: fx.GraphModule, folder: Path, formats, example: tuple, inductor_configs=None) -> None:
+    """Write every format of `formats` into `folder` and ``formats.json`` beside them (the
+    AOTInductor package compiled with `inductor_configs`). A format that cannot be written is
+    listed in one ExportError raised after the others are written."""
     unknown = [f for f in formats if f not in _WRITERS]
     if unknown:
         raise ExportError(f"unknown export formats {unknown}; choose among {sorted(_WRITERS)}")
+    writers = {**_WRITERS, "aoti": functools.partial(_write_aoti, inductor_configs=inductor_configs)}
     manifest: dict = {"inputs": [], "batch": None, "formats": {}}
     written, failures = {}, {}
     try:
@@ -338,7 +341,7 @@ def write_formats(pruned: fx.GraphModule, folder: Path, formats, example: tuple)
         for fmt in formats:
             path = folder / FILES[fmt]
             try:
-                _WRITERS[fmt](program, path)
+                writers[fmt](program, path)
                 sizes, err = _check(fmt, load_format(folder, fmt), checks)
             except Exception as exc:  # a compiler or serialiser failure is one format's failure too
                 failures[fmt] = str(exc) if isinstance(exc, ExportError) else (

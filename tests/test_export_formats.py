@@ -2,6 +2,7 @@
 with a dynamic batch, loadable without lumos_fx; what a format cannot express is named."""
 
 import json
+import platform
 import subprocess
 import sys
 import textwrap
@@ -30,10 +31,19 @@ def manifest(folder):
     return json.loads((folder / "formats.json").read_text())
 
 
-def test_every_format_loads_without_lumos_fx_and_matches_at_another_batch_size(tmp_path):
+def test_every_format_loads_without_lumos_fx_and_matches_at_another_batch_size(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     wrapped, pruned = pruned_mlp()
-    folder = lumos_fx.export(pruned, tmp_path / "model", formats=("pt2", "onnx", "aoti"))
+    compile_and_package, configs = torch._inductor.aoti_compile_and_package, []
+
+    def spy(*args, **kwargs):
+        configs.append(kwargs.get("inductor_configs"))
+        return compile_and_package(*args, **kwargs)
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", spy)
+    # a package for any x86-64 CPU of the last decade, not only for the one that exported it
+    portable = {"cpp.march": "x86-64-v2"} if platform.machine() in ("x86_64", "AMD64") else {}
+    folder = lumos_fx.export(pruned, tmp_path / "model", formats=("pt2", "onnx", "aoti"), inductor_configs=portable)
+    assert configs == [portable]
     written = manifest(folder)
     assert written["batch"] == "dynamic"
     assert written["inputs"] == [{"name": "input", "shape": [8, len(pruned.kept_feature_indices["input"])],
@@ -191,6 +201,11 @@ def test_unknown_formats_and_a_missing_onnx_runtime_say_what_to_do(tmp_path, mon
     with pytest.raises(lumos_fx.ExportError, match=r"onnx: ONNX needs onnxruntime: pip install 'lumos_fx\[onnx\]'"):
         lumos_fx.export(pruned, tmp_path / "b", formats=("onnx", "pt2"))
     assert (tmp_path / "b" / "model.pt2").exists()
+    with pytest.raises(lumos_fx.ExportError, match=r"configures the AOTInductor package: add 'aoti' to formats"):
+        lumos_fx.export(pruned, tmp_path / "c", formats=("pt2",), inductor_configs={"cpp.march": "x86-64-v2"})
+    with pytest.raises(lumos_fx.ExportError, match=r"takes a dict of Inductor settings.*got str"):
+        lumos_fx.export(pruned, tmp_path / "d", formats=("aoti",), inductor_configs="x86-64-v2")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
 
 
 def test_export_leaves_the_pruned_models_mode_as_it_was(tmp_path):
