@@ -4,9 +4,11 @@ Fig. 10 as matplotlib plots."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
+from ..workload import METRICS
 from .run import KD_FINETUNE
 from .seeds import combined, pm
 
@@ -78,8 +80,10 @@ def markdown(rows: list[dict], baselines: list[dict], header: str) -> str:
     if rows:
         lines += ["\n## How much of the FLOP cut the hardware realised\n", _realised(rows)]
     if baselines:
+        standings = {name: standing(baselines, name) for name in dict.fromkeys(b["workload"] for b in baselines)}
         lines += ["\n## Baselines at Lumos's parameter count\n",
-                  "| workload | metric | " + " | ".join(METHODS) + " |", "|---" * (2 + len(METHODS)) + "|"]
+                  "| workload | metric | " + " | ".join(METHODS) + " | lumos+ft against the best baseline |",
+                  "|---" * (3 + len(METHODS)) + "|"]
         for name in dict.fromkeys(b["workload"] for b in baselines):
             cells = []
             for method in METHODS:
@@ -87,7 +91,7 @@ def markdown(rows: list[dict], baselines: list[dict], header: str) -> str:
                 cells.append("n/a" if b is None else f"skipped ({b['skipped'][:60]})" if "skipped" in b
                              else f"{pm(b, 'metric_value', '.4f')} ({b['params']:,.0f}{'' if b['within_budget'] else ' †'})")
             metric = next(b["metric"] for b in baselines if b["workload"] == name and "metric" in b)
-            lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | {metric} | " + " | ".join(cells) + f" | {standings[name]} |")
         lines.append("\nParameters in brackets. `lumos`: straight out of one training run. Every other method had "
                      "the same training budget, 1.5 times the steps of one run: `lumos+ft` is the Lumos-pruned model "
                      "fine-tuned for half the steps; the baselines are the dense model, trained for the steps, cut "
@@ -95,6 +99,10 @@ def markdown(rows: list[dict], baselines: list[dict], header: str) -> str:
                      f"trained for half the steps with the dense model as its teacher (its last {KD_FINETUNE:.0%} "
                      "with the gates frozen); `oto` spends them on HESSO training from the dense model. † the "
                      "method could not cut the model to within 5% of Lumos's count.")
+        counts = {kind: sum(v.startswith(kind) for v in standings.values()) for kind in ("best", "tied", "behind")}
+        lines.append(f"\n`lumos+ft` against the best baseline (l1, slimming, depgraph, oto) at its count: best on "
+                     f"{counts['best']}, tied on {counts['tied']} (behind by less than one standard deviation of the "
+                     f"difference, √(σ²ft + σ²baseline)), behind on {counts['behind']} of {len(standings)} workloads.")
     surrogate = [r for r in rows if "informative_kept" in r]
     if surrogate:
         lines += ["\n## Feature selection\n", "| workload | inputs | kept | informative kept | uninformative kept |",
@@ -126,6 +134,26 @@ def _realised(rows: list[dict]) -> str:
 
 
 METHODS = ("lumos", "lumos+ft", "lumos+kd", "l1", "slimming", "depgraph", "oto")
+BASELINES = ("l1", "slimming", "depgraph", "oto")
+
+
+def standing(baselines: list[dict], workload: str) -> str:
+    """``lumos+ft`` of `workload` (rows combined over seeds) against the best baseline that
+    cut the model to Lumos's count: ``best``, ``tied`` where it is behind by less than
+    :math:`\\sqrt{\\sigma_{ft}^2 + \\sigma_b^2}` (one standard deviation of the difference of the
+    two means' seeds), else ``behind`` and by how much."""
+    rows = {b["method"]: b for b in baselines if b["workload"] == workload and "metric_value" in b}
+    ft = rows.get("lumos+ft")
+    rivals = [rows[m] for m in BASELINES if m in rows and rows[m]["within_budget"]]
+    if ft is None or not rivals:
+        return "no baseline at its count"
+    sign = 1.0 if METRICS[ft["metric"]][1] else -1.0
+    best = max(rivals, key=lambda b: sign * b["metric_value"])
+    gap = sign * (best["metric_value"] - ft["metric_value"]) + 0.0  # + 0.0: no "-0.0000" for a tie
+    noise = math.hypot(ft.get("metric_value_std", 0.0), best.get("metric_value_std", 0.0))
+    if gap <= 0:
+        return f"best ({0.0 - gap:+.4f} over {best['method']})"
+    return f"{'tied' if gap < noise else 'behind'} ({-gap:+.4f} against {best['method']}, σ {noise:.4f})"
 
 
 def fig9(rows: list[dict], path: Path) -> None:
