@@ -8,7 +8,7 @@ import torch
 from torch import fx
 
 from .plan import GATES, gate_modules, instrumented
-from .prune import SETTLED, settle
+from .prune import settle, settled_record
 
 
 def freeze_gates(wrapped: fx.GraphModule, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -21,7 +21,7 @@ def freeze_gates(wrapped: fx.GraphModule, optimizer: torch.optim.Optimizer | Non
     in training too, detached (``log_alpha`` takes no gradient, draws no noise), and
     :func:`lumos_fx.complexity_loss` is zero. A closed channel is then exactly zero in
     training, so the weights adapt to the cut model; prune() moves no gate and its summary
-    reports the snap done here. The flag is part of each gate's state dict.
+    reports the snap done here. The flag and the snap are part of the state dict.
 
     With the `optimizer` that trains the model, ``log_alpha`` instead stays in the autograd
     graph with a zero gradient, and the optimizer drops the gates' gradients before each
@@ -35,7 +35,7 @@ def freeze_gates(wrapped: fx.GraphModule, optimizer: torch.optim.Optimizer | Non
     wrapped = instrumented(wrapped)
     bank = getattr(wrapped, GATES)
     if not bank.frozen:
-        wrapped.meta[SETTLED] = settle(wrapped)
+        bank.settled = settled_record(settle(wrapped))
         for gate in gate_modules(wrapped).values():
             gate.frozen = True
     if optimizer is not None:

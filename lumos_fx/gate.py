@@ -178,6 +178,15 @@ class GateBank(nn.ModuleDict):
         # Set by freeze_gates(wrapped, optimizer): frozen gates still hand log_alpha a zero
         # gradient, since DistributedDataParallel waits for one from every parameter it reduces.
         self.frozen_in_graph = False
+        # What freeze_gates' settling did (lumos_fx.prune.settled_record), saved with the state dict.
+        self.settled: dict | None = None
+        self.register_load_state_dict_pre_hook(_extra_state_default)
+
+    def get_extra_state(self) -> dict:
+        return {"settled": self.settled}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.settled = state["settled"]
 
     # The draw counts and the seeded generator are Python state that moves every step: a
     # compiled model would guard on them and recompile each step, so the bank runs eagerly
@@ -224,6 +233,11 @@ class GateBank(nn.ModuleDict):
     def frozen(self) -> bool:
         """Whether :func:`lumos_fx.freeze_gates` froze the gates (all alike)."""
         return any(g.frozen for g in self.values())
+
+
+def _extra_state_default(module, state_dict, prefix, *args) -> None:
+    """A state dict saved before the bank had a state of its own loads as unsettled."""
+    state_dict.setdefault(prefix + "_extra_state", {"settled": None})
 
 
 def _reseeded(generator: torch.Generator | None, device: torch.device, key: tuple[int, ...]) -> torch.Generator:

@@ -19,6 +19,7 @@ The pass, on a deep copy of the instrumented model:
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -523,7 +524,17 @@ def _train_mode_error(wrapped: fx.GraphModule, pruned: fx.GraphModule,
     return None
 
 
-SETTLED = "lumos_settled"  # wrapped.meta: what freeze_gates' settle() did, for prune()'s summary
+def settled_record(settled: tuple[Snap | None, list[Rounded]]) -> dict:
+    """What :func:`settle` returned as plain data, for the state dict of frozen gates."""
+    snap, rounded = settled
+    return {"snap": None if snap is None else asdict(snap), "rounded": [asdict(r) for r in rounded]}
+
+
+def _from_record(record: dict | None) -> tuple[Snap | None, list[Rounded]]:
+    if record is None:  # frozen in a state dict of before the record was kept: no snap to report
+        return None, []
+    snap = record["snap"]
+    return (None if snap is None else Snap(**snap)), [Rounded(**r) for r in record["rounded"]]
 
 
 def settle(wrapped: fx.GraphModule) -> tuple[Snap | None, list[Rounded]]:
@@ -539,7 +550,7 @@ def settle(wrapped: fx.GraphModule) -> tuple[Snap | None, list[Rounded]]:
     plan = plan_of(wrapped)
     eval_gate_values(wrapped)  # non-finite gates are an error before the snap reads them
     if getattr(wrapped, GATES).frozen:
-        return wrapped.meta.get(SETTLED, (None, []))
+        return _from_record(getattr(wrapped, GATES).settled)
     trained = ({gid: g.log_alpha.detach().clone() for gid, g in gate_modules(wrapped).items()}  # re-snaps start here
                if plan.config.target_latency is not None else None)
     snap = snap_to_budget(wrapped)

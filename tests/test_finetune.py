@@ -70,13 +70,23 @@ def test_freezing_settles_the_gates_as_prune_would_and_twice_is_once():
     assert all(torch.equal(once[k], g.log_alpha) for k, g in lumos_fx.gates(wrapped).items())
 
 
-def test_the_frozen_flag_is_part_of_the_state_dict_and_old_states_load_unfrozen():
+def test_the_frozen_flag_and_the_snap_are_part_of_the_state_dict_and_old_states_load(tmp_path):
     wrapped, _, x, _ = _trained(epochs=2)
     lumos_fx.freeze_gates(wrapped)
+    torch.save(wrapped.state_dict(), tmp_path / "frozen.pt")
     fresh = lumos_fx.instrument(_problem()[0], (x[:4],), config=lumos_fx.Config(target_params=0.3))
-    fresh.load_state_dict(wrapped.state_dict())
+    fresh.load_state_dict(torch.load(tmp_path / "frozen.pt", weights_only=True))
     assert all(g.frozen for g in lumos_fx.gates(fresh).values())
-    old = {k: ({"draws": v["draws"]} if k.endswith("_extra_state") else v) for k, v in wrapped.state_dict().items()}
+    here, there = lumos_fx.summary(lumos_fx.prune(wrapped)), lumos_fx.summary(lumos_fx.prune(fresh))
+    assert there.budget is not None and there.budget == here.budget and there.rounded == here.rounded
+    # saved before the bank kept the snap: frozen, with no snap to report
+    older = {k: v for k, v in wrapped.state_dict().items() if k != "lumos_gates._extra_state"}
+    frozen_before = lumos_fx.instrument(_problem()[0], (x[:4],), config=lumos_fx.Config(target_params=0.3))
+    frozen_before.load_state_dict(older)
+    assert all(g.frozen for g in lumos_fx.gates(frozen_before).values())
+    assert lumos_fx.summary(lumos_fx.prune(frozen_before)).budget is None
+    # saved before freezing existed: no flag either
+    old = {k: ({"draws": v["draws"]} if k.endswith("_extra_state") else v) for k, v in older.items()}
     again = lumos_fx.instrument(_problem()[0], (x[:4],), config=lumos_fx.Config(target_params=0.3))
     again.load_state_dict(old)
     assert not any(g.frozen for g in lumos_fx.gates(again).values())
