@@ -80,8 +80,9 @@ def fit(wrapped: fx.GraphModule, loader: Iterable, loss_fn: Callable[[Any, Any],
             validation ends the dense phase, so give it the steps the model needs to learn.
         finetune: the fraction of the run's steps, at its end, that fine-tune the weights of
             the cut model: at its start the gates are settled and frozen
-            (:func:`lumos_fx.freeze_gates`; a tolerance search chooses its model first), and
-            the complexity term stops. 0 (the default): the gates train to the end.
+            (:func:`lumos_fx.freeze_gates` with fit's optimizer, so a model under
+            ``DistributedDataParallel`` trains on; a tolerance search chooses its model
+            first), and the complexity term stops. 0 (the default): the gates train to the end.
 
     Raises:
         InputError: a setting out of range, a batch fit cannot split into inputs and target,
