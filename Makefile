@@ -1,6 +1,6 @@
 # Two entry points: `make demo` and `make test`. Both create .venv on first use.
 # `make bench` runs the CPU benchmark into results/ (with the optional DepGraph and OTO baselines),
-# every workload at its budget with 3 seeds (means ± std; about 80 minutes on 2 cores), then the
+# every workload at its budget with 3 seeds (means ± std; about 95 minutes on 2 cores), then the
 # parameter and FLOP budgets, the training-step overhead,
 # the round_to widths, the latency budget against a FLOP budget tuned to the same latency,
 # every workload with a tolerance instead of a budget, and feature selection
