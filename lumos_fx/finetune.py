@@ -51,11 +51,9 @@ def _drop_gate_grads_before_steps(optimizer: torch.optim.Optimizer, bank: torch.
     if bank in hooked:
         return
     hooked.add(bank)
-    gates = weakref.ref(bank)  # the hook must not keep a model alive
 
     def drop(opt, args, kwargs):
-        live = gates()
-        if live is not None and live.frozen:  # an Adam step on a zero gradient still moves by momentum
-            for gate in live.values():
+        if bank.frozen:  # an Adam step on a zero gradient still moves by momentum
+            for gate in bank.values():
                 gate.log_alpha.grad = None
     optimizer.register_step_pre_hook(drop)

@@ -541,12 +541,6 @@ def _write_out(gm: fx.GraphModule) -> bool:
     return changed
 
 
-def _register_rules_of_loaded_libraries() -> None:
-    if pyg_trace.loaded():
-        pyg_trace.register_rules()
-    register_library_rules()
-
-
 def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphModule:
     """Trace a copy of `model`, check the trace on the example inputs, and annotate every
     node with ShapeProp's tensor metadata.
@@ -561,9 +555,11 @@ def trace(model: torch.nn.Module, example_inputs, config: Config) -> fx.GraphMod
     check_module_names(config.leaf_modules, model, "leaf_modules")
     check_module_names(list(config.round_to_modules), model, "round_to_modules")
     _refuse_lazy(model)
-    _register_rules_of_loaded_libraries()
     observed, trained, twin = observe(model, bound.args)
-    _register_rules_of_loaded_libraries()  # a forward may import its library itself, first in that run
+    # After the eager run: a forward may import its library itself, first in that run.
+    if pyg_trace.loaded():
+        pyg_trace.register_rules()
+    register_library_rules()
     # Read as graph values while tracing (harmless for buffers only a leaf reads: BatchNorm's).
     stateful = frozenset(c.qualname for c in observed.per_call + trained.per_call if c.kind != "attribute")
     forgotten = caches.find(model, bound.args, observed)
