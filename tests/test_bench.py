@@ -233,17 +233,17 @@ def test_lumos_ft_stands_best_tied_or_behind_the_best_baseline_at_its_count():
     def rows(metric, ft, l1, depgraph, big=()):
         return (row("lumos+ft", metric, ft) + row("l1", metric, l1) + row("depgraph", metric, depgraph)
                 + (row("slimming", metric, big, within=False) if big else []))
-    assert standing(rows("R^2", [0.95, 0.97], [0.90, 0.92], [0.93, 0.95]), "w") == \
+    assert str(standing(rows("R^2", [0.95, 0.97], [0.90, 0.92], [0.93, 0.95]), "w")) == \
         "best (+0.0200 against depgraph, σ 0.0200; 2/2 seeds at or above)"
     # behind depgraph by 0.01 on the mean, above it on seed 1, within sqrt(0.0566^2 + 0.0283^2) = 0.0632
-    assert standing(rows("R^2", [0.90, 0.98], [0.90, 0.92], [0.93, 0.97]), "w") == \
+    assert str(standing(rows("R^2", [0.90, 0.98], [0.90, 0.92], [0.93, 0.97]), "w")) == \
         "tied (-0.0100 against depgraph, σ 0.0632; 1/2 seeds at or above)"
     # within one std but below on every seed (PureMD's input closed on each): behind
-    assert standing(rows("R^2", [0.92, 0.96], [0.90, 0.92], [0.93, 0.97]), "w").startswith("behind (-0.0100")
-    assert standing(rows("R^2", [0.90, 0.90], [0.90, 0.92], [0.95, 0.95], big=[0.99, 0.99]), "w") == \
+    assert str(standing(rows("R^2", [0.92, 0.96], [0.90, 0.92], [0.93, 0.97]), "w")).startswith("behind (-0.0100")
+    assert str(standing(rows("R^2", [0.90, 0.90], [0.90, 0.92], [0.95, 0.95], big=[0.99, 0.99]), "w")) == \
         "behind (-0.0500 against depgraph, σ 0.0000; 0/2 seeds at or above)"  # slimming missed the count
-    assert standing(rows("MSE", [0.02, 0.02], [0.03, 0.03], [0.01, 0.01]), "w").startswith("behind (-0.0100")
-    assert standing(rows("MSE", [0.01, 0.01], [0.03, 0.03], [0.01, 0.01]), "w").startswith("best (+0.0000")
+    assert str(standing(rows("MSE", [0.02, 0.02], [0.03, 0.03], [0.01, 0.01]), "w")).startswith("behind (-0.0100")
+    assert str(standing(rows("MSE", [0.01, 0.01], [0.03, 0.03], [0.01, 0.01]), "w")).startswith("best (+0.0000")
 
 
 def test_feature_selection_masks_with_the_training_mean_and_permutes_one_feature_at_a_time():

@@ -7,6 +7,7 @@ import json
 import math
 import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 from ..workload import METRICS
 from .run import KD_FINETUNE
@@ -99,7 +100,7 @@ def markdown(rows: list[dict], baselines: list[dict], header: str) -> str:
                      f"trained for half the steps with the dense model as its teacher (its last {KD_FINETUNE:.0%} "
                      "with the gates frozen); `oto` spends them on HESSO training from the dense model. † the "
                      "method could not cut the model to within 5% of Lumos's count.")
-        counts = {kind: sum(v.startswith(kind) for v in standings.values()) for kind in ("best", "tied", "behind")}
+        counts = {kind: sum(v.kind == kind for v in standings.values()) for kind in ("best", "tied", "behind")}
         lines.append(f"\n`lumos+ft` against the best baseline (l1, slimming, depgraph, oto) at its count: best on "
                      f"{counts['best']}, tied on {counts['tied']} (behind by less than one standard deviation of the "
                      f"difference, √(σ²ft + σ²baseline), and at or above it on some seed), behind on {counts['behind']} of {len(standings)} workloads.")
@@ -137,7 +138,18 @@ METHODS = ("lumos", "lumos+ft", "lumos+kd", "l1", "slimming", "depgraph", "oto")
 BASELINES = ("l1", "slimming", "depgraph", "oto")
 
 
-def standing(baselines: list[dict], workload: str) -> str:
+class Standing(NamedTuple):
+    """Where ``lumos+ft`` stands on a workload: ``kind`` is ``best``, ``tied``, ``behind`` or
+    ``none`` (no baseline at its count); ``detail`` says against what and by how much."""
+
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} ({self.detail})" if self.kind != "none" else self.detail
+
+
+def standing(baselines: list[dict], workload: str) -> Standing:
     """``lumos+ft`` of `workload` against the best baseline (by the mean over seeds) that cut
     the model to Lumos's count, from the rows of every seed: ``best`` where its mean is at
     least that baseline's; ``tied`` where it is behind by less than
@@ -149,7 +161,7 @@ def standing(baselines: list[dict], workload: str) -> str:
     ft = rows.get("lumos+ft")
     rivals = [rows[m] for m in BASELINES if m in rows and rows[m]["within_budget"]]
     if ft is None or not rivals:
-        return "no baseline at its count"
+        return Standing("none", "no baseline at its count")
     sign = 1.0 if METRICS[ft["metric"]][1] else -1.0
     best = max(rivals, key=lambda b: sign * b["metric_value"])
     by_seed = {(b["method"], b.get("seed", 0)): b["metric_value"] for b in raw}
@@ -158,7 +170,7 @@ def standing(baselines: list[dict], workload: str) -> str:
     gap = sign * (best["metric_value"] - ft["metric_value"]) + 0.0  # + 0.0: no "-0.0000" for a tie
     noise = math.hypot(ft["metric_value_std"], best["metric_value_std"])
     kind = "best" if gap <= 0 else "tied" if gap < noise and won else "behind"
-    return f"{kind} ({0.0 - gap:+.4f} against {best['method']}, σ {noise:.4f}; {won}/{len(seeds)} seeds at or above)"
+    return Standing(kind, f"{0.0 - gap:+.4f} against {best['method']}, σ {noise:.4f}; {won}/{len(seeds)} seeds at or above")
 
 
 def fig9(rows: list[dict], path: Path) -> None:
